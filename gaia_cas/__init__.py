@@ -1,0 +1,21 @@
+"""gaia-cas: versioned ML model deployment on a content-addressed store.
+
+The package root stays light (the CLI imports it on every start); the library API is reached
+through the names below, each imported on first use.
+"""
+
+from .errors import GaiaCasError
+
+__all__ = ["GaiaCasError", "Repository", "Resolved", "resolve"]
+
+
+def __getattr__(name):
+    if name == "Repository":
+        from .repo import Repository
+
+        return Repository
+    if name in ("resolve", "Resolved"):
+        from . import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module 'gaia_cas' has no attribute {name!r}")

@@ -1,0 +1,202 @@
+"""Turn a file or directory into objects and one tree oid.
+
+Two phases, so that bad input changes nothing:
+
+1. :func:`scan` walks the source with ``lstat`` only and rejects anything gaia-cas cannot store
+   faithfully -- symlinks, FIFOs, sockets, devices, unreadable folders, non-UTF-8 names, an
+   empty source -- before a single byte is written.
+2. :func:`build` streams every file once into a staging area (read, hash, write), packs the
+   tree objects bottom-up, and installs everything only when the whole source has been read.
+
+A single file is stored as a tree with one entry, so every version is a tree oid and the
+file keeps its real name (loaders look for ``model_catboost_best.joblib``, not an oid).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SourceError
+from .names import entry_name_problem
+from .objects import CHUNK, ObjectStore, hash_bytes, hash_stream
+from .trees import DIR, FILE, MAX_DEPTH, Entry, encode_tree
+
+DIRECTORY_ARTIFACT = "directory"
+FILE_ARTIFACT = "file"
+
+
+@dataclass
+class _File:
+    path: str
+    size: int
+
+
+@dataclass
+class _Dir:
+    path: str
+    children: dict[str, "_File | _Dir"] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Built:
+    tree: str
+    artifact: str  # "directory" or "file"
+    name: str | None  # the file's name for a file artifact
+    size: int
+    file_count: int
+    new_objects: int = 0
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file or folder"
+
+
+def _check_name(name: str, where: str) -> None:
+    problem = entry_name_problem(name)
+    if problem is None:
+        return
+    shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    raise SourceError(f"cannot deploy {where}: the name {shown!r} {problem}")
+
+
+def scan(source: str | os.PathLike) -> _File | _Dir:
+    path = os.fspath(source)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise SourceError(f"source {path} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read source {path}: {exc.strerror}") from None
+    if stat.S_ISREG(st.st_mode):
+        _check_name(os.path.basename(os.path.abspath(path)), path)
+        return _File(path, st.st_size)
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"source {path} is {_describe(st.st_mode)}; deploy a file or a folder")
+    root = _scan_dir(path, 0)
+    if not root.children:
+        raise SourceError(f"source {path} is an empty folder: nothing to deploy")
+    return root
+
+
+def _scan_dir(path: str, depth: int) -> _Dir:
+    if depth > MAX_DEPTH:
+        raise SourceError(f"cannot deploy {path}: folders nest deeper than {MAX_DEPTH} levels")
+    node = _Dir(path)
+    try:
+        with os.scandir(path) as it:
+            items = list(it)
+    except OSError as exc:
+        raise SourceError(f"cannot read folder {path}: {exc.strerror}") from None
+    for item in items:
+        _check_name(item.name, item.path)
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError as exc:
+            raise SourceError(f"cannot read {item.path}: {exc.strerror}") from None
+        if stat.S_ISREG(st.st_mode):
+            node.children[item.name] = _File(item.path, st.st_size)
+        elif stat.S_ISDIR(st.st_mode):
+            node.children[item.name] = _scan_dir(item.path, depth + 1)
+        else:
+            extra = ""
+            if stat.S_ISLNK(st.st_mode):
+                extra = f" -> {os.readlink(item.path)}"
+            raise SourceError(
+                f"cannot deploy {item.path}{extra}: it is {_describe(st.st_mode)}; "
+                "gaia-cas stores regular files and folders only"
+            )
+    return node
+
+
+def _open_regular(path: str):
+    """Open a file the scan saw as regular, refusing it if it was swapped since.
+
+    O_NOFOLLOW and O_NONBLOCK keep a file replaced by a symlink or a FIFO after the scan from
+    being followed or from blocking the deploy forever.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SourceError(f"{path} vanished while it was being deployed") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SourceError(f"{path} changed while it was being deployed (now a symlink)") from None
+        raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SourceError(f"{path} changed while it was being deployed (no longer a regular file)")
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+class _Builder:
+    """Builds the tree bottom-up, either storing (staging given) or only hashing (dry run)."""
+
+    def __init__(self, stage=None):
+        self.stage = stage
+        self.buffer = bytearray(CHUNK)
+        self.file_count = 0
+
+    def file(self, node: _File) -> tuple[str, int]:
+        src = _open_regular(node.path)
+        with src:
+            if self.stage is not None:
+                oid, size = self.stage.add_stream(src)
+            else:
+                oid, size = hash_stream(src, self.buffer)
+        if size != node.size:
+            raise SourceError(f"{node.path} changed while it was being deployed ({node.size} bytes, then {size})")
+        self.file_count += 1
+        return oid, size
+
+    def tree(self, node: _Dir) -> tuple[str, int]:
+        entries = []
+        total = 0
+        for name, child in node.children.items():
+            if isinstance(child, _Dir):
+                oid, size = self.tree(child)
+                entries.append(Entry(name, DIR, oid, size))
+            else:
+                oid, size = self.file(child)
+                entries.append(Entry(name, FILE, oid, size))
+            total += size
+        data = encode_tree(entries)
+        oid = self.stage.add_bytes(data) if self.stage is not None else hash_bytes(data)
+        return oid, total
+
+    def artifact(self, node: _File | _Dir) -> Built:
+        if isinstance(node, _File):
+            oid, size = self.file(node)
+            name = os.path.basename(os.path.abspath(node.path))
+            data = encode_tree([Entry(name, FILE, oid, size)])
+            tree = self.stage.add_bytes(data) if self.stage is not None else hash_bytes(data)
+            return Built(tree, FILE_ARTIFACT, name, size, 1)
+        tree, size = self.tree(node)
+        return Built(tree, DIRECTORY_ARTIFACT, None, size, self.file_count)
+
+
+def build(store: ObjectStore, source: str | os.PathLike, *, dry_run: bool = False) -> Built:
+    """Store ``source`` (or only hash it, for a dry run) and return its tree oid and sizes."""
+    node = scan(source)
+    if dry_run:
+        return _Builder().artifact(node)
+    with store.staging() as stage:
+        built = _Builder(stage).artifact(node)
+        new = stage.install()
+    return Built(built.tree, built.artifact, built.name, built.size, built.file_count, new)
+
+
+def artifact_path(tree_dir: Path, name: str | None) -> Path:
+    """Where loaders find the artifact inside a materialized tree."""
+    return tree_dir / name if name else tree_dir

@@ -1,0 +1,66 @@
+"""The ``current`` links: symlinks regenerated from the manifest, swapped atomically.
+
+A directory artifact's link points at its materialized tree; a file artifact's link points at
+the file inside it, so a loader opening ``current`` finds ``model_catboost_best.joblib`` by its
+real name. Targets are relative, so a root can be moved or mounted elsewhere as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .atomic import fsync_dir, replace_symlink
+from .errors import InvalidInputError
+from .layout import Layout
+
+
+def check_location(layout: Layout, relative: str) -> Path:
+    """Validate a link location without creating anything; returns the link's path."""
+    link = layout.link_path(relative)
+    # The folders on the way may themselves be symlinks: refuse any that lead out of the root,
+    # and check before creating a single folder.
+    existing = link.parent
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    real_existing = os.path.realpath(existing)
+    real_root = os.path.realpath(layout.root)
+    if real_existing != real_root and not real_existing.startswith(real_root + os.sep):
+        raise InvalidInputError(f"link path {relative!r} leads outside the root (through a symlink)")
+    if os.path.lexists(link) and not os.path.islink(link):
+        raise InvalidInputError(
+            f"{link} exists and is not a symlink; move it away so gaia-cas can manage the link there"
+        )
+    return link
+
+
+def point_link(layout: Layout, relative: str, target: Path) -> bool:
+    """Make the link at ``relative`` point at ``target``. Returns whether it changed."""
+    link = check_location(layout, relative)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    wanted = os.path.relpath(target, link.parent)
+    try:
+        if os.readlink(link) == wanted:
+            return False
+    except OSError:
+        pass
+    replace_symlink(link, wanted)
+    return True
+
+
+def drop_link(layout: Layout, relative: str) -> bool:
+    link = layout.link_path(relative)
+    if not os.path.islink(link):
+        return False
+    os.unlink(link)
+    fsync_dir(link.parent)
+    return True
+
+
+def read_link(layout: Layout, relative: str) -> Path | None:
+    """Where the link points now (absolute, not resolved further), or None if absent."""
+    link = layout.link_path(relative)
+    try:
+        return Path(os.path.normpath(link.parent / os.readlink(link)))
+    except OSError:
+        return None

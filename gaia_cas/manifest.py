@@ -1,0 +1,360 @@
+"""Per-model manifests: the single source of truth for versions, ``current`` and history.
+
+A manifest is one msgpack map in ``manifests/<model>.msgpack`` (the schema is documented in the
+README). It is read without locks -- an atomic rename is the only way it ever changes, so a
+reader holds either the old or the new file -- and written only inside :meth:`Manifests.edit`,
+which takes the model's lock, re-reads the file under it, lets the caller change the manifest,
+checks that every tree a new version names is complete in the store, bumps the generation and
+commits by atomic replace. Decoding is strict: explicit size limits, no duplicate keys, every
+field type-checked, every oid and name validated before anything uses it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import msgpack
+
+from .atomic import write_atomic
+from .errors import CorruptionError, InvalidInputError, StoreError
+from .layout import MANIFEST_SUFFIX, Layout, check_link
+from .locking import hold_lock
+from .names import check_model_name, is_oid
+from .versions import parse_version
+
+SCHEMA = 1
+MAX_MANIFEST_BYTES = 256 << 20
+
+
+@dataclass
+class ModelConfig:
+    aliases: list[str] = field(default_factory=list)
+    source: str | None = None
+    link: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    retention: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Version:
+    version: str
+    deployment_id: str
+    created_at: str
+    tree: str
+    artifact: str  # "directory" | "file"
+    name: str | None  # file name of a file artifact
+    size_bytes: int
+    file_count: int
+    format: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    user: str | None = None
+    host: str | None = None
+    source: str | None = None
+    pinned: bool = False
+
+    @property
+    def size_mb(self) -> float:
+        return round(self.size_bytes / (1024 * 1024), 2)
+
+    @property
+    def label(self) -> str:
+        """The old layout's folder name, e.g. ``v1.4.0_20250716_202612``."""
+        return f"v{self.version}_{self.deployment_id}"
+
+
+@dataclass
+class Event:
+    generation: int
+    at: str
+    action: str
+    version: str | None
+    before: str | None
+    after: str | None
+    user: str | None = None
+    host: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Manifest:
+    model: str
+    config: ModelConfig = field(default_factory=ModelConfig)
+    versions: list[Version] = field(default_factory=list)
+    current: str | None = None
+    highest: str | None = None
+    generation: int = 0
+    history: list[Event] = field(default_factory=list)
+    # Trees added during an edit: their completeness is checked before the commit.
+    new_trees: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def find(self, version: str) -> Version | None:
+        for v in self.versions:
+            if v.version == version:
+                return v
+        return None
+
+    def current_version(self) -> Version | None:
+        return self.find(self.current) if self.current else None
+
+    def assigned(self) -> set[str]:
+        """Every version number ever given out, including those cleaned up since."""
+        numbers = {v.version for v in self.versions}
+        numbers.update(e.version for e in self.history if e.version and e.action in ("deploy", "import"))
+        return numbers
+
+
+# -- codec -----------------------------------------------------------------------------------
+
+_VERSION_FIELDS = {
+    "version": str, "deployment_id": str, "created_at": str, "tree": str, "artifact": str,
+    "name": (str, type(None)), "size_bytes": int, "file_count": int, "format": str,
+    "metadata": dict, "reason": (str, type(None)), "user": (str, type(None)),
+    "host": (str, type(None)), "source": (str, type(None)), "pinned": bool,
+}
+_EVENT_FIELDS = {
+    "generation": int, "at": str, "action": str, "version": (str, type(None)),
+    "before": (str, type(None)), "after": (str, type(None)), "user": (str, type(None)),
+    "host": (str, type(None)), "reason": (str, type(None)),
+}
+_CONFIG_FIELDS = {
+    "aliases": list, "source": (str, type(None)), "link": (str, type(None)),
+    "metadata": dict, "retention": dict,
+}
+
+
+def encode(manifest: Manifest) -> bytes:
+    doc = {
+        "schema": SCHEMA,
+        "model": manifest.model,
+        "generation": manifest.generation,
+        "current": manifest.current,
+        "highest": manifest.highest,
+        "config": {k: getattr(manifest.config, k) for k in _CONFIG_FIELDS},
+        "versions": [{k: getattr(v, k) for k in _VERSION_FIELDS} for v in manifest.versions],
+        "history": [{k: getattr(e, k) for k in _EVENT_FIELDS} for e in manifest.history],
+    }
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def _no_duplicate_keys(pairs):
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return result
+
+
+def _fields(raw, spec: dict, where: str, optional: tuple = ()) -> dict:
+    if not isinstance(raw, dict):
+        raise CorruptionError(f"{where} is not a map")
+    out = {}
+    for key, kind in spec.items():
+        if key not in raw:
+            if key in optional:
+                continue
+            raise CorruptionError(f"{where} lacks the field {key!r}")
+        value = raw[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CorruptionError(f"{where} field {key!r} has the wrong type")
+        out[key] = value
+    return out
+
+
+def decode(data: bytes, origin: str = "manifest") -> Manifest:
+    try:
+        doc = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            object_pairs_hook=_no_duplicate_keys,
+            max_str_len=1 << 20,
+            max_bin_len=1 << 20,
+            max_array_len=10_000_000,
+            max_map_len=10_000_000,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise CorruptionError(f"{origin} is not a readable manifest: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CorruptionError(f"{origin} is not a readable manifest: not a map")
+    schema = doc.get("schema")
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise CorruptionError(f"{origin} has no schema number")
+    if schema > SCHEMA:
+        raise CorruptionError(f"{origin} uses manifest schema {schema}, newer than this gaia-cas understands ({SCHEMA}); upgrade gaia-cas")
+    top = _fields(doc, {
+        "model": str, "generation": int, "current": (str, type(None)), "highest": (str, type(None)),
+        "config": dict, "versions": list, "history": list,
+    }, origin)
+    try:
+        check_model_name(top["model"])
+    except InvalidInputError:
+        raise CorruptionError(f"{origin} names an invalid model {top['model']!r:.80}") from None
+    cfg = _fields(top["config"], _CONFIG_FIELDS, f"{origin} config")
+    if cfg["link"] is not None:
+        try:
+            check_link(cfg["link"])
+        except InvalidInputError as exc:
+            raise CorruptionError(f"{origin}: {exc}") from None
+    if not all(isinstance(a, str) for a in cfg["aliases"]):
+        raise CorruptionError(f"{origin} config has a non-text alias")
+    versions = []
+    seen = set()
+    for i, raw in enumerate(top["versions"]):
+        fields = _fields(raw, _VERSION_FIELDS, f"{origin} version #{i}", optional=("pinned",))
+        if not is_oid(fields["tree"]):
+            raise CorruptionError(f"{origin} version #{i} has an invalid tree id {fields['tree']!r:.80}")
+        try:
+            parse_version(fields["version"])
+        except InvalidInputError:
+            raise CorruptionError(f"{origin} version #{i} has a malformed number {fields['version']!r:.40}") from None
+        if fields["version"] in seen:
+            raise CorruptionError(f"{origin} lists version {fields['version']} twice")
+        seen.add(fields["version"])
+        name = fields["name"]
+        if name is not None and ("/" in name or name in ("", ".", "..") or "\0" in name):
+            raise CorruptionError(f"{origin} version {fields['version']} has an invalid file name {name!r:.80}")
+        versions.append(Version(**fields))
+    history = [Event(**_fields(raw, _EVENT_FIELDS, f"{origin} history #{i}")) for i, raw in enumerate(top["history"])]
+    manifest = Manifest(
+        model=top["model"], config=ModelConfig(**cfg), versions=versions, current=top["current"],
+        highest=top["highest"], generation=top["generation"], history=history,
+    )
+    if manifest.current is not None and manifest.find(manifest.current) is None:
+        raise CorruptionError(f"{origin} marks {manifest.current} current, but has no such version")
+    return manifest
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A manifest as read, plus the identity of the file it came from.
+
+    ``token`` changes whenever the manifest is replaced (each commit is a new inode), so a
+    server can tell with one ``stat`` whether anything changed since it last read.
+    """
+
+    manifest: Manifest
+    token: tuple[int, int, int]
+
+
+def file_token(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class Manifests:
+    def __init__(self, layout: Layout, lock_timeout: float = 30.0):
+        self.layout = layout
+        self.lock_timeout = lock_timeout
+
+    def names(self) -> list[str]:
+        try:
+            files = os.listdir(self.layout.manifests)
+        except FileNotFoundError:
+            return []
+        names = []
+        for name in files:
+            if name.endswith(MANIFEST_SUFFIX) and not name.startswith("."):
+                model = name[: -len(MANIFEST_SUFFIX)]
+                try:
+                    names.append(check_model_name(model))
+                except InvalidInputError:
+                    continue  # not ours: never build a path from a name we did not validate
+        return sorted(names)
+
+    def snapshot(self, model: str) -> Snapshot | None:
+        path = self.layout.manifest_path(model)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return None
+        with f:
+            st = os.fstat(f.fileno())
+            if st.st_size > MAX_MANIFEST_BYTES:
+                raise CorruptionError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+        manifest = decode(data, str(path))
+        if manifest.model != model:
+            raise CorruptionError(f"{path} belongs to model {manifest.model!r}, not {model!r}")
+        return Snapshot(manifest, file_token(st))
+
+    def read(self, model: str) -> Manifest | None:
+        snap = self.snapshot(model)
+        return snap.manifest if snap else None
+
+    @contextmanager
+    def edit(self, model: str, *, create: bool = False, check_tree=None, on_commit=None) -> Iterator[Manifest]:
+        """Hold the model's lock, yield its freshly read manifest, commit it if the body returns.
+
+        A body that changes the manifest records an event (:func:`record`); a body that records
+        none commits nothing.
+
+        ``check_tree(oid)`` is called for every tree the body added (``manifest.new_trees``)
+        and must raise if the tree is not complete in the store: the manifest never names a
+        version whose files are missing. ``on_commit(manifest)`` runs after the commit while the
+        lock is still held (links are swapped there, so they change in commit order). An
+        exception in the body commits nothing.
+        """
+        path = self.layout.manifest_path(model)
+        self.layout.manifests.mkdir(parents=True, exist_ok=True)
+        with hold_lock(self.layout.lock_path(model), self.lock_timeout):
+            manifest = self.read(model)
+            if manifest is None:
+                if not create:
+                    from .errors import ModelNotFoundError
+
+                    raise ModelNotFoundError(model, self.names())
+                manifest = Manifest(model=model)
+            recorded = len(manifest.history)
+            yield manifest
+            if len(manifest.history) == recorded:
+                return  # every change records an event, so no event means nothing to commit
+            for oid in sorted(manifest.new_trees):
+                if check_tree is not None:
+                    check_tree(oid)
+            manifest.generation += 1
+            for event in manifest.history:
+                if event.generation < 0:  # placeholder set by record(): fill in the commit's number
+                    event.generation = manifest.generation
+            try:
+                write_atomic(path, encode(manifest))
+            except OSError as exc:
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            if on_commit is not None:
+                on_commit(manifest)
+
+    def lookup(self, name: str) -> str:
+        """The model called ``name``, or the one that has ``name`` as an alias."""
+        from .errors import ModelNotFoundError
+
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError("a model name is required")
+        try:
+            check_model_name(name)
+        except InvalidInputError:
+            if name in ("all", "both"):
+                raise
+            raise InvalidInputError(f"invalid model name {name!r}") from None
+        if self.layout.manifest_path(name).is_file():
+            return name
+        names = self.names()
+        for model in names:
+            manifest = self.read(model)
+            if manifest is not None and name in manifest.config.aliases:
+                return model
+        raise ModelNotFoundError(name, names)
+
+
+def record(manifest: Manifest, action: str, *, version: str | None, before: str | None,
+           at: str, user: str | None, host: str | None, reason: str | None) -> None:
+    """Append a history event; its generation is filled in when the edit commits."""
+    manifest.history.append(Event(-1, at, action, version, before, manifest.current, user, host, reason))

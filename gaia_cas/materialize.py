@@ -1,0 +1,96 @@
+"""Materialized trees: a read-only checkout of a version under ``store/trees/<tree-oid>/``.
+
+Built from hard links to the objects (a copy only where the filesystem refuses a link), first
+under ``store/tmp`` and then renamed into place, so a tree that exists is complete. Directories
+are made read-only once filled. Materialized trees are derived data: gc may remove them and
+:func:`materialize` rebuilds them from the objects on demand.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from .atomic import fsync_dir, tmp_name
+from .errors import CorruptionError
+from .layout import Layout
+from .objects import READ_ONLY, ObjectStore
+from .trees import DIR, MAX_DEPTH, TreeReader
+
+DIR_READ_ONLY = 0o555
+_COPY_INSTEAD = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
+
+
+def materialize(layout: Layout, store: ObjectStore, tree_oid: str) -> Path:
+    final = layout.tree_path(tree_oid)
+    if final.is_dir():
+        _touch(final)
+        return final
+    layout.trees.mkdir(parents=True, exist_ok=True)
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    build = layout.tmp / tmp_name("tree-" + tree_oid)
+    try:
+        _checkout(TreeReader(store), store, tree_oid, build, 0)
+        os.rename(build, final)
+    except OSError as exc:
+        remove_tree(build)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.is_dir():
+            _touch(final)  # another process materialized the same tree first: use theirs
+            return final
+        raise
+    except BaseException:
+        remove_tree(build)
+        raise
+    fsync_dir(layout.trees)
+    return final
+
+
+def _checkout(reader: TreeReader, store: ObjectStore, oid: str, dest: Path, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise CorruptionError(f"tree {oid} nests deeper than {MAX_DEPTH} levels")
+    os.mkdir(dest)
+    for entry in reader.entries(oid):
+        target = dest / entry.name
+        if entry.kind == DIR:
+            _checkout(reader, store, entry.oid, target, depth + 1)
+            continue
+        source = store.path(entry.oid)
+        try:
+            os.link(source, target)
+        except FileNotFoundError:
+            raise CorruptionError(f"object {entry.oid} ({entry.name}) is missing from the store") from None
+        except OSError as exc:
+            if exc.errno not in _COPY_INSTEAD:
+                raise
+            shutil.copyfile(source, target)
+            os.chmod(target, READ_ONLY)
+    # Durable before the rename publishes it: after a crash a published tree is complete.
+    fsync_dir(dest)
+    os.chmod(dest, DIR_READ_ONLY)
+
+
+def _touch(path: Path) -> None:
+    """Refresh the tree's mtime so a concurrent gc's grace period covers it."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a (possibly read-only) materialized tree, never following symlinks."""
+    if not os.path.lexists(path):
+        return
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        os.unlink(path)
+        return
+    for dirpath, dirnames, _ in os.walk(path, followlinks=False):
+        os.chmod(dirpath, 0o755)
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o755)
+    shutil.rmtree(path)

@@ -1,0 +1,83 @@
+"""The reader API for inference servers: which model is active, where its files are.
+
+Lock-free by design: a manifest only ever changes by atomic rename, so one ``open`` + ``read``
+sees one complete manifest; the version it names as current was materialized before that
+manifest was committed. The path returned is the version's own folder in the store (not the
+``current`` link), so it stays valid while the server loads from it even if ``current`` moves.
+
+A server polls cheaply with :meth:`Resolved.changed` -- one ``stat`` of the manifest, no read --
+and calls :func:`resolve` again only when it returns True::
+
+    active = gaia_cas.resolve("ssd")
+    model = load(active.path)
+    while serving:
+        if active.changed():
+            fresh = gaia_cas.resolve("ssd")
+            if fresh.hash != active.hash:
+                model = load(fresh.path)
+            active = fresh
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import NotFoundError
+from .layout import Layout, find_root
+from .manifest import Manifests, file_token
+
+
+@dataclass(frozen=True)
+class Resolved:
+    model: str
+    version: str
+    hash: str
+    path: Path
+    metadata: dict[str, Any]
+    format: str
+    generation: int
+    created_at: str
+    manifest_path: Path = field(repr=False)
+    token: tuple[int, int, int] = field(repr=False)
+
+    def changed(self) -> bool:
+        """Whether the model's manifest was replaced since this was resolved (one stat)."""
+        try:
+            return file_token(os.stat(self.manifest_path)) != self.token
+        except FileNotFoundError:
+            return True
+
+
+def resolve(model: str, root: str | os.PathLike | None = None) -> Resolved:
+    """The active (current) version of ``model`` (a name or an alias) under ``root``.
+
+    ``root`` defaults to ``$GAIA_CAS_ROOT``, else the nearest ancestor of the working directory
+    holding ``store/`` and ``manifests/``.
+    """
+    layout = Layout(find_root(root))
+    manifests = Manifests(layout)
+    name = manifests.lookup(model)
+    snapshot = manifests.snapshot(name)
+    if snapshot is None:
+        raise NotFoundError(f"model '{model}' has no manifest")
+    manifest = snapshot.manifest
+    version = manifest.current_version()
+    if version is None:
+        raise NotFoundError(f"model '{name}' has no current version yet")
+    tree_dir = layout.tree_path(version.tree)
+    if not tree_dir.is_dir():
+        # Derived data that gc (or an operator) removed: rebuild it from the objects. Building
+        # happens in store/tmp and publishes by rename, so concurrent readers are safe.
+        from .materialize import materialize
+        from .objects import ObjectStore
+
+        tree_dir = materialize(layout, ObjectStore(layout), version.tree)
+    path = tree_dir / version.name if version.name else tree_dir
+    return Resolved(
+        model=name, version=version.version, hash=version.tree, path=path,
+        metadata=dict(version.metadata), format=version.format, generation=manifest.generation,
+        created_at=version.created_at, manifest_path=layout.manifest_path(name), token=snapshot.token,
+    )

@@ -1,0 +1,534 @@
+"""The library API: everything the CLI can do, as methods of :class:`Repository`.
+
+Each mutating method follows the same order (DESIGN.md, write protocol): validate everything
+the user gave, write objects (staged, then installed), materialize the tree, and only then take
+the model's lock to commit the manifest and swap the link. A failure before the commit leaves
+no trace but unreferenced objects for gc; the commit itself is one atomic rename.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import formats, ingest, links
+from .errors import (
+    CorruptionError,
+    GaiaCasError,
+    InvalidInputError,
+    ModelNotFoundError,
+    NotFoundError,
+    SourceError,
+    StoreError,
+    VersionNotFoundError,
+)
+from .layout import Layout, find_root, normalize_link
+from .locking import lock_timeout_from_env
+from .manifest import Manifest, Manifests, ModelConfig, Version, record
+from .materialize import materialize
+from .names import check_model_name
+from .objects import ObjectStore
+from .oplog import OpLog, tail
+from .trees import TreeReader
+from .versions import BUMPS, bump, format_version, parse_selector, parse_version, version_key
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    model: str
+    version: str | None
+    hash: str
+    unchanged: bool
+    path: str | None
+    size_bytes: int
+    format: str
+    file_count: int
+    previous: str | None
+    new_objects: int = 0
+    dry_run: bool = False
+    created_model: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "version": self.version, "hash": self.hash,
+            "unchanged": self.unchanged, "path": self.path, "size_bytes": self.size_bytes,
+            "format": self.format, "file_count": self.file_count, "previous": self.previous,
+            "new_objects": self.new_objects, "dry_run": self.dry_run,
+        }
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    model: str
+    version: str
+    previous: str | None
+    unchanged: bool
+    path: str
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "version": self.version, "previous": self.previous,
+                "unchanged": self.unchanged, "path": self.path}
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    model: str
+    current: str | None
+    versions: int
+    size_bytes: int
+    logical_bytes: int
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    objects: int
+    bytes_on_disk: int
+    logical_bytes: int
+
+
+@dataclass(frozen=True)
+class Status:
+    models: list[ModelStatus] = field(default_factory=list)
+    store: StoreStatus = StoreStatus(0, 0, 0)
+
+    def to_json(self) -> dict:
+        return {
+            "models": [m.__dict__ for m in self.models],
+            "store": self.store.__dict__,
+        }
+
+
+def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
+    """``K=V`` pairs; V is read as JSON when it parses (numbers, lists), else kept as text."""
+    import json
+
+    result: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"invalid metadata {pair!r}: expected KEY=VALUE")
+        try:
+            result[key.strip()] = json.loads(value)
+        except ValueError:
+            result[key.strip()] = value
+    return result
+
+
+def _who() -> tuple[str, str]:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry and no $USER: fall back to the uid
+        user = str(os.getuid())
+    return user, socket.gethostname()
+
+
+def _now() -> datetime:
+    return datetime.now().astimezone()
+
+
+class Repository:
+    """A gaia-cas data root: its object store, manifests, links and log."""
+
+    def __init__(self, root: str | os.PathLike, *, lock_timeout: float | None = None):
+        self.layout = Layout(Path(root).absolute())
+        self.objects = ObjectStore(self.layout)
+        self.trees = TreeReader(self.objects)
+        self.manifests = Manifests(self.layout, lock_timeout_from_env(lock_timeout))
+        self.oplog = OpLog(self.layout.logs)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike | None = None, *, default_root=None,
+             lock_timeout: float | None = None) -> "Repository":
+        return cls(find_root(root, default_root), lock_timeout=lock_timeout)
+
+    @classmethod
+    def init(cls, root: str | os.PathLike, **kwargs) -> "Repository":
+        repo = cls(root, **kwargs)
+        try:
+            repo.layout.ensure()
+        except OSError as exc:
+            raise StoreError(f"cannot create a gaia-cas root in {repo.layout.root}: {exc.strerror or exc}") from exc
+        return repo
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    # -- models ------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return self.manifests.names()
+
+    def model(self, name: str) -> str:
+        """Resolve a model name or alias to the model's name."""
+        return self.manifests.lookup(name)
+
+    def manifest(self, name: str) -> Manifest:
+        model = self.model(name)
+        manifest = self.manifests.read(model)
+        if manifest is None:  # removed between lookup and read
+            raise ModelNotFoundError(name, self.models())
+        return manifest
+
+    def _check_config(self, model: str, config: ModelConfig) -> None:
+        for alias in config.aliases:
+            check_model_name(alias)
+            if alias == model:
+                raise InvalidInputError(f"alias '{alias}' is the model's own name")
+        link = config.link or self.layout.default_link(model)
+        for other in self.models():
+            if other == model:
+                continue
+            theirs = self.manifests.read(other)
+            if other in config.aliases:
+                raise InvalidInputError(f"alias '{other}' is already a model name")
+            clash = set(config.aliases) & set(theirs.config.aliases)
+            if clash:
+                raise InvalidInputError(f"alias '{sorted(clash)[0]}' already belongs to model '{other}'")
+            if (theirs.config.link or self.layout.default_link(other)) == link:
+                raise InvalidInputError(f"link path {link!r} is already used by model '{other}'")
+        links.check_location(self.layout, link)
+
+    def _config_from(self, base: ModelConfig, *, aliases, source, link, metadata) -> ModelConfig:
+        config = ModelConfig(
+            aliases=list(base.aliases), source=base.source, link=base.link,
+            metadata=dict(base.metadata), retention=dict(base.retention),
+        )
+        if aliases is not None:
+            config.aliases = sorted(dict.fromkeys(aliases))
+        if source is not None:
+            source_path = Path(source).absolute()
+            if not source_path.exists():
+                raise SourceError(f"source {source_path} does not exist")
+            config.source = str(source_path)
+        if link is not None:
+            config.link = normalize_link(link, self.root)
+        if metadata:
+            config.metadata.update(metadata)
+        return config
+
+    def add_model(self, name: str, *, aliases: list[str] | None = None, source: str | None = None,
+                  link: str | None = None, metadata: dict | None = None, reason: str | None = None) -> ModelConfig:
+        check_model_name(name)
+        if self.layout.manifest_path(name).exists():
+            raise InvalidInputError(f"model '{name}' already exists; change it with 'gaia-cas model set {name} ...'")
+        try:
+            existing_owner = self.model(name)
+        except NotFoundError:
+            existing_owner = None
+        if existing_owner is not None:
+            raise InvalidInputError(f"'{name}' is already an alias of model '{existing_owner}'")
+        config = self._config_from(ModelConfig(), aliases=aliases or [], source=source, link=link, metadata=metadata)
+        self._check_config(name, config)
+        return self._commit_config(name, config, "model-add", reason, create=True)
+
+    def set_model(self, name: str, *, aliases: list[str] | None = None, source: str | None = None,
+                  link: str | None = None, metadata: dict | None = None, reason: str | None = None) -> ModelConfig:
+        model = self.model(name)
+        current = self.manifest(model)
+        config = self._config_from(current.config, aliases=aliases, source=source, link=link, metadata=metadata)
+        self._check_config(model, config)
+        return self._commit_config(model, config, "model-set", reason, create=False)
+
+    def _commit_config(self, model: str, config: ModelConfig, action: str, reason, *, create: bool) -> ModelConfig:
+        user, host = _who()
+        old_link = None
+        with self._writing():
+            with self.manifests.edit(model, create=create, on_commit=self._sync_link) as manifest:
+                if create and manifest.generation:
+                    raise InvalidInputError(f"model '{model}' already exists")
+                old_link = manifest.config.link or self.layout.default_link(model)
+                if manifest.current and config.link != manifest.config.link:
+                    self._materialize(manifest.current_version().tree)
+                manifest.config = config
+                record(manifest, action, version=None, before=manifest.current, at=_now().isoformat(timespec="seconds"),
+                       user=user, host=host, reason=reason)
+            new_link = config.link or self.layout.default_link(model)
+            if old_link != new_link:
+                links.drop_link(self.layout, old_link)
+        self.oplog.write("gaia_cas.model", f"{action} {model}: aliases={config.aliases} source={config.source} "
+                         f"link={new_link} metadata={config.metadata} by {user}@{host}"
+                         + (f" reason={reason!r}" if reason else ""))
+        return config
+
+    # -- deploy ------------------------------------------------------------------------------
+
+    def deploy(self, name: str, path: str | os.PathLike | None = None, *, bump_kind: str = "minor",
+               version: str | None = None, reason: str | None = None, metadata: dict | None = None,
+               force: bool = False, dry_run: bool = False) -> DeployResult:
+        """Deploy a file or folder as the model's next version and make it current."""
+        if bump_kind not in BUMPS:
+            raise InvalidInputError(f"unknown bump {bump_kind!r}: use one of {', '.join(BUMPS)}")
+        explicit = format_version(parse_version(version)) if version is not None else None
+        try:
+            model = self.model(name)
+            snapshot = self.manifests.read(model)
+        except ModelNotFoundError:
+            model = check_model_name(name)
+            snapshot = None
+        if path is None:
+            if snapshot is None:
+                raise ModelNotFoundError(name, self.models()) if not self.models() else InvalidInputError(
+                    f"model '{name}' does not exist yet: give the PATH to deploy to create it")
+            if not snapshot.config.source:
+                raise InvalidInputError(
+                    f"model '{model}' has no default source: give a PATH or set one with "
+                    f"'gaia-cas model set {model} --source PATH'")
+            path = snapshot.config.source
+        source = Path(path).absolute()
+        config = snapshot.config if snapshot else ModelConfig()
+        link = config.link or self.layout.default_link(model)
+        links.check_location(self.layout, link)
+        if explicit is not None and snapshot is not None and explicit in snapshot.assigned():
+            raise InvalidInputError(f"version {explicit} of '{model}' was already assigned; version numbers are never reused")
+
+        if dry_run:
+            built = ingest.build(self.objects, source, dry_run=True)
+        else:
+            with self._writing():
+                built = ingest.build(self.objects, source)
+                tree_dir = self._materialize(built.tree)
+        fmt = formats.detect(source)
+        user, host = _who()
+        now = _now()
+
+        if dry_run:
+            current = snapshot.current_version() if snapshot else None
+            unchanged = bool(current and current.tree == built.tree and not force)
+            number = None if unchanged else (explicit or bump(snapshot.highest if snapshot else None, bump_kind))
+            return DeployResult(model, number if not unchanged else current.version, built.tree, unchanged,
+                                None, built.size, fmt, built.file_count, snapshot.current if snapshot else None,
+                                dry_run=True, created_model=snapshot is None)
+
+        outcome: dict[str, Any] = {}
+
+        def check_tree(oid: str) -> None:
+            self._check_complete(oid)
+
+        with self._writing():
+            with self.manifests.edit(model, create=True, check_tree=check_tree, on_commit=self._sync_link) as manifest:
+                previous = manifest.current
+                current = manifest.current_version()
+                if current is not None and current.tree == built.tree and not force:
+                    outcome.update(version=current.version, unchanged=True, previous=previous)
+                else:
+                    if explicit is not None:
+                        if explicit in manifest.assigned():
+                            raise InvalidInputError(f"version {explicit} of '{model}' was already assigned; version numbers are never reused")
+                        number = explicit
+                    else:
+                        number = bump(manifest.highest, bump_kind)
+                        while number in manifest.assigned():  # an explicit --version took it earlier
+                            number = bump(number, "patch")
+                    merged = dict(manifest.config.metadata)
+                    merged.update(metadata or {})
+                    manifest.versions.append(Version(
+                        version=number, deployment_id=now.strftime("%Y%m%d_%H%M%S"),
+                        created_at=now.isoformat(timespec="seconds"), tree=built.tree,
+                        artifact=built.artifact, name=built.name, size_bytes=built.size,
+                        file_count=built.file_count, format=fmt, metadata=merged, reason=reason,
+                        user=user, host=host, source=str(source),
+                    ))
+                    if manifest.highest is None or version_key(number) > version_key(manifest.highest):
+                        manifest.highest = number
+                    manifest.current = number
+                    manifest.new_trees.add(built.tree)
+                    record(manifest, "deploy", version=number, before=previous, at=now.isoformat(timespec="seconds"),
+                           user=user, host=host, reason=reason)
+                    outcome.update(version=number, unchanged=False, previous=previous)
+        artifact = str(ingest.artifact_path(tree_dir, built.name))
+        if outcome["unchanged"]:
+            self.oplog.write("gaia_cas.deploy", f"{model}: {source} is identical to current version "
+                             f"{outcome['version']} ({built.tree}); nothing deployed")
+        else:
+            self.oplog.write(
+                "gaia_cas.deploy",
+                f"deployed {model} {outcome['version']} from {source}: hash {built.tree}, "
+                f"{built.file_count} files, {built.size} bytes ({built.size / 1048576:.2f} MB), format {fmt}, "
+                f"{built.new_objects} new objects; current {outcome['previous'] or '-'} -> {outcome['version']} "
+                f"by {user}@{host}" + (f" reason={reason!r}" if reason else ""),
+            )
+        return DeployResult(model, outcome["version"], built.tree, outcome["unchanged"], artifact, built.size, fmt,
+                            built.file_count, outcome["previous"], built.new_objects, created_model=snapshot is None)
+
+    def deploy_all(self, **options) -> tuple[list[DeployResult], list[str]]:
+        """Deploy every model from its default source. Returns the results and the skipped models."""
+        models = self.models()
+        with_source = [m for m in models if self.manifests.read(m).config.source]
+        if not with_source:
+            raise InvalidInputError("no model has a default source to deploy from; set one with 'gaia-cas model set NAME --source PATH'")
+        if options.get("version") is not None and len(with_source) > 1:
+            raise InvalidInputError("--version names one version of one model; it cannot apply to every model")
+        results = [self.deploy(m, **options) for m in with_source]
+        return results, [m for m in models if m not in with_source]
+
+    # -- rollback ----------------------------------------------------------------------------
+
+    def rollback(self, name: str, selector: str, *, reason: str | None = None) -> RollbackResult:
+        """Make an existing version current again: a manifest edit and a link swap, no copying."""
+        model = self.model(name)
+        target = self.select(self.manifest(model), selector)  # validate before any write
+        user, host = _who()
+        now = _now().isoformat(timespec="seconds")
+        outcome: dict[str, Any] = {}
+        with self._writing():
+            self._materialize(target.tree)
+            with self.manifests.edit(model, on_commit=self._sync_link) as manifest:
+                chosen = self.select(manifest, selector)  # re-resolved under the lock
+                previous = manifest.current
+                outcome.update(version=chosen.version, previous=previous, tree=chosen.tree, name=chosen.name)
+                if chosen.version == previous:
+                    outcome["unchanged"] = True
+                else:
+                    if chosen.tree != target.tree:
+                        self._materialize(chosen.tree)
+                    manifest.current = chosen.version
+                    record(manifest, "rollback", version=chosen.version, before=previous, at=now,
+                           user=user, host=host, reason=reason)
+                    outcome["unchanged"] = False
+        path = str(ingest.artifact_path(self.layout.tree_path(outcome["tree"]), outcome["name"]))
+        if not outcome["unchanged"]:
+            self.oplog.write("gaia_cas.rollback", f"rolled back {model}: current {outcome['previous'] or '-'} -> "
+                             f"{outcome['version']} ({outcome['tree']}) by {user}@{host}"
+                             + (f" reason={reason!r}" if reason else ""))
+        return RollbackResult(model, outcome["version"], outcome["previous"], outcome["unchanged"], path)
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def select(self, manifest: Manifest, selector: str | None) -> Version:
+        """The version a selector names (see :mod:`gaia_cas.versions`); None means current."""
+        model = manifest.model
+        if selector is None:
+            current = manifest.current_version()
+            if current is None:
+                raise NotFoundError(f"model '{model}' has no current version yet")
+            return current
+        sel = parse_selector(selector)
+        if sel.kind == "previous":
+            version = _previous(manifest)
+            if version is None:
+                raise VersionNotFoundError(model, selector, ": no earlier current version in its history")
+            found = manifest.find(version)
+            if found is None:
+                raise VersionNotFoundError(model, selector, f": {version} was removed by a cleanup")
+            return found
+        if sel.kind == "oid":
+            matches = [v for v in manifest.versions if v.tree.startswith(sel.oid_prefix)]
+            trees = {v.tree for v in matches}
+            if len(trees) > 1:
+                raise InvalidInputError(f"hash prefix {selector!r} is ambiguous in '{model}': "
+                                        + ", ".join(v.version for v in matches))
+            if not matches:
+                raise VersionNotFoundError(model, selector)
+            # Several versions may share one tree (a forced redeploy): take the newest.
+            return matches[-1]
+        found = manifest.find(sel.version)
+        if found is None:
+            was = sel.version in manifest.assigned()
+            raise VersionNotFoundError(model, selector, ": it was removed by a cleanup" if was else "")
+        if sel.deployment_id is not None and found.deployment_id != sel.deployment_id:
+            raise VersionNotFoundError(model, selector, f" (version {found.version} was deployed at {found.deployment_id})")
+        return found
+
+    def show(self, name: str, selector: str | None = None) -> tuple[Manifest, Version]:
+        manifest = self.manifest(name)
+        return manifest, self.select(manifest, selector)
+
+    def status(self) -> Status:
+        models = []
+        logical = 0
+        for model in self.models():
+            manifest = self.manifests.read(model)
+            current = manifest.current_version()
+            total = sum(v.size_bytes for v in manifest.versions)
+            logical += total
+            models.append(ModelStatus(model, manifest.current, len(manifest.versions),
+                                      current.size_bytes if current else 0, total))
+        count, on_disk = _store_usage(self.layout)
+        return Status(models, StoreStatus(count, on_disk, logical))
+
+    def logs(self, n: int = 20) -> list[str]:
+        if n < 0:
+            raise InvalidInputError("-n must be 0 or more")
+        return tail(self.layout.logs, n)
+
+    def resolve(self, name: str):
+        from .reader import resolve
+
+        return resolve(name, root=self.root)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _materialize(self, tree_oid: str) -> Path:
+        return materialize(self.layout, self.objects, tree_oid)
+
+    def _check_complete(self, tree_oid: str) -> None:
+        """Every object the tree reaches exists (a gc must not have taken any of them)."""
+        if not self.objects.exists(tree_oid):
+            raise CorruptionError(f"tree {tree_oid} is missing from the store")
+        for _, entry in self.trees.walk(tree_oid):
+            if not self.objects.exists(entry.oid):
+                raise CorruptionError(f"object {entry.oid} of tree {tree_oid} is missing from the store")
+
+    def _sync_link(self, manifest: Manifest) -> None:
+        """Regenerate the model's link from the manifest just committed."""
+        link = manifest.config.link or self.layout.default_link(manifest.model)
+        current = manifest.current_version()
+        if current is None:
+            links.drop_link(self.layout, link)
+            return
+        tree_dir = self._materialize(current.tree)
+        links.point_link(self.layout, link, ingest.artifact_path(tree_dir, current.name))
+
+    def _writing(self):
+        return _translate_store_errors(self.layout)
+
+
+class _translate_store_errors:
+    """Turn OS errors of the store side (disk full, read-only, permissions) into StoreError."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, GaiaCasError) or not isinstance(exc, OSError):
+            return False
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise StoreError(f"cannot write to the store in {self.layout.root}: {exc.strerror or exc}{where}") from exc
+
+
+def _previous(manifest: Manifest) -> str | None:
+    """The version that was current before the current one became current."""
+    for event in reversed(manifest.history):
+        if event.after == manifest.current and event.before != manifest.current:
+            return event.before
+    return None
+
+
+def _store_usage(layout: Layout) -> tuple[int, int]:
+    """Objects in the store, and bytes on disk counting each inode once (trees are links)."""
+    seen: set[tuple[int, int]] = set()
+    count = 0
+    total = 0
+    for base, counting in ((layout.objects, True), (layout.trees, False), (layout.tmp, False)):
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                if counting:
+                    count += 1
+                key = (st.st_dev, st.st_ino)
+                if key not in seen:
+                    seen.add(key)
+                    total += st.st_size
+    return count, total

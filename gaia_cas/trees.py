@@ -1,0 +1,104 @@
+"""Tree objects: a directory as a msgpack list of ``[name, kind, oid, size]`` entries.
+
+Entries are sorted by the UTF-8 bytes of their names before packing (msgpack keeps the order
+it is given, and the same directory must always give the same bytes, hence the same oid).
+``kind`` is ``"file"`` or ``"dir"``; ``size`` is the file's size, or for a directory the total
+size of the files below it. A tree read back from the store is validated entry by entry before
+any path is built from it: names (no ``..``, ``/``, empty, duplicates), kinds, oids, sizes and
+nesting depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import msgpack
+
+from .errors import CorruptionError
+from .names import entry_name_problem, is_oid
+
+FILE = "file"
+DIR = "dir"
+KINDS = (FILE, DIR)
+MAX_DEPTH = 64
+MAX_TREE_BYTES = 64 << 20
+MAX_ENTRIES = 1_000_000
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str
+    oid: str
+    size: int
+
+
+def _sort_key(entry: Entry) -> bytes:
+    return entry.name.encode("utf-8")
+
+
+def encode_tree(entries: list[Entry]) -> bytes:
+    ordered = sorted(entries, key=_sort_key)
+    return msgpack.packb([[e.name, e.kind, e.oid, e.size] for e in ordered], use_bin_type=True)
+
+
+def decode_tree(data: bytes, oid: str = "?") -> list[Entry]:
+    try:
+        raw = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=4096,
+            max_bin_len=0,
+            max_array_len=MAX_ENTRIES,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise CorruptionError(f"tree {oid} does not decode: {exc}") from None
+    if not isinstance(raw, list):
+        raise CorruptionError(f"tree {oid} is not a list of entries")
+    entries: list[Entry] = []
+    previous: bytes | None = None
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 4):
+            raise CorruptionError(f"tree {oid} has a malformed entry {item!r:.80}")
+        name, kind, child, size = item
+        problem = entry_name_problem(name)
+        if problem:
+            raise CorruptionError(f"tree {oid} has an entry name {name!r:.80} that {problem}")
+        if kind not in KINDS:
+            raise CorruptionError(f"tree {oid} entry {name!r} has unknown kind {kind!r:.40}")
+        if not is_oid(child):
+            raise CorruptionError(f"tree {oid} entry {name!r} has an invalid oid {child!r:.80}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise CorruptionError(f"tree {oid} entry {name!r} has an invalid size {size!r:.40}")
+        key = name.encode("utf-8")
+        if previous is not None and key <= previous:
+            what = "a duplicate" if key == previous else "an unsorted"
+            raise CorruptionError(f"tree {oid} has {what} entry {name!r}")
+        previous = key
+        entries.append(Entry(name, kind, child, size))
+    return entries
+
+
+class TreeReader:
+    """Reads and walks trees from an object store, with a depth bound."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def entries(self, oid: str) -> list[Entry]:
+        return decode_tree(self.store.read(oid, MAX_TREE_BYTES), oid)
+
+    def walk(self, oid: str, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Entry]]:
+        """Yield ``(relative path, entry)`` for every entry below the tree, parents first."""
+        if depth > MAX_DEPTH:
+            raise CorruptionError(f"tree {oid} nests deeper than {MAX_DEPTH} levels")
+        for entry in self.entries(oid):
+            path = f"{prefix}{entry.name}"
+            yield path, entry
+            if entry.kind == DIR:
+                yield from self.walk(entry.oid, path + "/", depth + 1)
