@@ -338,12 +338,7 @@ class Manifests:
 
         if not isinstance(name, str) or not name:
             raise InvalidInputError("a model name is required")
-        try:
-            check_model_name(name)
-        except InvalidInputError:
-            if name in ("all", "both"):
-                raise
-            raise InvalidInputError(f"invalid model name {name!r}") from None
+        check_model_name(name)
         if self.layout.manifest_path(name).is_file():
             return name
         names = self.names()

@@ -1,0 +1,263 @@
+"""The command line: parse, call the library, print. Nothing else lives here.
+
+Every error the library raises on purpose (:class:`GaiaCasError`) and every OS error becomes one
+``gaia-cas: error: ...`` line and exit status 1; ``-v`` adds the traceback. Heavy modules are
+imported by the commands that need them, so ``gaia-cas --version`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from .errors import GaiaCasError
+from .parser import PROG, build_parser
+
+
+def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: a command is required (see '{PROG} --help')", file=sys.stderr)
+        return 2
+    try:
+        return _COMMANDS[args.command](args, default_root) or 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`): not an error worth a message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # the one place where every failure becomes one line
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{PROG}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, GaiaCasError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _repo(args, default_root):
+    from .repo import Repository
+
+    return Repository.open(args.root, default_root=default_root, lock_timeout=args.lock_timeout)
+
+
+def _emit(args, document, text: str) -> None:
+    if args.json:
+        print(json.dumps(document, indent=2, sort_keys=False))
+    elif text:
+        print(text)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1048576:.2f} MB"
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def _table(rows: list[list[str]], indent: str = "") -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _version_json(manifest, version) -> dict:
+    return {
+        "version": version.version, "hash": version.tree, "created_at": version.created_at,
+        "deployment_id": version.deployment_id, "size_bytes": version.size_bytes,
+        "size_mb": version.size_mb, "file_count": version.file_count, "format": version.format,
+        "artifact": version.artifact, "name": version.name,
+        "current": version.version == manifest.current, "pinned": version.pinned,
+        "reason": version.reason, "user": version.user, "host": version.host,
+        "source": version.source, "metadata": version.metadata,
+    }
+
+
+# -- commands --------------------------------------------------------------------------------
+
+def cmd_init(args, default_root):
+    from .repo import Repository
+
+    target = os.path.abspath(args.dir or args.root or ".")
+    repo = Repository.init(target)
+    _emit(args, {"root": str(repo.root)}, f"gaia-cas root ready in {repo.root}")
+
+
+def cmd_model(args, default_root):
+    repo = _repo(args, default_root)
+    if args.model_command == "show":
+        model = repo.model(args.name)
+        config = repo.manifest(model).config
+    else:
+        from .repo import parse_meta
+
+        options = dict(aliases=args.alias, source=args.source, link=args.link,
+                       metadata=parse_meta(args.meta), reason=args.reason)
+        if args.model_command == "add":
+            model = args.name
+            config = repo.add_model(args.name, **options)
+        else:
+            model = repo.model(args.name)
+            config = repo.set_model(args.name, **options)
+    link = config.link or repo.layout.default_link(model)
+    doc = {"model": model, "aliases": config.aliases, "source": config.source, "link": link,
+           "metadata": config.metadata, "retention": config.retention}
+    lines = [f"model    {model}", f"aliases  {', '.join(config.aliases) or '-'}",
+             f"source   {config.source or '-'}", f"link     {link}"]
+    lines += [f"meta     {k} = {json.dumps(v)}" for k, v in config.metadata.items()]
+    _emit(args, doc, "\n".join(lines))
+
+
+def _deploy_text(result) -> str:
+    if result.dry_run:
+        if result.unchanged:
+            return f"{result.model}: unchanged (identical to current version {result.version}); nothing would be deployed"
+        return (f"{result.model}: would deploy {result.version} ({_files(result.file_count)}, "
+                f"{_mb(result.size_bytes)}, {result.format}, hash {result.hash}); nothing written (dry run)")
+    if result.unchanged:
+        return (f"{result.model}: unchanged (identical to current version {result.version}, hash {result.hash[:12]}); "
+                "nothing deployed (--force deploys it anyway)")
+    return (f"deployed {result.model} {result.version}  hash {result.hash[:12]}  {result.file_count} files  "
+            f"{_mb(result.size_bytes)}  {result.format}  {result.new_objects} new objects\n"
+            f"  current: {result.previous or '-'} -> {result.version}")
+
+
+def cmd_deploy(args, default_root):
+    from .repo import parse_meta
+
+    repo = _repo(args, default_root)
+    options = dict(bump_kind=args.bump, version=args.set_version, reason=args.reason,
+                   metadata=parse_meta(args.meta), force=args.force, dry_run=args.dry_run)
+    if args.model in ("all", "both"):
+        if args.path is not None:
+            from .errors import InvalidInputError
+
+            raise InvalidInputError(f"'deploy {args.model}' deploys every model from its own source; it takes no PATH")
+        results, skipped = repo.deploy_all(**options)
+        text = "\n".join(_deploy_text(r) for r in results)
+        if skipped:
+            text += f"\nskipped (no default source): {', '.join(skipped)}"
+        _emit(args, {"deployed": [r.to_json() for r in results], "skipped": skipped}, text)
+        return
+    result = repo.deploy(args.model, args.path, **options)
+    _emit(args, result.to_json(), _deploy_text(result))
+
+
+def _list_one(repo, model) -> tuple[dict, str]:
+    manifest = repo.manifest(model)
+    doc = {"model": manifest.model, "current": manifest.current,
+           "versions": [_version_json(manifest, v) for v in reversed(manifest.versions)]}
+    aliases = f" (alias {', '.join(manifest.config.aliases)})" if manifest.config.aliases else ""
+    head = f"{manifest.model}{aliases}: current {manifest.current or '-'}, {len(manifest.versions)} versions"
+    if not manifest.versions:
+        return doc, head
+    rows = [["", "VERSION", "DEPLOYED", "HASH", "SIZE", "FORMAT", "REASON"]]
+    for v in reversed(manifest.versions):
+        mark = "*" if v.version == manifest.current else ""
+        rows.append([mark, v.version, v.created_at[:19].replace("T", " "), v.tree[:12], _mb(v.size_bytes),
+                     v.format, (v.reason or "")[:40]])
+    return doc, head + "\n" + _table(rows, "  ")
+
+
+def cmd_list(args, default_root):
+    repo = _repo(args, default_root)
+    if args.model:
+        doc, text = _list_one(repo, args.model)
+        _emit(args, doc, text)
+        return
+    parts = [_list_one(repo, m) for m in repo.models()]
+    text = "\n\n".join(t for _, t in parts) or "no models yet: deploy one with 'gaia-cas deploy MODEL PATH'"
+    _emit(args, {"models": [d for d, _ in parts]}, text)
+
+
+def cmd_status(args, default_root):
+    repo = _repo(args, default_root)
+    status = repo.status()
+    models = status.models
+    if args.model:
+        name = repo.model(args.model)
+        models = [m for m in models if m.model == name]
+    doc = {"models": [{"model": m.model, "current": m.current, "versions": m.versions,
+                       "size_bytes": m.size_bytes, "logical_bytes": m.logical_bytes} for m in models],
+           "store": {"objects": status.store.objects, "bytes_on_disk": status.store.bytes_on_disk,
+                     "logical_bytes": status.store.logical_bytes}}
+    lines = []
+    if models:
+        rows = [["MODEL", "CURRENT", "VERSIONS", "SIZE", "ALL VERSIONS"]]
+        rows += [[m.model, m.current or "-", str(m.versions), _mb(m.size_bytes), _mb(m.logical_bytes)] for m in models]
+        lines.append(_table(rows))
+    else:
+        lines.append("no models yet")
+    s = status.store
+    saved = s.logical_bytes - s.bytes_on_disk
+    ratio = f", {s.logical_bytes / s.bytes_on_disk:.1f}x" if s.bytes_on_disk else ""
+    lines.append(f"\nstore: {s.objects} objects, {_mb(s.bytes_on_disk)} on disk for {_mb(s.logical_bytes)} "
+                 f"of versions (deduplication saves {_mb(max(saved, 0))}{ratio})")
+    lines.append(f"root:  {repo.root}")
+    _emit(args, doc, "\n".join(lines))
+
+
+def cmd_show(args, default_root):
+    repo = _repo(args, default_root)
+    manifest, version = repo.show(args.model, args.version)
+    doc = {"model": manifest.model, **_version_json(manifest, version)}
+    rows = [[k, "" if v is None else str(v)] for k, v in doc.items() if k != "metadata"]
+    rows += [[f"metadata.{k}", json.dumps(v)] for k, v in version.metadata.items()]
+    _emit(args, doc, _table(rows))
+
+
+def cmd_rollback(args, default_root):
+    repo = _repo(args, default_root)
+    result = repo.rollback(args.model, args.version, reason=args.reason)
+    if result.unchanged:
+        text = f"{result.model}: {result.version} is already current; nothing changed"
+    else:
+        text = f"rolled back {result.model}: {result.previous or '-'} -> {result.version}"
+    _emit(args, result.to_json(), text)
+
+
+def cmd_logs(args, default_root):
+    repo = _repo(args, default_root)
+    lines = repo.logs(args.lines)
+    _emit(args, {"lines": lines}, "\n".join(lines) if lines else "no log lines yet")
+
+
+def cmd_demo(args, default_root):
+    from .samples import register_samples
+
+    repo = _repo(args, default_root)
+    results = register_samples(repo)
+    for result in results:
+        if not args.json:
+            print(_deploy_text(result))
+    if args.json:
+        _emit(args, {"deployed": [r.to_json() for r in results]}, "")
+        return
+    args.model = None
+    print()
+    cmd_list(args, default_root)
+    print()
+    cmd_status(args, default_root)
+
+
+_COMMANDS = {
+    "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
+    "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
+    "demo": cmd_demo,
+}

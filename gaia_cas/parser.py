@@ -1,0 +1,119 @@
+"""The gaia-cas command line, as one argparse parser.
+
+This file imports nothing from the package on purpose: argparse-manpage loads it on its own
+(``pyfile=``) to generate the man page, outside any package context.
+"""
+
+import argparse
+
+PROG = "gaia-cas"
+DESCRIPTION = "Versioned ML model deployment on a content-addressed, deduplicated store."
+EPILOG = """\
+The data root is --root DIR, else $GAIA_CAS_ROOT, else the nearest folder at or above the
+working directory holding store/ and manifests/. Exit status: 0 on success, 2 when the command
+line is rejected, 1 on any other error."""
+
+
+class _LazyVersion(argparse.Action):
+    """--version: look the version up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("gaia-cas")
+        except PackageNotFoundError:
+            number = "unknown (not installed)"
+        parser.exit(message=f"{PROG} {number}\n")
+
+
+def _common(parser, top):
+    """Options accepted both before and after the subcommand.
+
+    On subcommands the defaults are SUPPRESS, so an option given before the subcommand is not
+    overwritten by the subcommand's default.
+    """
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print one JSON document instead of text")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                        help="show a traceback when something fails")
+    parser.add_argument("--root", metavar="DIR", default=default(None),
+                        help="the data root holding store/ and manifests/")
+    parser.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=default(None),
+                        help="how long to wait for a model's lock "
+                             "(default $GAIA_CAS_LOCK_TIMEOUT, else 30)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_LazyVersion, help="print the version and exit")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, help, **kwargs):
+        p = sub.add_parser(name, help=help, description=help, **kwargs)
+        _common(p, top=False)
+        return p
+
+    def reason(p):
+        p.add_argument("--reason", metavar="TEXT", help="why: recorded in the history and the log")
+
+    p = command("init", "create a data root (store/, manifests/, logs/); safe to repeat")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="where (default: the working directory)")
+
+    p = command("model", "register a model or change its settings")
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION")
+    msub.required = True
+    for action, text in (("add", "register a model: aliases, default source, link location, metadata"),
+                         ("set", "change a model's settings (--alias replaces the aliases)")):
+        mp = msub.add_parser(action, help=text, description=text)
+        _common(mp, top=False)
+        mp.add_argument("name", metavar="NAME", help="model name: lowercase [a-z0-9][a-z0-9._-]*")
+        mp.add_argument("--alias", action="append", metavar="A", help="another name for the model (repeatable)")
+        mp.add_argument("--source", metavar="PATH", help="what 'deploy NAME' deploys when no PATH is given")
+        mp.add_argument("--link", metavar="PATH",
+                        help="where the current link lives, relative to the root (default models/NAME/current)")
+        mp.add_argument("--meta", action="append", metavar="K=V",
+                        help="default metadata for every version; V is read as JSON when it parses (repeatable)")
+        reason(mp)
+    mp = msub.add_parser("show", help="show a model's settings", description="show a model's settings")
+    _common(mp, top=False)
+    mp.add_argument("name", metavar="NAME")
+
+    p = command("deploy", "deploy a file or folder as the model's next version and make it current")
+    p.add_argument("model", metavar="MODEL", help="model name or alias; 'all' (or 'both') deploys every model from its source")
+    p.add_argument("path", nargs="?", metavar="PATH", help="file or folder to deploy (default: the model's source)")
+    p.add_argument("--bump", choices=("major", "minor", "patch"), default="minor",
+                   help="which part of the highest version to raise (default minor)")
+    p.add_argument("--version", dest="set_version", metavar="X.Y.Z", help="use this (new) version number")
+    p.add_argument("--meta", action="append", metavar="K=V", help="metadata for this version (repeatable)")
+    p.add_argument("--force", action="store_true", help="deploy even if identical to the current version")
+    p.add_argument("--dry-run", action="store_true", help="report what would happen; write nothing")
+    reason(p)
+
+    p = command("list", "list versions, newest first, the current one marked")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="one model (default: every model)")
+
+    p = command("status", "current version per model, and the store's size and deduplication")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="one model (default: every model)")
+
+    p = command("show", "show one version's fields and metadata")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", nargs="?", metavar="VERSION", help="a version selector (default: current)")
+
+    p = command("rollback", "make an earlier (or any existing) version current again; no bytes are copied")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION",
+                   help="1.4.0, 1.4, v1.4, v1.4_YYYYmmdd_HHMMSS, 8+ hex digits of its hash, or 'previous'")
+    reason(p)
+
+    p = command("logs", "show the most recent lines of the operation log")
+    p.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")
+
+    command("demo", "deploy the bundled sample models (a SavedModel folder and a joblib file) and show them")
+    return parser
