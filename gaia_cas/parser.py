@@ -27,7 +27,8 @@ class _LazyVersion(argparse.Action):
             number = version("gaia-cas")
         except PackageNotFoundError:
             number = "unknown (not installed)"
-        parser.exit(message=f"{PROG} {number}\n")
+        print(f"{PROG} {number}")
+        parser.exit()
 
 
 def _common(parser, top):

@@ -1,0 +1,186 @@
+"""deploy: version numbering, unchanged detection, metadata, dry runs, deploy all/both."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import make_joblib, make_savedmodel, snapshot
+from gaia_cas.errors import InvalidInputError, ModelNotFoundError, SourceError
+
+
+def test_first_deploy_creates_the_model_as_1_0_0(repo, savedmodel):
+    result = repo.deploy("ssd", savedmodel)
+    assert (result.version, result.unchanged, result.previous) == ("1.0.0", False, None)
+    manifest = repo.manifest("ssd")
+    assert manifest.current == "1.0.0"
+    assert [v.version for v in manifest.versions] == ["1.0.0"]
+    assert manifest.versions[0].tree == result.hash
+    assert (repo.root / "store" / "trees" / result.hash / "saved_model.pb").is_file()
+
+
+def test_each_deploy_bumps_the_minor_of_the_highest_version(repo, tmp_path):
+    src = tmp_path / "m"
+    numbers = []
+    for variant in range(4):
+        make_savedmodel(src, variant)
+        numbers.append(repo.deploy("ssd", src).version)
+    assert numbers == ["1.0.0", "1.1.0", "1.2.0", "1.3.0"]
+
+
+def test_bump_major_and_patch_and_explicit_version(repo, tmp_path):
+    src = tmp_path / "m"
+    make_savedmodel(src, 0)
+    repo.deploy("ssd", src)
+    make_savedmodel(src, 1)
+    assert repo.deploy("ssd", src, bump_kind="patch").version == "1.0.1"
+    make_savedmodel(src, 2)
+    assert repo.deploy("ssd", src, bump_kind="major").version == "2.0.0"
+    make_savedmodel(src, 3)
+    assert repo.deploy("ssd", src, version="v2.5").version == "2.5.0"
+    make_savedmodel(src, 4)
+    assert repo.deploy("ssd", src).version == "2.6.0"
+
+
+def test_explicit_version_must_be_new(repo, tmp_path, root):
+    src = tmp_path / "m"
+    make_savedmodel(src, 0)
+    repo.deploy("ssd", src)
+    make_savedmodel(src, 1)
+    before = snapshot(root)
+    with pytest.raises(InvalidInputError, match="already assigned"):
+        repo.deploy("ssd", src, version="1.0.0")
+    with pytest.raises(InvalidInputError, match="malformed version"):
+        repo.deploy("ssd", src, version="1.x")
+    after = snapshot(root)
+    assert {k: v for k, v in after.items() if not k.startswith("logs")} == \
+        {k: v for k, v in before.items() if not k.startswith("logs")}
+
+
+def test_identical_redeploy_is_unchanged_and_force_makes_a_version(repo, savedmodel):
+    first = repo.deploy("ssd", savedmodel)
+    generation = repo.manifest("ssd").generation
+    again = repo.deploy("ssd", savedmodel)
+    assert again.unchanged and again.version == "1.0.0" and again.hash == first.hash
+    assert again.new_objects == 0
+    assert repo.manifest("ssd").generation == generation
+    forced = repo.deploy("ssd", savedmodel, force=True)
+    assert (forced.unchanged, forced.version, forced.hash) == (False, "1.1.0", first.hash)
+
+
+def test_redeploy_of_an_older_content_gets_a_new_number(repo, tmp_path):
+    """The old script reused v1.3; here a number is never given twice, even for old bytes."""
+    src = tmp_path / "m"
+    make_savedmodel(src, 0)
+    repo.deploy("ssd", src)
+    make_savedmodel(src, 1)
+    repo.deploy("ssd", src)
+    make_savedmodel(src, 0)
+    result = repo.deploy("ssd", src)
+    assert (result.version, result.unchanged) == ("1.2.0", False)
+    versions = repo.manifest("ssd").versions
+    assert versions[0].tree == versions[2].tree
+    assert len({v.version for v in versions}) == 3
+
+
+def test_dry_run_writes_nothing(repo, root, savedmodel):
+    before = snapshot(root)
+    result = repo.deploy("ssd", savedmodel, dry_run=True)
+    assert result.dry_run and result.version == "1.0.0" and not result.unchanged
+    assert snapshot(root) == before
+    real = repo.deploy("ssd", savedmodel)
+    assert real.hash == result.hash  # the dry run computed the same tree oid
+    before = snapshot(root)
+    assert repo.deploy("ssd", savedmodel, dry_run=True).unchanged
+    assert snapshot(root) == before
+
+
+def test_version_records_metadata_who_and_sizes(repo, savedmodel):
+    repo.add_model("ssd", aliases=["dl"], metadata={"architecture": "SSD MobileNet V2", "input_size": [320, 320],
+                                                    "detection_threshold": 0.5})
+    repo.deploy("dl", savedmodel, reason="retrained on July data",
+                metadata={"detection_threshold": 0.6, "classes": ["fungal"]})
+    v = repo.manifest("ssd").versions[-1]
+    assert v.metadata == {"architecture": "SSD MobileNet V2", "input_size": [320, 320],
+                          "detection_threshold": 0.6, "classes": ["fungal"]}
+    size = sum(f.stat().st_size for f in savedmodel.rglob("*") if f.is_file())
+    assert (v.size_bytes, v.file_count, v.format, v.artifact) == (size, 4, "savedmodel", "directory")
+    assert v.size_mb == round(size / 1048576, 2)
+    assert v.reason == "retrained on July data"
+    assert v.user and v.host
+    assert len(v.deployment_id) == 15 and v.deployment_id[8] == "_"
+    assert v.created_at.startswith(f"{v.deployment_id[:4]}-{v.deployment_id[4:6]}-{v.deployment_id[6:8]}T")
+    assert v.source == str(savedmodel)
+
+
+def test_file_artifact_keeps_its_name(repo, joblib_file, root):
+    result = repo.deploy("catboost", joblib_file)
+    v = repo.manifest("catboost").versions[-1]
+    assert (v.artifact, v.name, v.format, v.file_count) == ("file", "model_catboost_best.joblib", "joblib", 1)
+    link = root / "models" / "catboost" / "current"
+    assert link.is_symlink() and link.name == "current"
+    assert os.path.basename(os.readlink(link)) == "model_catboost_best.joblib"
+    assert link.read_bytes() == joblib_file.read_bytes()
+    assert result.path.endswith("/model_catboost_best.joblib")
+
+
+def test_deploy_from_the_registered_source_and_deploy_all(repo, tmp_path):
+    ssd_src = make_savedmodel(tmp_path / "ssd")
+    cb_src = make_joblib(tmp_path / "cb" / "model_catboost_best.joblib")
+    repo.add_model("ssd", aliases=["dl"], source=str(ssd_src))
+    repo.add_model("catboost", aliases=["ml"], source=str(cb_src))
+    repo.add_model("nosource")
+    assert repo.deploy("dl").version == "1.0.0"
+    results, skipped = repo.deploy_all()
+    assert {r.model: (r.version, r.unchanged) for r in results} == {"ssd": ("1.0.0", True),
+                                                                    "catboost": ("1.0.0", False)}
+    assert skipped == ["nosource"]
+    with pytest.raises(InvalidInputError, match="no default source"):
+        repo.deploy("nosource")
+
+
+def test_deploy_both_from_the_cli(cli, tmp_path):
+    cli("model", "add", "ssd", "--alias", "dl", "--source", make_savedmodel(tmp_path / "ssd"))
+    cli("model", "add", "catboost", "--alias", "ml", "--source",
+        make_joblib(tmp_path / "cb" / "model_catboost_best.joblib"))
+    run = cli("deploy", "both", "--json")
+    assert run.code == 0, run.err
+    doc = run.json()
+    assert sorted(d["model"] for d in doc["deployed"]) == ["catboost", "ssd"]
+    assert all(d["version"] == "1.0.0" for d in doc["deployed"])
+    run = cli("deploy", "all", tmp_path)
+    assert run.code == 1 and "takes no PATH" in run.err
+
+
+@pytest.mark.parametrize("name", ["all", "both"])
+def test_reserved_words_are_not_model_names(repo, savedmodel, name):
+    with pytest.raises(InvalidInputError, match="reserved"):
+        repo.add_model(name)
+
+
+@pytest.mark.parametrize("name", ["../x", "Upper", "", "-lead", "a/b", "x" * 65, ".hidden"])
+def test_bad_model_names_are_rejected_before_writing(repo, root, savedmodel, name):
+    before = snapshot(root)
+    with pytest.raises(InvalidInputError):
+        repo.deploy(name, savedmodel)
+    assert snapshot(root) == before
+
+
+def test_missing_source_and_unknown_model(repo, root, tmp_path):
+    before = snapshot(root)
+    with pytest.raises(SourceError, match="does not exist"):
+        repo.deploy("ssd", tmp_path / "nope")
+    with pytest.raises(ModelNotFoundError):
+        repo.deploy("ssd")
+    assert snapshot(root) == before
+
+
+def test_same_content_in_two_models_is_stored_once(repo, tmp_path, root):
+    a = make_savedmodel(tmp_path / "a")
+    b = make_savedmodel(tmp_path / "b")
+    repo.deploy("one", a)
+    objects = sorted(p for p in (root / "store" / "objects").rglob("*") if p.is_file())
+    result = repo.deploy("two", b)
+    assert result.new_objects == 0
+    assert sorted(p for p in (root / "store" / "objects").rglob("*") if p.is_file()) == objects
