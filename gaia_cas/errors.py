@@ -42,12 +42,12 @@ class SourceError(GaiaCasError):
 
 
 class LockTimeoutError(GaiaCasError, TimeoutError):
-    def __init__(self, lock_path: str, timeout: float):
+    def __init__(self, lock_path: str, timeout: float, holder: str = "another gaia-cas process is changing this model"):
         self.lock_path = lock_path
         self.timeout = timeout
         super().__init__(
             f"could not take the lock {lock_path} within {timeout:g} s: "
-            "another gaia-cas process is changing this model (raise --lock-timeout to wait longer)"
+            f"{holder} (raise --lock-timeout to wait longer)"
         )
 
 

@@ -5,8 +5,9 @@ Two phases, so that bad input changes nothing:
 1. :func:`scan` walks the source with ``lstat`` only and rejects anything gaia-cas cannot store
    faithfully -- symlinks, FIFOs, sockets, devices, unreadable folders, non-UTF-8 names, an
    empty source -- before a single byte is written.
-2. :func:`build` streams every file once into a staging area (read, hash, write), packs the
-   tree objects bottom-up, and installs everything only when the whole source has been read.
+2. :func:`stage` streams every file once into a staging area (read, hash, write) and packs the
+   tree objects bottom-up; the caller installs the staged objects only once the whole source
+   has been read.
 
 A single file is stored as a tree with one entry, so every version is a tree oid and the
 file keeps its real name (loaders look for ``model_catboost_best.joblib``, not an oid).
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from .errors import SourceError
 from .names import entry_name_problem
-from .objects import CHUNK, ObjectStore, hash_bytes, hash_stream
+from .objects import CHUNK, hash_bytes, hash_stream
 from .trees import DIR, FILE, MAX_DEPTH, Entry, encode_tree
 
 DIRECTORY_ARTIFACT = "directory"
@@ -186,15 +187,15 @@ class _Builder:
         return Built(tree, DIRECTORY_ARTIFACT, None, size, self.file_count)
 
 
-def build(store: ObjectStore, source: str | os.PathLike, *, dry_run: bool = False) -> Built:
-    """Store ``source`` (or only hash it, for a dry run) and return its tree oid and sizes."""
+def stage(staging, source: str | os.PathLike) -> Built:
+    """Scan ``source`` and stream it into ``staging``; nothing reaches store/objects yet."""
     node = scan(source)
-    if dry_run:
-        return _Builder().artifact(node)
-    with store.staging() as stage:
-        built = _Builder(stage).artifact(node)
-        new = stage.install()
-    return Built(built.tree, built.artifact, built.name, built.size, built.file_count, new)
+    return _Builder(staging).artifact(node)
+
+
+def hash_only(source: str | os.PathLike) -> Built:
+    """The tree oid ``source`` would get, computed without writing anything (dry runs)."""
+    return _Builder().artifact(scan(source))
 
 
 def artifact_path(tree_dir: Path, name: str | None) -> Path:

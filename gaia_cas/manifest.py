@@ -77,6 +77,7 @@ class Event:
     user: str | None = None
     host: str | None = None
     reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,7 +119,7 @@ _VERSION_FIELDS = {
 _EVENT_FIELDS = {
     "generation": int, "at": str, "action": str, "version": (str, type(None)),
     "before": (str, type(None)), "after": (str, type(None)), "user": (str, type(None)),
-    "host": (str, type(None)), "reason": (str, type(None)),
+    "host": (str, type(None)), "reason": (str, type(None)), "details": dict,
 }
 _CONFIG_FIELDS = {
     "aliases": list, "source": (str, type(None)), "link": (str, type(None)),
@@ -223,7 +224,8 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
         if name is not None and ("/" in name or name in ("", ".", "..") or "\0" in name):
             raise CorruptionError(f"{origin} version {fields['version']} has an invalid file name {name!r:.80}")
         versions.append(Version(**fields))
-    history = [Event(**_fields(raw, _EVENT_FIELDS, f"{origin} history #{i}")) for i, raw in enumerate(top["history"])]
+    history = [Event(**_fields(raw, _EVENT_FIELDS, f"{origin} history #{i}", optional=("details",)))
+               for i, raw in enumerate(top["history"])]
     manifest = Manifest(
         model=top["model"], config=ModelConfig(**cfg), versions=versions, current=top["current"],
         highest=top["highest"], generation=top["generation"], history=history,
@@ -350,6 +352,7 @@ class Manifests:
 
 
 def record(manifest: Manifest, action: str, *, version: str | None, before: str | None,
-           at: str, user: str | None, host: str | None, reason: str | None) -> None:
+           at: str, user: str | None, host: str | None, reason: str | None, details: dict | None = None) -> None:
     """Append a history event; its generation is filled in when the edit commits."""
-    manifest.history.append(Event(-1, at, action, version, before, manifest.current, user, host, reason))
+    manifest.history.append(Event(-1, at, action, version, before, manifest.current, user, host, reason,
+                                  dict(details or {})))

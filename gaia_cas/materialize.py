@@ -17,6 +17,7 @@ from pathlib import Path
 from .atomic import fsync_dir, tmp_name
 from .errors import CorruptionError
 from .layout import Layout
+from .locking import try_flock_dir
 from .objects import READ_ONLY, ObjectStore
 from .trees import DIR, MAX_DEPTH, TreeReader
 
@@ -32,6 +33,8 @@ def materialize(layout: Layout, store: ObjectStore, tree_oid: str) -> Path:
     layout.trees.mkdir(parents=True, exist_ok=True)
     layout.tmp.mkdir(parents=True, exist_ok=True)
     build = layout.tmp / tmp_name("tree-" + tree_oid)
+    os.mkdir(build)
+    liveness = try_flock_dir(build)  # gc leaves a build folder alone while we hold this
     try:
         _checkout(TreeReader(store), store, tree_oid, build, 0)
         os.rename(build, final)
@@ -44,6 +47,9 @@ def materialize(layout: Layout, store: ObjectStore, tree_oid: str) -> Path:
     except BaseException:
         remove_tree(build)
         raise
+    finally:
+        if liveness is not None:
+            os.close(liveness)
     fsync_dir(layout.trees)
     return final
 
@@ -51,10 +57,10 @@ def materialize(layout: Layout, store: ObjectStore, tree_oid: str) -> Path:
 def _checkout(reader: TreeReader, store: ObjectStore, oid: str, dest: Path, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise CorruptionError(f"tree {oid} nests deeper than {MAX_DEPTH} levels")
-    os.mkdir(dest)
     for entry in reader.entries(oid):
         target = dest / entry.name
         if entry.kind == DIR:
+            os.mkdir(target)
             _checkout(reader, store, entry.oid, target, depth + 1)
             continue
         source = store.path(entry.oid)

@@ -19,6 +19,7 @@ import xxhash
 from .atomic import fsync_dir, tmp_name, write_all
 from .errors import CorruptionError, StoreError
 from .layout import Layout
+from .locking import try_flock_dir
 
 CHUNK = 1 << 20  # 1 MiB: large enough for ~6 GiB/s hashing, small enough to bound memory
 READ_ONLY = 0o444
@@ -95,11 +96,15 @@ class Staging:
         self._staged: dict[str, Path] = {}
         self._buffer = bytearray(CHUNK)
         self._counter = 0
+        self._liveness: int | None = None
 
     def __enter__(self) -> "Staging":
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
         self.dir = self.layout.tmp / tmp_name("stage")
         os.mkdir(self.dir)
+        # Held while this process lives: gc never removes a staging folder someone still holds,
+        # however long a big deploy takes.
+        self._liveness = try_flock_dir(self.dir)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -184,6 +189,9 @@ class Staging:
         if self.dir is not None and self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
+        if self._liveness is not None:
+            os.close(self._liveness)
+            self._liveness = None
 
 
 def _link_or_refresh(staged: Path, final: Path) -> int:

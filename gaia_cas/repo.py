@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from .errors import (
     VersionNotFoundError,
 )
 from .layout import Layout, find_root, normalize_link
-from .locking import lock_timeout_from_env
+from .locking import hold_flock, lock_timeout_from_env
 from .manifest import Manifest, Manifests, ModelConfig, Version, record
 from .materialize import materialize
 from .names import check_model_name
@@ -101,6 +102,21 @@ class Status:
             "models": [m.__dict__ for m in self.models],
             "store": self.store.__dict__,
         }
+
+
+@dataclass(frozen=True)
+class _DeployRequest:
+    model: str
+    source: Path
+    snapshot: Manifest | None
+    explicit: str | None
+    bump_kind: str
+    force: bool
+    reason: str | None
+    metadata: dict
+    now: datetime
+    user: str
+    host: str
 
 
 def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
@@ -262,6 +278,45 @@ class Repository:
                version: str | None = None, reason: str | None = None, metadata: dict | None = None,
                force: bool = False, dry_run: bool = False) -> DeployResult:
         """Deploy a file or folder as the model's next version and make it current."""
+        request = self._deploy_request(name, path, bump_kind, version, reason, metadata, force)
+        snapshot = request.snapshot
+        if dry_run:
+            built = ingest.hash_only(request.source)
+            fmt = formats.detect(request.source)
+            current = snapshot.current_version() if snapshot else None
+            if current and current.tree == built.tree and not force:
+                number, unchanged = current.version, True
+            else:
+                number, unchanged = request.explicit or bump(snapshot.highest if snapshot else None, bump_kind), False
+            return DeployResult(request.model, number, built.tree, unchanged, None, built.size, fmt,
+                                built.file_count, snapshot.current if snapshot else None, dry_run=True,
+                                created_model=snapshot is None)
+
+        with _translate_store_errors(self.layout), self.objects.staging() as staging:
+            built = ingest.stage(staging, request.source)  # the long part: no lock held
+            fmt = formats.detect(request.source)
+            with self._writing():  # from here to the commit, gc waits (the store barrier)
+                new_objects = staging.install()
+                tree_dir = self._materialize(built.tree)
+                number, unchanged, previous = self._commit_deploy(request, built, fmt)
+
+        model, source = request.model, request.source
+        if unchanged:
+            self.oplog.write("gaia_cas.deploy", f"{model}: {source} is identical to current version {number} "
+                             f"({built.tree}); nothing deployed")
+        else:
+            self.oplog.write(
+                "gaia_cas.deploy",
+                f"deployed {model} {number} from {source}: hash {built.tree}, {built.file_count} files, "
+                f"{built.size} bytes ({built.size / 1048576:.2f} MB), format {fmt}, {new_objects} new objects; "
+                f"current {previous or '-'} -> {number} by {request.user}@{request.host}"
+                + (f" reason={reason!r}" if reason else ""),
+            )
+        return DeployResult(model, number, built.tree, unchanged, str(ingest.artifact_path(tree_dir, built.name)),
+                            built.size, fmt, built.file_count, previous, new_objects, created_model=snapshot is None)
+
+    def _deploy_request(self, name, path, bump_kind, version, reason, metadata, force) -> "_DeployRequest":
+        """Validate everything a deploy was given, before a single byte is written."""
         if bump_kind not in BUMPS:
             raise InvalidInputError(f"unknown bump {bump_kind!r}: use one of {', '.join(BUMPS)}")
         explicit = format_version(parse_version(version)) if version is not None else None
@@ -269,92 +324,56 @@ class Repository:
             model = self.model(name)
             snapshot = self.manifests.read(model)
         except ModelNotFoundError:
-            model = check_model_name(name)
-            snapshot = None
+            model, snapshot = check_model_name(name), None
         if path is None:
             if snapshot is None:
-                raise ModelNotFoundError(name, self.models()) if not self.models() else InvalidInputError(
-                    f"model '{name}' does not exist yet: give the PATH to deploy to create it")
+                raise ModelNotFoundError(name, self.models())  # with a PATH, deploy would create it
             if not snapshot.config.source:
-                raise InvalidInputError(
-                    f"model '{model}' has no default source: give a PATH or set one with "
-                    f"'gaia-cas model set {model} --source PATH'")
+                raise InvalidInputError(f"model '{model}' has no default source: give a PATH or set one with "
+                                        f"'gaia-cas model set {model} --source PATH'")
             path = snapshot.config.source
-        source = Path(path).absolute()
         config = snapshot.config if snapshot else ModelConfig()
-        link = config.link or self.layout.default_link(model)
-        links.check_location(self.layout, link)
+        links.check_location(self.layout, config.link or self.layout.default_link(model))
         if explicit is not None and snapshot is not None and explicit in snapshot.assigned():
-            raise InvalidInputError(f"version {explicit} of '{model}' was already assigned; version numbers are never reused")
-
-        if dry_run:
-            built = ingest.build(self.objects, source, dry_run=True)
-        else:
-            with self._writing():
-                built = ingest.build(self.objects, source)
-                tree_dir = self._materialize(built.tree)
-        fmt = formats.detect(source)
+            raise InvalidInputError(f"version {explicit} of '{model}' was already assigned; "
+                                    "version numbers are never reused")
         user, host = _who()
-        now = _now()
+        return _DeployRequest(model, Path(path).absolute(), snapshot, explicit, bump_kind, force, reason,
+                              dict(metadata or {}), _now(), user, host)
 
-        if dry_run:
-            current = snapshot.current_version() if snapshot else None
-            unchanged = bool(current and current.tree == built.tree and not force)
-            number = None if unchanged else (explicit or bump(snapshot.highest if snapshot else None, bump_kind))
-            return DeployResult(model, number if not unchanged else current.version, built.tree, unchanged,
-                                None, built.size, fmt, built.file_count, snapshot.current if snapshot else None,
-                                dry_run=True, created_model=snapshot is None)
-
-        outcome: dict[str, Any] = {}
-
-        def check_tree(oid: str) -> None:
-            self._check_complete(oid)
-
-        with self._writing():
-            with self.manifests.edit(model, create=True, check_tree=check_tree, on_commit=self._sync_link) as manifest:
-                previous = manifest.current
-                current = manifest.current_version()
-                if current is not None and current.tree == built.tree and not force:
-                    outcome.update(version=current.version, unchanged=True, previous=previous)
-                else:
-                    if explicit is not None:
-                        if explicit in manifest.assigned():
-                            raise InvalidInputError(f"version {explicit} of '{model}' was already assigned; version numbers are never reused")
-                        number = explicit
-                    else:
-                        number = bump(manifest.highest, bump_kind)
-                        while number in manifest.assigned():  # an explicit --version took it earlier
-                            number = bump(number, "patch")
-                    merged = dict(manifest.config.metadata)
-                    merged.update(metadata or {})
-                    manifest.versions.append(Version(
-                        version=number, deployment_id=now.strftime("%Y%m%d_%H%M%S"),
-                        created_at=now.isoformat(timespec="seconds"), tree=built.tree,
-                        artifact=built.artifact, name=built.name, size_bytes=built.size,
-                        file_count=built.file_count, format=fmt, metadata=merged, reason=reason,
-                        user=user, host=host, source=str(source),
-                    ))
-                    if manifest.highest is None or version_key(number) > version_key(manifest.highest):
-                        manifest.highest = number
-                    manifest.current = number
-                    manifest.new_trees.add(built.tree)
-                    record(manifest, "deploy", version=number, before=previous, at=now.isoformat(timespec="seconds"),
-                           user=user, host=host, reason=reason)
-                    outcome.update(version=number, unchanged=False, previous=previous)
-        artifact = str(ingest.artifact_path(tree_dir, built.name))
-        if outcome["unchanged"]:
-            self.oplog.write("gaia_cas.deploy", f"{model}: {source} is identical to current version "
-                             f"{outcome['version']} ({built.tree}); nothing deployed")
-        else:
-            self.oplog.write(
-                "gaia_cas.deploy",
-                f"deployed {model} {outcome['version']} from {source}: hash {built.tree}, "
-                f"{built.file_count} files, {built.size} bytes ({built.size / 1048576:.2f} MB), format {fmt}, "
-                f"{built.new_objects} new objects; current {outcome['previous'] or '-'} -> {outcome['version']} "
-                f"by {user}@{host}" + (f" reason={reason!r}" if reason else ""),
-            )
-        return DeployResult(model, outcome["version"], built.tree, outcome["unchanged"], artifact, built.size, fmt,
-                            built.file_count, outcome["previous"], built.new_objects, created_model=snapshot is None)
+    def _commit_deploy(self, request: "_DeployRequest", built: ingest.Built, fmt: str) -> tuple[str, bool, str | None]:
+        """Under the model's lock: decide the number (or 'unchanged') against the fresh manifest."""
+        at = request.now.isoformat(timespec="seconds")
+        with self.manifests.edit(request.model, create=True, check_tree=self._check_complete,
+                                 on_commit=self._sync_link) as manifest:
+            previous = manifest.current
+            current = manifest.current_version()
+            if current is not None and current.tree == built.tree and not request.force:
+                return current.version, True, previous
+            assigned = manifest.assigned()
+            if request.explicit is not None:
+                if request.explicit in assigned:
+                    raise InvalidInputError(f"version {request.explicit} of '{request.model}' was already assigned; "
+                                            "version numbers are never reused")
+                number = request.explicit
+            else:
+                number = bump(manifest.highest, request.bump_kind)
+                while number in assigned:  # an explicit --version took it earlier
+                    number = bump(number, "patch")
+            metadata = {**manifest.config.metadata, **request.metadata}
+            manifest.versions.append(Version(
+                version=number, deployment_id=request.now.strftime("%Y%m%d_%H%M%S"), created_at=at,
+                tree=built.tree, artifact=built.artifact, name=built.name, size_bytes=built.size,
+                file_count=built.file_count, format=fmt, metadata=metadata, reason=request.reason,
+                user=request.user, host=request.host, source=str(request.source),
+            ))
+            if manifest.highest is None or version_key(number) > version_key(manifest.highest):
+                manifest.highest = number
+            manifest.current = number
+            manifest.new_trees.add(built.tree)
+            record(manifest, "deploy", version=number, before=previous, at=at, user=request.user,
+                   host=request.host, reason=request.reason)
+        return number, False, previous
 
     def deploy_all(self, **options) -> tuple[list[DeployResult], list[str]]:
         """Deploy every model from its default source. Returns the results and the skipped models."""
@@ -485,8 +504,14 @@ class Repository:
         tree_dir = self._materialize(current.tree)
         links.point_link(self.layout, link, ingest.artifact_path(tree_dir, current.name))
 
+    @contextmanager
     def _writing(self):
-        return _translate_store_errors(self.layout)
+        """Translate store-side OS errors, and hold the store barrier shared (gc waits)."""
+        with _translate_store_errors(self.layout):
+            self.layout.store.mkdir(parents=True, exist_ok=True)
+            with hold_flock(self.layout.store / "gc.lock", self.manifests.lock_timeout, shared=True,
+                            holder="gc is sweeping the store"):
+                yield
 
 
 class _translate_store_errors:
