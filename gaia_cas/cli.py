@@ -114,13 +114,16 @@ def cmd_model(args, default_root):
             config = repo.add_model(args.name, **options)
         else:
             model = repo.model(args.name)
-            config = repo.set_model(args.name, **options)
+            config = repo.set_model(args.name, keep=args.keep, keep_within=args.keep_within, **options)
     link = config.link or repo.layout.default_link(model)
     doc = {"model": model, "aliases": config.aliases, "source": config.source, "link": link,
            "metadata": config.metadata, "retention": config.retention}
     lines = [f"model    {model}", f"aliases  {', '.join(config.aliases) or '-'}",
              f"source   {config.source or '-'}", f"link     {link}"]
     lines += [f"meta     {k} = {json.dumps(v)}" for k, v in config.metadata.items()]
+    if config.retention:
+        lines.append(f"keep     newest {config.retention.get('keep', 3)}"
+                     + (f", younger than {config.retention['keep_within']}" if config.retention.get("keep_within") else ""))
     _emit(args, doc, "\n".join(lines))
 
 
@@ -196,7 +199,8 @@ def cmd_status(args, default_root):
     doc = {"models": [{"model": m.model, "current": m.current, "versions": m.versions,
                        "size_bytes": m.size_bytes, "logical_bytes": m.logical_bytes} for m in models],
            "store": {"objects": status.store.objects, "bytes_on_disk": status.store.bytes_on_disk,
-                     "logical_bytes": status.store.logical_bytes}}
+                     "logical_bytes": status.store.logical_bytes,
+                     "reclaimable_bytes": status.store.reclaimable_bytes}}
     lines = []
     if models:
         rows = [["MODEL", "CURRENT", "VERSIONS", "SIZE", "ALL VERSIONS"]]
@@ -208,7 +212,8 @@ def cmd_status(args, default_root):
     saved = s.logical_bytes - s.bytes_on_disk
     ratio = f", {s.logical_bytes / s.bytes_on_disk:.1f}x" if s.bytes_on_disk else ""
     lines.append(f"\nstore: {s.objects} objects, {_mb(s.bytes_on_disk)} on disk for {_mb(s.logical_bytes)} "
-                 f"of versions (deduplication saves {_mb(max(saved, 0))}{ratio})")
+                 f"of versions (deduplication saves {_mb(max(saved, 0))}{ratio}); "
+                 f"{_mb(s.reclaimable_bytes)} used by no version (gc frees it)")
     lines.append(f"root:  {repo.root}")
     _emit(args, doc, "\n".join(lines))
 
@@ -230,6 +235,63 @@ def cmd_rollback(args, default_root):
     else:
         text = f"rolled back {result.model}: {result.previous or '-'} -> {result.version}"
     _emit(args, result.to_json(), text)
+
+
+def cmd_pin(args, default_root):
+    repo = _repo(args, default_root)
+    pinned = args.command == "pin"
+    version = repo.pin(args.model, args.version, pinned=pinned, reason=args.reason)
+    model = repo.model(args.model)
+    _emit(args, {"model": model, "version": version.version, "pinned": pinned},
+          f"{model} {version.version} is {'pinned' if pinned else 'not pinned'}")
+
+
+def cmd_cleanup(args, default_root):
+    repo = _repo(args, default_root)
+    names = None if args.model in (None, "all", "both") else [args.model]
+    plans = repo.cleanup(names, keep=args.keep, older_than=args.older_than, dry_run=args.dry_run,
+                         reason=args.reason)
+    lines = []
+    for plan in plans:
+        gone = plan.remove if args.dry_run else plan.removed
+        verb = "would remove" if args.dry_run else "removed"
+        lines.append(f"{plan.model} ({plan.policy.describe()}): {verb} {', '.join(gone) if gone else 'nothing'}")
+        rows = [[d.version, "keep" if d.kept else ("remove" if args.dry_run else
+                                                   "removed" if d.version in gone else "keep (changed since planned)"),
+                 ", ".join(d.reasons) or "-"] for d in plan.decisions]
+        if rows:
+            lines.append(_table(rows, "  "))
+    if not args.dry_run:
+        lines.append("versions are gone from the manifests; 'gaia-cas gc' frees their storage")
+    _emit(args, {"dry_run": args.dry_run, "models": [p.to_json() for p in plans]}, "\n".join(lines))
+
+
+_GC_KINDS = {"object": "objects", "tree": "materialized trees", "tmp": "temp entries", "log": "log files",
+             "manifest-tmp": "manifest temp files", "link-tmp": "link temp files"}
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {_GC_KINDS.get(kind, kind)}" for kind, n in sorted(counts.items())) or "nothing"
+
+
+def cmd_gc(args, default_root):
+    from .retention import parse_age
+
+    repo = _repo(args, default_root)
+    plan, result = repo.gc(grace=parse_age(args.grace), log_age=parse_age(args.log_age), dry_run=args.dry_run)
+    counts = _counted(plan.counts())
+    if result is None:
+        doc = {"dry_run": True, **plan.to_json()}
+        text = "\n".join([f"would delete {counts}, freeing {_mb(plan.bytes)}"]
+                         + [f"  {d.kind:12} {d.path}" for d in plan.doomed])
+    else:
+        doc = {"dry_run": False, **result.to_json(), "reachable_objects": plan.reachable_objects,
+               "young_unreferenced": plan.young_unreferenced}
+        deleted = _counted(result.deleted)
+        text = f"deleted {deleted}, freed {_mb(result.bytes_freed)}"
+    text += (f"\n{plan.reachable_objects} objects in use; {plan.young_unreferenced} unreferenced objects "
+             f"are younger than the grace period ({args.grace}) and stay")
+    _emit(args, doc, text)
 
 
 def cmd_logs(args, default_root):
@@ -259,5 +321,5 @@ def cmd_demo(args, default_root):
 _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
     "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
-    "demo": cmd_demo,
+    "demo": cmd_demo, "pin": cmd_pin, "unpin": cmd_pin, "cleanup": cmd_cleanup, "gc": cmd_gc,
 }

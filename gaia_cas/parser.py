@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the current link lives, relative to the root (default models/NAME/current)")
         mp.add_argument("--meta", action="append", metavar="K=V",
                         help="default metadata for every version; V is read as JSON when it parses (repeatable)")
+        if action == "set":
+            mp.add_argument("--keep", type=int, metavar="N",
+                            help="retention: always keep the newest N versions (default 3)")
+            mp.add_argument("--keep-within", metavar="AGE",
+                            help="retention: always keep versions younger than AGE (30d, 12h, 2w); '' clears it")
         reason(mp)
     mp = msub.add_parser("show", help="show a model's settings", description="show a model's settings")
     _common(mp, top=False)
@@ -112,6 +117,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", metavar="VERSION",
                    help="1.4.0, 1.4, v1.4, v1.4_YYYYmmdd_HHMMSS, 8+ hex digits of its hash, or 'previous'")
     reason(p)
+
+    p = command("pin", "pin a version: it survives every cleanup")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+    reason(p)
+    p = command("unpin", "unpin a version")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+    reason(p)
+
+    p = command("cleanup", "drop old versions from manifests: kept if current, pinned, among the newest N "
+                           "or younger than AGE (any rule keeps); objects are left to gc")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="one model, or 'all' (the default)")
+    p.add_argument("--keep", type=int, metavar="N", help="keep the newest N (default: the model's policy, else 3)")
+    p.add_argument("--older-than", metavar="AGE", help="only remove versions older than AGE (30d, 12h, 2w)")
+    p.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
+    reason(p)
+
+    p = command("gc", "delete objects, trees, temp files and old logs that no manifest reaches")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    p.add_argument("--grace", metavar="AGE", default="1h",
+                   help="never delete anything younger than AGE (default 1h)")
+    p.add_argument("--log-age", metavar="AGE", default="90d", help="delete log files older than AGE (default 90d)")
 
     p = command("logs", "show the most recent lines of the operation log")
     p.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")

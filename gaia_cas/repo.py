@@ -90,6 +90,7 @@ class StoreStatus:
     objects: int
     bytes_on_disk: int
     logical_bytes: int
+    reclaimable_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -244,31 +245,40 @@ class Repository:
         return self._commit_config(name, config, "model-add", reason, create=True)
 
     def set_model(self, name: str, *, aliases: list[str] | None = None, source: str | None = None,
-                  link: str | None = None, metadata: dict | None = None, reason: str | None = None) -> ModelConfig:
+                  link: str | None = None, metadata: dict | None = None, keep: int | None = None,
+                  keep_within: str | None = None, reason: str | None = None) -> ModelConfig:
+        """Change a model's settings; ``keep``/``keep_within`` set its retention policy."""
         model = self.model(name)
         current = self.manifest(model)
         config = self._config_from(current.config, aliases=aliases, source=source, link=link, metadata=metadata)
+        if keep is not None or keep_within is not None:
+            from .retention import Policy
+
+            policy = Policy.of(current, keep, keep_within or None)  # validates both
+            config.retention = {"keep": policy.keep, "keep_within": policy.keep_within}
         self._check_config(model, config)
         return self._commit_config(model, config, "model-set", reason, create=False)
 
-    def _commit_config(self, model: str, config: ModelConfig, action: str, reason, *, create: bool) -> ModelConfig:
+    def _commit_config(self, model: str, config: ModelConfig, action: str, reason, *, create: bool,
+                       details: dict | None = None) -> ModelConfig:
         user, host = _who()
-        old_link = None
+        new_link = config.link or self.layout.default_link(model)
+
+        def relink(manifest: Manifest) -> None:
+            self._sync_link(manifest)
+            if old_link != new_link:
+                links.drop_link(self.layout, old_link)
+
         with self._writing():
-            with self.manifests.edit(model, create=create, on_commit=self._sync_link) as manifest:
+            with self.manifests.edit(model, create=create, on_commit=relink) as manifest:
                 if create and manifest.generation:
                     raise InvalidInputError(f"model '{model}' already exists")
                 old_link = manifest.config.link or self.layout.default_link(model)
-                if manifest.current and config.link != manifest.config.link:
-                    self._materialize(manifest.current_version().tree)
                 manifest.config = config
                 record(manifest, action, version=None, before=manifest.current, at=_now().isoformat(timespec="seconds"),
-                       user=user, host=host, reason=reason)
-            new_link = config.link or self.layout.default_link(model)
-            if old_link != new_link:
-                links.drop_link(self.layout, old_link)
+                       user=user, host=host, reason=reason, details=details)
         self.oplog.write("gaia_cas.model", f"{action} {model}: aliases={config.aliases} source={config.source} "
-                         f"link={new_link} metadata={config.metadata} by {user}@{host}"
+                         f"link={new_link} metadata={config.metadata} retention={config.retention} by {user}@{host}"
                          + (f" reason={reason!r}" if reason else ""))
         return config
 
@@ -417,6 +427,100 @@ class Repository:
                              + (f" reason={reason!r}" if reason else ""))
         return RollbackResult(model, outcome["version"], outcome["previous"], outcome["unchanged"], path)
 
+    # -- pins, retention, gc -----------------------------------------------------------------
+
+    def pin(self, name: str, selector: str, *, pinned: bool = True, reason: str | None = None) -> Version:
+        """Pin (or unpin) a version: a pinned version survives every cleanup."""
+        model = self.model(name)
+        self.select(self.manifest(model), selector)  # validate before taking any lock
+        user, host = _who()
+        action = "pin" if pinned else "unpin"
+        with self._writing():
+            with self.manifests.edit(model) as manifest:
+                version = self.select(manifest, selector)
+                if version.pinned != pinned:
+                    version.pinned = pinned
+                    record(manifest, action, version=version.version, before=manifest.current,
+                           at=_now().isoformat(timespec="seconds"), user=user, host=host, reason=reason)
+                    changed = True
+                else:
+                    changed = False
+        if changed:
+            self.oplog.write("gaia_cas.retention", f"{action}ned {model} {version.version} by {user}@{host}"
+                             + (f" reason={reason!r}" if reason else ""))
+        return version
+
+    def plan_cleanup(self, names: list[str] | None = None, *, keep: int | None = None,
+                     older_than: str | None = None, now: datetime | None = None) -> list:
+        """What a cleanup would remove, model by model, and which rule keeps each survivor."""
+        from .retention import Policy, plan_model
+
+        now = now or _now()
+        models = [self.model(n) for n in names] if names else self.models()
+        return [plan_model(m, Policy.of(m, keep, older_than), now) for m in (self.manifest(x) for x in models)]
+
+    def cleanup(self, names: list[str] | None = None, *, keep: int | None = None, older_than: str | None = None,
+                dry_run: bool = False, reason: str | None = None) -> list:
+        """Apply retention: plan, then (unless ``dry_run``) drop the planned versions from manifests.
+
+        Under each model's lock the plan is made again on the fresh manifest, and only versions
+        that both plans remove go: a version that became current or pinned meanwhile, or a new
+        deploy, is never removed by a plan made before it. Objects are left to gc.
+        """
+        from .retention import plan_model
+
+        now = _now()
+        plans = self.plan_cleanup(names, keep=keep, older_than=older_than, now=now)
+        if dry_run:
+            return plans
+        user, host = _who()
+        for plan in plans:
+            plan.removed = []
+            if not plan.remove:
+                continue
+            with self._writing():
+                with self.manifests.edit(plan.model) as manifest:
+                    fresh = plan_model(manifest, plan.policy, now)
+                    plan.removed = sorted(set(plan.remove) & set(fresh.remove), key=version_key)
+                    if plan.removed:
+                        gone = set(plan.removed)
+                        manifest.versions = [v for v in manifest.versions if v.version not in gone]
+                        record(manifest, "cleanup", version=None, before=manifest.current,
+                               at=now.isoformat(timespec="seconds"), user=user, host=host, reason=reason,
+                               details={"removed": plan.removed, "policy": plan.policy.describe()})
+            if plan.removed:
+                self.oplog.write("gaia_cas.retention",
+                                 f"cleanup {plan.model} ({plan.policy.describe()}): removed "
+                                 f"{', '.join(plan.removed)} by {user}@{host}"
+                                 + (f" reason={reason!r}" if reason else ""))
+        return plans
+
+    def plan_gc(self, *, grace=None, log_age=None):
+        """What gc would delete now. ``log_age=None`` leaves logs out of the plan."""
+        from . import gc
+
+        return gc.plan_gc(self.layout, self.manifests, self.trees,
+                          grace=gc.DEFAULT_GRACE if grace is None else grace, log_age=log_age)
+
+    def gc(self, *, grace=None, log_age=None, dry_run: bool = False):
+        """Delete what no manifest reaches. Returns (plan, result); result is None for a dry run."""
+        from . import gc
+
+        grace = gc.DEFAULT_GRACE if grace is None else grace
+        log_age = gc.DEFAULT_LOG_AGE if log_age is None else log_age
+        if dry_run:
+            return self.plan_gc(grace=grace, log_age=log_age), None
+        with _translate_store_errors(self.layout):
+            self.layout.store.mkdir(parents=True, exist_ok=True)
+            with hold_flock(self.layout.store / "gc.lock", self.manifests.lock_timeout, shared=False,
+                            holder="a deploy or another gc is writing to the store"):
+                plan = self.plan_gc(grace=grace, log_age=log_age)
+                result = gc.execute(plan, grace)
+        self.oplog.write("gaia_cas.gc", f"gc: deleted {result.deleted or 'nothing'}, freed {result.bytes_freed} bytes"
+                         f" ({result.bytes_freed / 1048576:.2f} MB), {plan.reachable_objects} objects in use, "
+                         f"{plan.young_unreferenced} unreferenced but within the grace period")
+        return plan, result
+
     # -- queries -----------------------------------------------------------------------------
 
     def select(self, manifest: Manifest, selector: str | None) -> Version:
@@ -469,7 +573,11 @@ class Repository:
             models.append(ModelStatus(model, manifest.current, len(manifest.versions),
                                       current.size_bytes if current else 0, total))
         count, on_disk = _store_usage(self.layout)
-        return Status(models, StoreStatus(count, on_disk, logical))
+        # Everything no version uses, whatever its age: gc frees it once past the grace period.
+        from datetime import timedelta
+
+        reclaimable = self.plan_gc(grace=timedelta(0), log_age=None).bytes
+        return Status(models, StoreStatus(count, on_disk, logical, reclaimable))
 
     def logs(self, n: int = 20) -> list[str]:
         if n < 0:

@@ -1,0 +1,272 @@
+"""Garbage collection: plan what no manifest reaches, then delete it.
+
+Safe to run while deploys and servers run (DESIGN.md, gc):
+
+- gc holds the store barrier (``store/gc.lock``) exclusively while it marks and sweeps; every
+  writer holds it shared from installing its objects until its manifest commit, so gc never
+  sees an object that is installed but not yet referenced.
+- Roots are every version of every manifest (objects shared between models stay), plus the
+  staging folders of deploys still running (their flock is held by a live process).
+- Nothing younger than the grace period is deleted (git's gc.pruneExpire): objects, staging
+  leftovers and materialized trees alike.
+- Materialized trees are derived data: those of every current version and of versions that
+  were current within the grace period (a server may still be reading them) stay.
+- If any manifest or tree cannot be read, gc deletes nothing and says why (fail closed).
+- The sweep never follows a symlink.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from .atomic import TMP_MARK
+from .errors import CorruptionError, GaiaCasError
+from .layout import Layout
+from .locking import try_flock_dir
+from .manifest import Manifest, Manifests
+from .materialize import remove_tree
+from .names import is_oid
+from .oplog import log_files
+from .trees import DIR, TreeReader
+
+DEFAULT_GRACE = timedelta(hours=1)
+DEFAULT_LOG_AGE = timedelta(days=90)
+
+
+class GcRefusedError(CorruptionError):
+    """gc found something it cannot read and deleted nothing."""
+
+
+@dataclass
+class Doomed:
+    path: Path
+    size: int
+    kind: str  # object, tree, tmp, log, manifest-tmp, link-tmp
+
+
+@dataclass
+class GcPlan:
+    doomed: list[Doomed] = field(default_factory=list)
+    reachable_objects: int = 0
+    young_unreferenced: int = 0  # unreferenced, but within the grace period
+    ignored: list[str] = field(default_factory=list)  # names gc does not recognise: left alone
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.size for d in self.doomed)
+
+    def counts(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for d in self.doomed:
+            result[d.kind] = result.get(d.kind, 0) + 1
+        return result
+
+    def to_json(self) -> dict:
+        return {
+            "bytes": self.bytes, "counts": self.counts(), "reachable_objects": self.reachable_objects,
+            "young_unreferenced": self.young_unreferenced, "ignored": self.ignored,
+            "items": [{"kind": d.kind, "path": str(d.path), "size": d.size} for d in self.doomed],
+        }
+
+
+def read_all_manifests(manifests: Manifests) -> list[Manifest]:
+    """Every manifest, or GcRefusedError if any one of them cannot be read."""
+    result = []
+    for model in manifests.names():
+        try:
+            manifest = manifests.read(model)
+        except GaiaCasError as exc:
+            raise GcRefusedError(f"gc deleted nothing: manifest of '{model}' cannot be read ({exc})") from None
+        if manifest is not None:
+            result.append(manifest)
+    return result
+
+
+def mark(layout: Layout, manifests: list[Manifest], reader: TreeReader) -> set[str]:
+    """Every oid (trees and files) reachable from any version of any manifest."""
+    reachable: set[str] = set()
+    for manifest in manifests:
+        for version in manifest.versions:
+            _mark_tree(reader, version.tree, reachable, manifest.model, version.version)
+    return reachable
+
+
+def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, version: str, depth: int = 0) -> None:
+    if oid in reachable:
+        return  # shared subtree already walked
+    try:
+        entries = reader.entries(oid)
+    except GaiaCasError as exc:
+        raise GcRefusedError(f"gc deleted nothing: tree {oid} of {model} {version} cannot be read ({exc}); "
+                             "run 'gaia-cas verify'") from None
+    reachable.add(oid)
+    for entry in entries:
+        if entry.kind == DIR:
+            if depth >= 64:
+                raise GcRefusedError(f"gc deleted nothing: tree {oid} nests too deep")
+            _mark_tree(reader, entry.oid, reachable, model, version, depth + 1)
+        else:
+            reachable.add(entry.oid)
+
+
+def protected_trees(manifests: list[Manifest], now: datetime, grace: timedelta) -> set[str]:
+    """Materialized trees to keep: every current version's, and those current within the grace."""
+    keep: set[str] = set()
+    cutoff = now - grace
+    for manifest in manifests:
+        names = set()
+        if manifest.current:
+            names.add(manifest.current)
+        for event in reversed(manifest.history):
+            try:
+                at = datetime.fromisoformat(event.at)
+            except ValueError:
+                at = now
+            if at.tzinfo is None:
+                at = at.astimezone()
+            if at < cutoff:
+                break
+            names.update(v for v in (event.before, event.after) if v)
+        for name in names:
+            version = manifest.find(name)
+            if version is not None:
+                keep.add(version.tree)
+    return keep
+
+
+def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: timedelta = DEFAULT_GRACE,
+            log_age: timedelta | None = DEFAULT_LOG_AGE, now: datetime | None = None) -> GcPlan:
+    now = now or datetime.now().astimezone()
+    all_manifests = read_all_manifests(manifests)
+    reachable = mark(layout, all_manifests, reader)
+    trees_to_keep = protected_trees(all_manifests, now, grace)
+    cutoff = time.time() - grace.total_seconds()
+    plan = GcPlan()
+
+    for fanout in _scan(layout.objects):
+        if not (fanout.is_dir(follow_symlinks=False) and len(fanout.name) == 2):
+            plan.ignored.append(f"objects/{fanout.name}")
+            continue
+        for item in _scan(Path(fanout.path)):
+            oid = fanout.name + item.name
+            st = item.stat(follow_symlinks=False)
+            if not (is_oid(oid) and stat.S_ISREG(st.st_mode)):
+                plan.ignored.append(f"objects/{fanout.name}/{item.name}")
+                continue
+            if oid in reachable:
+                plan.reachable_objects += 1
+            elif st.st_mtime > cutoff:
+                plan.young_unreferenced += 1
+            else:
+                plan.doomed.append(Doomed(Path(item.path), st.st_size, "object"))
+
+    for item in _scan(layout.trees):
+        st = item.stat(follow_symlinks=False)
+        if not is_oid(item.name):
+            plan.ignored.append(f"trees/{item.name}")
+        elif item.name not in trees_to_keep and st.st_mtime <= cutoff:
+            plan.doomed.append(Doomed(Path(item.path), _unshared_bytes(Path(item.path)), "tree"))
+
+    for item in _scan(layout.tmp):
+        st = item.stat(follow_symlinks=False)
+        if st.st_mtime > cutoff:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            fd = try_flock_dir(Path(item.path))
+            if fd is None:
+                continue  # a live deploy or materialization holds it
+            os.close(fd)
+        plan.doomed.append(Doomed(Path(item.path), _unshared_bytes(Path(item.path)), "tmp"))
+
+    for item in _scan(layout.manifests):
+        if TMP_MARK in item.name and item.is_file(follow_symlinks=False):
+            st = item.stat(follow_symlinks=False)
+            if st.st_mtime <= cutoff:
+                plan.doomed.append(Doomed(Path(item.path), st.st_size, "manifest-tmp"))
+
+    for manifest in all_manifests:
+        link = layout.link_path(manifest.config.link or layout.default_link(manifest.model))
+        for item in _scan(link.parent):
+            if item.name.startswith(f".{link.name}{TMP_MARK}") and item.is_symlink():
+                if item.stat(follow_symlinks=False).st_mtime <= cutoff:
+                    plan.doomed.append(Doomed(Path(item.path), 0, "link-tmp"))
+
+    if log_age is not None:
+        log_cutoff = time.time() - log_age.total_seconds()
+        for path in log_files(layout.logs):
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_mtime <= log_cutoff:
+                plan.doomed.append(Doomed(path, st.st_size, "log"))
+    return plan
+
+
+@dataclass
+class GcResult:
+    deleted: dict[str, int]
+    bytes_freed: int
+    skipped: int  # planned, but found changed (younger) at deletion time
+
+    def to_json(self) -> dict:
+        return {"deleted": self.deleted, "bytes_freed": self.bytes_freed, "skipped": self.skipped}
+
+
+def execute(plan: GcPlan, grace: timedelta) -> GcResult:
+    """Delete what the plan names, re-checking each object's age right before unlinking it."""
+    deleted: dict[str, int] = {}
+    freed = 0
+    skipped = 0
+    cutoff = time.time() - grace.total_seconds()
+    # Reverse reference order: derived trees and leftovers first, objects last, so no state
+    # along the way has a tree pointing at a missing object.
+    order = {"link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "log": 4, "object": 5}
+    touched_dirs: set[Path] = set()
+    for item in sorted(plan.doomed, key=lambda d: order[d.kind]):
+        try:
+            st = item.path.lstat()
+        except FileNotFoundError:
+            continue
+        if item.kind in ("object", "tmp", "tree") and st.st_mtime > cutoff:
+            skipped += 1  # refreshed since the plan was made: someone uses it again
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            remove_tree(item.path)
+        else:
+            os.unlink(item.path)
+        touched_dirs.add(item.path.parent)
+        deleted[item.kind] = deleted.get(item.kind, 0) + 1
+        freed += item.size
+    from .atomic import fsync_dir
+
+    for folder in touched_dirs:
+        try:
+            fsync_dir(folder)
+        except OSError:
+            pass
+    return GcResult(deleted, freed, skipped)
+
+
+def _scan(folder: Path):
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _unshared_bytes(path: Path) -> int:
+    """Bytes that deleting ``path`` frees: files with no other hard link (not followed)."""
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size if st.st_nlink <= 1 else 0
+    total = 0
+    for dirpath, _, files in os.walk(path, followlinks=False):
+        for name in files:
+            fst = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(fst.st_mode) and fst.st_nlink <= 1:
+                total += fst.st_size
+    return total

@@ -1,0 +1,117 @@
+"""Retention: which versions a cleanup removes, and which rule keeps each survivor.
+
+A version is kept if ANY rule keeps it -- it is current, it is pinned, it is among the newest
+N deployed, or it is younger than the age limit -- so rules combine by union and can never
+conspire to remove something one of them protects. Planning is pure: it reads a manifest and
+returns a plan; :meth:`gaia_cas.repo.Repository.cleanup` executes a plan under the lock.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from .errors import InvalidInputError
+from .manifest import Manifest
+
+DEFAULT_KEEP = 3
+_AGE_RE = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``2w``, ``90m``, ``45s``, ``0``; combinations like ``1d12h`` work too."""
+    value = text.strip().lower() if isinstance(text, str) else ""
+    if value == "0":
+        return timedelta(0)
+    if not value or _AGE_RE.sub("", value).strip():
+        raise InvalidInputError(f"invalid age {text!r}: use a number and a unit s, m, h, d or w (e.g. 30d, 12h)")
+    seconds = sum(int(n) * _UNITS[unit] for n, unit in _AGE_RE.findall(value))
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Policy:
+    keep: int = DEFAULT_KEEP
+    keep_within: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.keep, int) or isinstance(self.keep, bool) or self.keep < 0:
+            raise InvalidInputError(f"--keep must be a whole number, 0 or more, not {self.keep!r}")
+        if self.keep_within is not None:
+            parse_age(self.keep_within)
+
+    @classmethod
+    def of(cls, manifest: Manifest, keep: int | None = None, keep_within: str | None = None) -> "Policy":
+        """The model's stored policy, with the explicit options of this run taking precedence."""
+        stored = manifest.config.retention
+        return cls(
+            keep=keep if keep is not None else stored.get("keep", DEFAULT_KEEP),
+            keep_within=keep_within if keep_within is not None else stored.get("keep_within"),
+        )
+
+    def describe(self) -> str:
+        text = f"keep newest {self.keep}"
+        return text + (f", keep younger than {self.keep_within}" if self.keep_within else "")
+
+
+@dataclass
+class VersionDecision:
+    version: str
+    created_at: str
+    size_bytes: int
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.reasons)
+
+
+@dataclass
+class ModelPlan:
+    model: str
+    policy: Policy
+    decisions: list[VersionDecision]  # newest first
+    removed: list[str] | None = None  # set once executed: what was actually removed
+
+    @property
+    def remove(self) -> list[str]:
+        return [d.version for d in self.decisions if not d.kept]
+
+    def to_json(self) -> dict:
+        doc = {
+            "model": self.model, "policy": {"keep": self.policy.keep, "keep_within": self.policy.keep_within},
+            "remove": self.remove,
+            "keep": [{"version": d.version, "reasons": d.reasons} for d in self.decisions if d.kept],
+        }
+        if self.removed is not None:
+            doc["removed"] = self.removed
+        return doc
+
+
+def plan_model(manifest: Manifest, policy: Policy, now: datetime) -> ModelPlan:
+    cutoff = now - parse_age(policy.keep_within) if policy.keep_within else None
+    decisions = []
+    for rank, version in enumerate(reversed(manifest.versions)):  # newest deployed first
+        reasons = []
+        if version.version == manifest.current:
+            reasons.append("current")
+        if version.pinned:
+            reasons.append("pinned")
+        if rank < policy.keep:
+            reasons.append(f"newest {policy.keep}")
+        if cutoff is not None and _created(version.created_at) > cutoff:
+            reasons.append(f"younger than {policy.keep_within}")
+        decisions.append(VersionDecision(version.version, version.created_at, version.size_bytes, reasons))
+    return ModelPlan(manifest.model, policy, decisions)
+
+
+def _created(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.max.replace(tzinfo=timezone.utc)  # unreadable time: treat as new, keep it
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment
