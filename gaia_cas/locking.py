@@ -19,16 +19,18 @@ def lock_timeout_from_env(value: float | None = None) -> float:
     """The explicit value, else ``$GAIA_CAS_LOCK_TIMEOUT``, else 30 s."""
     from .errors import InvalidInputError
 
+    where = "--lock-timeout"
     if value is None:
         raw = os.environ.get("GAIA_CAS_LOCK_TIMEOUT")
         if raw is None or raw == "":
             return DEFAULT_LOCK_TIMEOUT
+        where = "GAIA_CAS_LOCK_TIMEOUT"
         try:
             value = float(raw)
         except ValueError:
             raise InvalidInputError(f"GAIA_CAS_LOCK_TIMEOUT must be a number of seconds, not {raw!r}") from None
     if not value >= 0:  # also rejects NaN
-        raise InvalidInputError(f"the lock timeout must be 0 or more seconds, not {value!r}")
+        raise InvalidInputError(f"{where} must be 0 or more seconds, not {value!r}")
     return value
 
 

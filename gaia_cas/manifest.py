@@ -21,7 +21,7 @@ import msgpack
 from .atomic import write_atomic
 from .errors import CorruptionError, InvalidInputError, StoreError
 from .layout import MANIFEST_SUFFIX, Layout, check_link
-from .locking import hold_lock
+from .locking import hold_lock, lock_timeout_from_env
 from .names import check_model_name, is_oid
 from .versions import parse_version
 
@@ -217,6 +217,8 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
             parse_version(fields["version"])
         except InvalidInputError:
             raise CorruptionError(f"{origin} version #{i} has a malformed number {fields['version']!r:.40}") from None
+        if fields["artifact"] not in ("directory", "file"):
+            raise CorruptionError(f"{origin} version {fields['version']} has an unknown artifact kind {fields['artifact']!r:.40}")
         if fields["version"] in seen:
             raise CorruptionError(f"{origin} lists version {fields['version']} twice")
         seen.add(fields["version"])
@@ -224,6 +226,11 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
         if name is not None and ("/" in name or name in ("", ".", "..") or "\0" in name):
             raise CorruptionError(f"{origin} version {fields['version']} has an invalid file name {name!r:.80}")
         versions.append(Version(**fields))
+    if top["highest"] is not None:
+        try:
+            parse_version(top["highest"])
+        except InvalidInputError:
+            raise CorruptionError(f"{origin} has a malformed highest version {top['highest']!r:.40}") from None
     history = [Event(**_fields(raw, _EVENT_FIELDS, f"{origin} history #{i}", optional=("details",)))
                for i, raw in enumerate(top["history"])]
     manifest = Manifest(
@@ -254,9 +261,14 @@ def file_token(st: os.stat_result) -> tuple[int, int, int]:
 
 
 class Manifests:
-    def __init__(self, layout: Layout, lock_timeout: float = 30.0):
+    def __init__(self, layout: Layout, lock_timeout: float | None = None):
         self.layout = layout
-        self.lock_timeout = lock_timeout
+        self._lock_timeout = lock_timeout
+
+    @property
+    def lock_timeout(self) -> float:
+        """Checked when a lock is first needed, so read-only commands never trip over it."""
+        return lock_timeout_from_env(self._lock_timeout)
 
     def names(self) -> list[str]:
         try:

@@ -29,7 +29,7 @@ from .errors import (
     VersionNotFoundError,
 )
 from .layout import Layout, find_root, normalize_link
-from .locking import hold_flock, lock_timeout_from_env
+from .locking import hold_flock
 from .manifest import Manifest, Manifests, ModelConfig, Version, record
 from .materialize import materialize
 from .names import check_model_name
@@ -155,7 +155,7 @@ class Repository:
         self.layout = Layout(Path(root).absolute())
         self.objects = ObjectStore(self.layout)
         self.trees = TreeReader(self.objects)
-        self.manifests = Manifests(self.layout, lock_timeout_from_env(lock_timeout))
+        self.manifests = Manifests(self.layout, lock_timeout)
         self.oplog = OpLog(self.layout.logs)
 
     @classmethod
@@ -329,6 +329,7 @@ class Repository:
         """Validate everything a deploy was given, before a single byte is written."""
         if bump_kind not in BUMPS:
             raise InvalidInputError(f"unknown bump {bump_kind!r}: use one of {', '.join(BUMPS)}")
+        self.manifests.lock_timeout  # validated now, not after minutes of staging
         explicit = format_version(parse_version(version)) if version is not None else None
         try:
             model = self.model(name)
