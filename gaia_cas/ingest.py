@@ -153,7 +153,7 @@ class _Builder:
         src = _open_regular(node.path)
         with src:
             if self.stage is not None:
-                oid, size = self.stage.add_stream(src)
+                oid, size = self.stage.add_stream(src, node.path)
             else:
                 oid, size = hash_stream(src, self.buffer)
         if size != node.size:

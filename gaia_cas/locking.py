@@ -97,3 +97,27 @@ def try_flock_dir(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+@contextmanager
+def store_barrier(store: Path, timeout: float, *, exclusive: bool):
+    """The store-wide barrier between writers (shared) and gc (exclusive).
+
+    flock gives a waiting exclusive lock no priority over new shared holders, so a steady
+    stream of deploys could starve gc. A turnstile fixes that: everyone passes ``gc.intent``
+    first; gc holds it for its whole run, so new writers queue behind gc while the writers
+    already inside finish.
+    """
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        if exclusive:
+            stack.enter_context(hold_flock(store / "gc.intent", timeout, shared=False,
+                                           holder="another gc is running"))
+            stack.enter_context(hold_flock(store / "gc.lock", timeout, shared=False,
+                                           holder="a deploy or another writer is committing"))
+        else:
+            with hold_flock(store / "gc.intent", timeout, shared=True, holder="gc is sweeping the store"):
+                stack.enter_context(hold_flock(store / "gc.lock", timeout, shared=True,
+                                               holder="gc is sweeping the store"))
+        yield

@@ -17,7 +17,7 @@ from pathlib import Path
 import xxhash
 
 from .atomic import fsync_dir, tmp_name, write_all
-from .errors import CorruptionError, StoreError
+from .errors import CorruptionError, SourceError, StoreError
 from .layout import Layout
 from .locking import try_flock_dir
 
@@ -31,6 +31,14 @@ def new_hasher():
 
 def hash_bytes(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
+
+
+def _read_source(src, buffer: bytearray, label) -> int:
+    """Read from the artifact being deployed; its failures are the source's, not the store's."""
+    try:
+        return src.readinto(buffer)
+    except OSError as exc:
+        raise SourceError(f"cannot read {label}: {exc.strerror or exc}") from None
 
 
 def hash_stream(src, buffer: bytearray | None = None) -> tuple[str, int]:
@@ -115,14 +123,14 @@ class Staging:
         path = self.dir / str(self._counter)
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
-    def add_stream(self, src) -> tuple[str, int]:
+    def add_stream(self, src, label: str = "the source") -> tuple[str, int]:
         """Copy an open binary file into staging while hashing it: one read, one write."""
         view = memoryview(self._buffer)
         hasher = new_hasher()
         size = 0
         path, fd = self._new_tmp()
         try:
-            while n := src.readinto(self._buffer):
+            while n := _read_source(src, self._buffer, label):
                 hasher.update(view[:n])
                 write_all(fd, view[:n])
                 size += n
@@ -162,24 +170,12 @@ class Staging:
             final = self.store.path(oid)
             os.chmod(staged, READ_ONLY)
             try:
-                os.link(staged, final)
-            except FileNotFoundError:
+                added = _place(staged, final)
+            except FileNotFoundError:  # first object in this fan-out folder
                 final.parent.mkdir(parents=True, exist_ok=True)
                 touched.add(final.parent.parent)
-                new += _link_or_refresh(staged, final)
-            except FileExistsError:
-                # Keep the object already there (immutability) but refresh its mtime: a gc
-                # running now spares objects younger than its grace period, so this deploy's
-                # reference is safe until the manifest that names it is committed.
-                _refresh(final)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
-                    raise
-                shutil.copyfile(staged, final)
-                os.chmod(final, READ_ONLY)
-                new += 1
-            else:
-                new += 1
+                added = _place(staged, final)
+            new += added
             touched.add(final.parent)
         for folder in touched:
             fsync_dir(folder)
@@ -194,13 +190,29 @@ class Staging:
             self._liveness = None
 
 
-def _link_or_refresh(staged: Path, final: Path) -> int:
+_NO_HARD_LINKS = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
+
+
+def _place(staged: Path, final: Path) -> bool:
+    """Publish a complete staged object under its oid; False if the store already had it."""
     try:
         os.link(staged, final)
-        return 1
+        return True
     except FileExistsError:
+        # Keep the object already there (immutability) but refresh its mtime: a gc running
+        # later spares objects younger than its grace period.
         _refresh(final)
-        return 0
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+    # A filesystem without hard links: move the staged file itself. It is complete, fsynced
+    # and read-only already, and rename is atomic, so the final name never holds part of it.
+    if os.path.lexists(final):
+        _refresh(final)
+        return False
+    os.rename(staged, final)
+    return True
 
 
 def _refresh(path: Path) -> None:

@@ -1,0 +1,776 @@
+"""The object store and the tree codec (gaia_cas/objects.py, trees.py, ingest.py).
+
+Content is stored once under ``store/objects/<oid[:2]>/<oid[2:]>``, read-only, named by the
+xxh3-128 of its bytes; trees are canonical msgpack, validated entry by entry when read back; an
+ingest that fails -- bad source, source changing under it, full disk -- leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import stat
+from pathlib import Path
+
+import msgpack
+import pytest
+import xxhash
+
+from conftest import make_joblib, make_savedmodel, snapshot
+from gaia_cas import ingest, trees
+from gaia_cas.errors import CorruptionError, GaiaCasError, SourceError, StoreError
+from gaia_cas.materialize import materialize
+from gaia_cas.objects import CHUNK, hash_bytes, hash_file, hash_stream
+from gaia_cas.repo import Repository
+from gaia_cas.trees import DIR, FILE, MAX_DEPTH, Entry, TreeReader, decode_tree, encode_tree
+
+OID_A = "0123456789abcdef0123456789abcdef"
+OID_B = "fedcba9876543210fedcba9876543210"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_hang():
+    """Safety net for FIFO tests: a regression that blocks on a FIFO fails instead of hanging."""
+
+    def hung(signum, frame):
+        raise AssertionError("blocked (on a FIFO?) for 30 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def objects_under(root: Path) -> dict[str, Path]:
+    """Every file under store/objects, keyed by the oid its path spells."""
+    base = Path(root) / "store" / "objects"
+    found = {}
+    for dirpath, _, files in os.walk(base):
+        for name in files:
+            path = Path(dirpath) / name
+            found[path.parent.name + name] = path
+    return found
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def xxh(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def rand_bytes(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def tree_oids(repo: Repository, tree: str) -> set[str]:
+    """The tree and every object it reaches."""
+    return {tree} | {entry.oid for _, entry in repo.trees.walk(tree)}
+
+
+def tmp_leftovers(root: Path) -> list[str]:
+    return sorted(os.listdir(Path(root) / "store" / "tmp"))
+
+
+# -- stored once ------------------------------------------------------------------------------
+
+def test_identical_files_within_one_version_are_stored_once(repo, tmp_path):
+    x, y = rand_bytes(5000, 1), rand_bytes(7000, 2)
+    src = tmp_path / "src" / "model"
+    write(src / "a.bin", x)
+    write(src / "sub" / "b.bin", x)
+    write(src / "sub" / "c.bin", y)
+    write(src / "d.bin", y)
+    write(src / "other" / "e.bin", x)
+    write(src / "other" / "f.bin", y)
+
+    result = repo.deploy("m", src)
+
+    objects = objects_under(repo.root)
+    root_tree = xxh(encode_tree([
+        Entry("a.bin", FILE, xxh(x), len(x)), Entry("d.bin", FILE, xxh(y), len(y)),
+        Entry("other", DIR, xxh(encode_tree([Entry("e.bin", FILE, xxh(x), len(x)),
+                                              Entry("f.bin", FILE, xxh(y), len(y))])), len(x) + len(y)),
+        Entry("sub", DIR, xxh(encode_tree([Entry("b.bin", FILE, xxh(x), len(x)),
+                                            Entry("c.bin", FILE, xxh(y), len(y))])), len(x) + len(y)),
+    ]))
+    assert result.hash == root_tree
+    # Two file contents + root tree + two subtrees (the subtrees differ only by names).
+    assert len(objects) == 5
+    assert xxh(x) in objects and xxh(y) in objects
+    assert result.new_objects == 5
+    assert result.file_count == 6
+    assert result.size_bytes == 3 * (len(x) + len(y))
+
+
+def test_identical_subtrees_within_one_version_are_stored_once(repo, tmp_path):
+    src = tmp_path / "src" / "model"
+    for shard in ("shard0", "shard1", "shard2"):
+        write(src / shard / "weights.bin", b"same weights")
+        write(src / shard / "config.json", b"{}")
+    result = repo.deploy("m", src)
+    # One weights object, one config object, one shard tree, one root tree.
+    assert len(objects_under(repo.root)) == 4
+    assert result.new_objects == 4
+
+
+def test_unchanged_content_across_versions_is_stored_once(repo, tmp_path):
+    v1 = make_savedmodel(tmp_path / "v1" / "saved_model", variant=0, variables_bytes=200_000)
+    r1 = repo.deploy("ssd", v1)
+    after_v1 = objects_under(repo.root)
+    assert set(after_v1) == tree_oids(repo, r1.hash)
+
+    # v2 changes saved_model.pb only: one new file object, one new root tree; variables/ reused.
+    v2 = make_savedmodel(tmp_path / "v2" / "saved_model", variant=1, variables_bytes=200_000)
+    r2 = repo.deploy("ssd", v2)
+    after_v2 = objects_under(repo.root)
+    assert r2.version != r1.version and r2.hash != r1.hash
+    assert set(after_v2) - set(after_v1) == {r2.hash, xxh((v2 / "saved_model.pb").read_bytes())}
+    assert r2.new_objects == 2
+    assert set(after_v2) == tree_oids(repo, r1.hash) | tree_oids(repo, r2.hash)
+
+    # Redeploying v1's bytes as v3 adds nothing at all.
+    r3 = repo.deploy("ssd", v1, force=True)
+    assert r3.hash == r1.hash
+    assert r3.new_objects == 0
+    assert objects_under(repo.root) == after_v2
+
+
+def test_identical_content_across_two_models_is_stored_once(repo, tmp_path, savedmodel):
+    ra = repo.deploy("ssd", savedmodel)
+    before = objects_under(repo.root)
+    rb = repo.deploy("ssd-copy", savedmodel)
+    assert rb.hash == ra.hash
+    assert rb.new_objects == 0
+    assert objects_under(repo.root) == before
+
+    # Same bytes under another file name: the file object is shared, only the one-entry tree is new.
+    j1 = make_joblib(tmp_path / "a" / "model_catboost_best.joblib")
+    j2 = write(tmp_path / "b" / "renamed.joblib", j1.read_bytes())
+    r1 = repo.deploy("cat", j1)
+    r2 = repo.deploy("cat2", j2)
+    assert r1.hash != r2.hash
+    assert r2.new_objects == 1
+    assert set(objects_under(repo.root)) - set(before) == {xxh(j1.read_bytes()), r1.hash, r2.hash}
+
+
+def test_materialized_versions_hard_link_the_objects(repo, savedmodel):
+    result = repo.deploy("ssd", savedmodel)
+    tree_dir = repo.root / "store" / "trees" / result.hash
+    for rel, entry in repo.trees.walk(result.hash):
+        if entry.kind != FILE:
+            continue
+        checked_out = os.stat(tree_dir / rel)
+        stored = os.stat(repo.objects.path(entry.oid))
+        assert (checked_out.st_dev, checked_out.st_ino) == (stored.st_dev, stored.st_ino)
+        assert stat.S_IMODE(checked_out.st_mode) == 0o444
+
+
+# -- naming, mode, hashing --------------------------------------------------------------------
+
+def test_objects_are_read_only_and_named_by_their_xxh3_128(repo, tmp_path, savedmodel, joblib_file):
+    repo.deploy("ssd", savedmodel)
+    repo.deploy("catboost", joblib_file)
+    objects = objects_under(repo.root)
+    assert objects
+    for oid, path in objects.items():
+        rel = path.relative_to(repo.root / "store" / "objects")
+        assert len(rel.parts) == 2 and len(rel.parts[0]) == 2 and len(rel.parts[1]) == 30, rel
+        assert len(oid) == 32 and all(c in "0123456789abcdef" for c in oid), oid
+        data = path.read_bytes()
+        assert xxhash.xxh3_128_hexdigest(data) == oid, path
+        assert hash_bytes(data) == oid
+        st = os.lstat(path)
+        assert stat.S_ISREG(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o444, oct(st.st_mode)
+        assert repo.objects.path(oid) == path
+    # And every source file is there under the hash of its bytes.
+    for source in [*savedmodel.rglob("*"), joblib_file]:
+        if source.is_file():
+            assert xxh(source.read_bytes()) in objects, source
+
+
+def test_object_path_rejects_non_oids(repo):
+    for bad in ("../../etc/passwd", "ABCDEF0123456789ABCDEF0123456789", "0" * 31, "0" * 33, "", "g" * 32):
+        with pytest.raises(CorruptionError):
+            repo.objects.path(bad)
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 3 * CHUNK + CHUNK // 2])
+def test_file_sizes_around_the_chunk_hash_and_round_trip(repo, tmp_path, size):
+    data = rand_bytes(size, size)
+    path = write(tmp_path / "src" / "weights.bin", data)
+    oid = xxh(data)
+
+    assert hash_file(path) == (oid, size)
+    result = repo.deploy("big", path)
+    assert result.size_bytes == size
+
+    (entry,) = repo.trees.entries(result.hash)
+    assert entry == Entry("weights.bin", FILE, oid, size)
+    stored = repo.objects.path(oid)
+    assert stored.read_bytes() == data
+    assert Path(result.path).read_bytes() == data
+    assert (repo.root / "models" / "big" / "current").read_bytes() == data
+    assert repo.manifest("big").versions[-1].size_bytes == size
+
+
+class _Trickle:
+    """A raw stream handing out at most ``step`` bytes per read, like a pipe or a network mount."""
+
+    def __init__(self, data: bytes, step: int):
+        self.data = memoryview(data)
+        self.pos = 0
+        self.step = step
+
+    def readinto(self, buffer) -> int:
+        n = min(self.step, len(buffer), len(self.data) - self.pos)
+        buffer[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+@pytest.mark.parametrize("step", [1, 4093, CHUNK - 7, CHUNK])
+def test_short_reads_hash_and_store_correctly(repo, step):
+    data = rand_bytes(2 * CHUNK + 12345, 7) if step > 1 else rand_bytes(10_000, 7)
+    oid = xxh(data)
+    assert hash_stream(_Trickle(data, step)) == (oid, len(data))
+    with repo.objects.staging() as stage:
+        assert stage.add_stream(_Trickle(data, step)) == (oid, len(data))
+        assert stage.install() == 1
+    assert repo.objects.path(oid).read_bytes() == data
+    assert tmp_leftovers(repo.root) == []
+
+
+def test_staging_discarded_without_install_writes_nothing(repo):
+    before = snapshot(repo.root)
+    with repo.objects.staging() as stage:
+        stage.add_bytes(b"never installed")
+        stage.add_stream(_Trickle(rand_bytes(3 * CHUNK, 3), CHUNK))
+        assert os.listdir(stage.dir)  # really staged
+    assert snapshot(repo.root) == before
+
+
+# -- tree codec -------------------------------------------------------------------------------
+
+ENTRIES = [
+    Entry("variables", DIR, OID_A, 10),
+    Entry("saved_model.pb", FILE, OID_B, 3),
+    Entry("B", FILE, OID_A, 1),
+    Entry("a", FILE, OID_A, 1),
+    Entry("_x", FILE, OID_B, 0),
+    Entry("10", FILE, OID_A, 2),
+    Entry("9", FILE, OID_A, 2),
+    Entry("é", FILE, OID_B, 2),
+    Entry("z", DIR, OID_B, 0),
+]
+
+
+def test_encode_tree_is_deterministic_and_sorted_by_utf8_bytes():
+    expected_order = sorted(e.name.encode("utf-8") for e in ENTRIES)
+    reference = encode_tree(ENTRIES)
+    rng = random.Random(42)
+    for _ in range(20):
+        shuffled = ENTRIES[:]
+        rng.shuffle(shuffled)
+        assert encode_tree(shuffled) == reference
+    assert encode_tree(list(reversed(ENTRIES))) == reference
+
+    decoded = decode_tree(reference)
+    assert [e.name.encode("utf-8") for e in decoded] == expected_order
+    assert [e.name for e in decoded] == ["10", "9", "B", "_x", "a", "saved_model.pb", "variables", "z", "é"]
+    assert set(decoded) == set(ENTRIES)
+    # The on-disk form is the documented one: a msgpack list of [name, kind, oid, size].
+    raw = msgpack.unpackb(reference, raw=False)
+    assert raw[0] == ["10", "file", OID_A, 2]
+    assert all(isinstance(item, list) and len(item) == 4 for item in raw)
+
+
+def test_empty_and_single_entry_trees_round_trip():
+    assert decode_tree(encode_tree([])) == []
+    one = [Entry("model_catboost_best.joblib", FILE, OID_A, 183)]
+    assert decode_tree(encode_tree(one)) == one
+
+
+def test_same_folder_built_in_any_order_gives_the_same_tree_oid(repo, tmp_path):
+    files = {"saved_model.pb": b"pb", "variables/variables.index": b"idx",
+             "variables/variables.data-00000-of-00001": b"data", "assets/vocab.txt": b"v",
+             "fingerprint.pb": b"fp"}
+    first, second = tmp_path / "one" / "m", tmp_path / "two" / "m"
+    for rel in files:
+        write(first / rel, files[rel])
+    for rel in reversed(list(files)):
+        write(second / rel, files[rel])
+    # Different mtimes too: the oid depends on names and bytes only.
+    os.utime(second / "saved_model.pb", (1_000_000, 1_000_000))
+    assert repo.deploy("a", first).hash == repo.deploy("b", second).hash
+    assert repo.deploy("c", first, dry_run=True).hash == repo.deploy("c", second, dry_run=True).hash
+
+
+def _entry(name="a", kind="file", oid=OID_A, size=1):
+    return [name, kind, oid, size]
+
+
+VALID = msgpack.packb([_entry("a"), _entry("b", "dir", OID_B, 0)], use_bin_type=True)
+
+BAD_TREES = {
+    "name-dotdot": [_entry("..")],
+    "name-dot": [_entry(".")],
+    "name-slash": [_entry("a/b")],
+    "name-empty": [_entry("")],
+    "name-absolute": [_entry("/abs")],
+    "name-trailing-slash": [_entry("a/")],
+    "name-nul": [_entry("a\0b")],
+    "name-too-long": [_entry("x" * 256)],
+    "name-bytes": [_entry(b"a")],
+    "name-int": [_entry(7)],
+    "name-none": [_entry(None)],
+    "duplicate": [_entry("a"), _entry("a")],
+    "duplicate-file-and-dir": [_entry("a", "dir"), _entry("a", "file")],
+    "unsorted": [_entry("b"), _entry("a")],
+    "unsorted-utf8": [_entry("é"), _entry("z")],
+    "kind-symlink": [_entry(kind="symlink")],
+    "kind-uppercase": [_entry(kind="FILE")],
+    "kind-none": [_entry(kind=None)],
+    "kind-int": [_entry(kind=1)],
+    "oid-uppercase": [_entry(oid=OID_A.upper())],
+    "oid-short": [_entry(oid=OID_A[:31])],
+    "oid-long": [_entry(oid=OID_A + "0")],
+    "oid-not-hex": [_entry(oid="g" * 32)],
+    "oid-path": [_entry(oid="../../../../etc/passwd" + "0" * 10)],
+    "oid-int": [_entry(oid=123)],
+    "oid-none": [_entry(oid=None)],
+    "size-negative": [_entry(size=-1)],
+    "size-bool": [_entry(size=True)],
+    "size-float": [_entry(size=1.5)],
+    "size-str": [_entry(size="1")],
+    "size-none": [_entry(size=None)],
+    "entry-short": [["a", "file", OID_A]],
+    "entry-long": [["a", "file", OID_A, 1, "extra"]],
+    "entry-str": ["a"],
+    "entry-map": [{"name": "a", "kind": "file", "oid": OID_A, "size": 1}],
+    "top-map": {"a": ["file", OID_A, 1]},
+    "top-int": 5,
+    "top-str": "tree",
+    "top-none": None,
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TREES))
+def test_decode_tree_rejects_bad_entries(name):
+    data = msgpack.packb(BAD_TREES[name], use_bin_type=True)
+    with pytest.raises(CorruptionError):
+        decode_tree(data, "deadbeef")
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(b"", id="empty"),
+    pytest.param(b"\xc1", id="never-used-byte"),
+    pytest.param(VALID[:-1], id="truncated"),
+    pytest.param(VALID + b"\x00", id="trailing-bytes"),
+    pytest.param(b"\xdd\xff\xff\xff\xff", id="array-claims-4G-entries"),
+    pytest.param(b"\x91\xc7\x01\x05x", id="ext-type"),
+    pytest.param(rand_bytes(300, 99), id="random"),
+    pytest.param(b"\x89HDF\r\n\x1a\n" + b"\0" * 32, id="a-file-not-a-tree"),
+])
+def test_decode_tree_rejects_garbage(data):
+    with pytest.raises(CorruptionError):
+        decode_tree(data)
+
+
+def test_decode_tree_accepts_the_valid_base_case():
+    # The table above differs from this one entry by entry, so each case fails for its own reason.
+    assert decode_tree(VALID) == [Entry("a", FILE, OID_A, 1), Entry("b", DIR, OID_B, 0)]
+    assert decode_tree(msgpack.packb([_entry("x" * 255)], use_bin_type=True))[0].name == "x" * 255
+    assert decode_tree(msgpack.packb([_entry("é")], use_bin_type=True))[0].name == "é"
+
+
+def _store_chain(repo: Repository, levels: int) -> str:
+    """A tree nesting ``levels`` folders above a tree holding one file; returns the top oid."""
+    with repo.objects.staging() as stage:
+        blob = stage.add_bytes(b"leaf")
+        oid = stage.add_bytes(encode_tree([Entry("leaf.bin", FILE, blob, 4)]))
+        for _ in range(levels):
+            oid = stage.add_bytes(encode_tree([Entry("d", DIR, oid, 4)]))
+        stage.install()
+    return oid
+
+
+def test_walk_accepts_nesting_up_to_max_depth(repo):
+    top = _store_chain(repo, MAX_DEPTH)
+    walked = list(repo.trees.walk(top))
+    assert len(walked) == MAX_DEPTH + 1
+    assert walked[-1][0] == "d/" * MAX_DEPTH + "leaf.bin"
+    assert walked[-1][1].kind == FILE
+
+
+def test_walk_and_materialize_reject_nesting_beyond_max_depth(repo):
+    top = _store_chain(repo, MAX_DEPTH + 1)
+    with pytest.raises(CorruptionError):
+        list(TreeReader(repo.objects).walk(top))
+    before = snapshot(repo.root)
+    with pytest.raises(CorruptionError):
+        materialize(repo.layout, repo.objects, top)
+    assert snapshot(repo.root) == before  # nothing half-built left in store/trees or store/tmp
+    assert not (repo.root / "store" / "trees" / top).exists()
+
+
+def test_deepest_source_the_scan_accepts_deploys_and_materializes(repo, tmp_path):
+    src = tmp_path / "deep"
+    leaf = src.joinpath(*(["d"] * MAX_DEPTH))
+    write(leaf / "leaf.bin", b"leaf")
+    result = repo.deploy("deep", src)
+    assert (Path(result.path).joinpath(*(["d"] * MAX_DEPTH)) / "leaf.bin").read_bytes() == b"leaf"
+
+    too_deep = tmp_path / "too_deep"
+    write(too_deep.joinpath(*(["d"] * (MAX_DEPTH + 1))) / "leaf.bin", b"leaf")
+    before = snapshot(repo.root)
+    with pytest.raises(SourceError):
+        repo.deploy("deep", too_deep)
+    assert snapshot(repo.root) == before
+
+
+def test_tree_reader_rejects_missing_and_oversized_objects(repo, monkeypatch):
+    with pytest.raises(CorruptionError):
+        repo.trees.entries(OID_A)
+    entries = [Entry(f"file{i}", FILE, OID_A, i) for i in range(4)]
+    with repo.objects.staging() as stage:
+        big = stage.add_bytes(encode_tree(entries))
+        stage.install()
+    assert repo.trees.entries(big) == entries  # a valid tree ...
+    monkeypatch.setattr(trees, "MAX_TREE_BYTES", 64)
+    with pytest.raises(CorruptionError):  # ... refused once it is larger than the limit
+        repo.trees.entries(big)
+
+
+def test_tree_pointing_at_a_file_object_is_corruption(repo):
+    with repo.objects.staging() as stage:
+        blob = stage.add_bytes(b"\x89HDF\r\n\x1a\n not msgpack")
+        top = stage.add_bytes(encode_tree([Entry("sub", DIR, blob, 10)]))
+        stage.install()
+    with pytest.raises(CorruptionError):
+        list(repo.trees.walk(top))
+
+
+# -- failures leave the store as it was --------------------------------------------------------
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _symlink(path: Path) -> None:
+    os.symlink("/etc/hostname", path)
+
+
+def _symlink_to_dir(path: Path) -> None:
+    os.symlink(path.parent, path)
+
+
+@pytest.mark.parametrize("make_bad", [_fifo, _symlink, _symlink_to_dir], ids=["fifo", "symlink", "symlink-dir"])
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_scan_rejects_special_files_before_writing_anything(repo, tmp_path, savedmodel, make_bad, where, no_hang):
+    repo.deploy("ssd", savedmodel)  # a store with content already in it
+    src = make_savedmodel(tmp_path / "v2" / "saved_model", variant=5)
+    write(src / "new_weights.bin", rand_bytes(3 * CHUNK, 5))
+    make_bad(src / "bad" if where == "top" else src / "variables" / "bad")
+    before = snapshot(repo.root)
+    with pytest.raises(SourceError) as info:
+        repo.deploy("ssd", src)
+    assert "bad" in str(info.value)
+    assert snapshot(repo.root) == before
+    assert tmp_leftovers(repo.root) == []
+
+
+def _swap_to_symlink(path: str) -> None:
+    os.unlink(path)
+    os.symlink("/etc/hostname", path)
+
+
+def _swap_to_fifo(path: str) -> None:
+    os.unlink(path)
+    os.mkfifo(path)
+
+
+def _vanish(path: str) -> None:
+    os.unlink(path)
+
+
+def _grow(path: str) -> None:
+    with open(path, "ab") as f:
+        f.write(b"appended after the scan")
+
+
+def _shrink(path: str) -> None:
+    os.truncate(path, 10)
+
+
+MUTATIONS = {"symlink": _swap_to_symlink, "fifo": _swap_to_fifo, "vanished": _vanish,
+             "grown": _grow, "shrunk": _shrink}
+
+
+class _FailingReader:
+    """Reads one chunk of the real file, then fails like a dying disk or a dropped NFS mount."""
+
+    def __init__(self, f):
+        self.f = f
+        self.calls = 0
+
+    def readinto(self, buffer):
+        self.calls += 1
+        if self.calls > 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return self.f.readinto(buffer)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _failing_source(repo, tmp_path, monkeypatch, mutate) -> Path:
+    """A three-file source whose second file, in whatever order ingest takes them, goes bad."""
+    repo.deploy("ssd", make_savedmodel(tmp_path / "v1" / "saved_model"))
+    src = tmp_path / "v2" / "model"
+    for i in range(3):
+        write(src / f"part{i}.bin", rand_bytes(2 * CHUNK + i, 100 + i))
+    real_open = ingest._open_regular
+    seen: list[str] = []
+
+    def open_regular(path):
+        seen.append(path)
+        if len(seen) == 2:
+            # Really mid-ingest: the first file is already staged under store/tmp.
+            staged = [f for d in (repo.root / "store" / "tmp").iterdir() for f in d.iterdir()]
+            assert staged, "nothing staged before the failure: the test would prove nothing"
+            if mutate is None:
+                return _FailingReader(real_open(path))
+            mutate(path)
+        return real_open(path)
+
+    monkeypatch.setattr(ingest, "_open_regular", open_regular)
+    return src
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_source_changing_mid_ingest_leaves_store_as_before(repo, tmp_path, monkeypatch, mutation, no_hang):
+    src = _failing_source(repo, tmp_path, monkeypatch, MUTATIONS[mutation])
+    before = snapshot(repo.root)
+    objects_before = objects_under(repo.root)
+    with pytest.raises(SourceError):
+        repo.deploy("ssd", src)
+    assert snapshot(repo.root) == before
+    assert objects_under(repo.root) == objects_before
+    assert tmp_leftovers(repo.root) == []
+    assert [v.version for v in repo.manifest("ssd").versions] == ["1.0.0"]
+
+
+def test_read_error_mid_ingest_leaves_store_as_before(repo, tmp_path, monkeypatch):
+    src = _failing_source(repo, tmp_path, monkeypatch, None)
+    before = snapshot(repo.root)
+    with pytest.raises(GaiaCasError) as info:
+        repo.deploy("ssd", src)
+    assert "Input/output error" in str(info.value)
+    assert snapshot(repo.root) == before
+    assert tmp_leftovers(repo.root) == []
+
+
+def test_failed_ingest_then_retry_succeeds(repo, tmp_path, monkeypatch):
+    src = _failing_source(repo, tmp_path, monkeypatch, _grow)
+    with pytest.raises(SourceError):
+        repo.deploy("ssd", src)
+    monkeypatch.undo()
+    result = repo.deploy("ssd", src)
+    assert result.version == "1.1.0" and result.file_count == 3
+    for path in src.iterdir():
+        assert (Path(result.path) / path.name).read_bytes() == path.read_bytes()
+
+
+# -- reuse refreshes, never rewrites -----------------------------------------------------------
+
+OLD = 1_000_000_000  # 2001-09-09: far older than any grace period
+
+
+@pytest.mark.parametrize("second_name", ["model_catboost_best.joblib", "other_name.joblib"])
+def test_reusing_an_object_refreshes_its_mtime_and_never_rewrites_it(repo, tmp_path, second_name):
+    data = rand_bytes(CHUNK + 100, 11)
+    first = write(tmp_path / "a" / "model_catboost_best.joblib", data)
+    r1 = repo.deploy("catboost", first)
+    oid = xxh(data)
+    obj = repo.objects.path(oid)
+    tree_obj = repo.objects.path(r1.hash)
+    for path in (obj, tree_obj):
+        os.utime(path, (OLD, OLD))
+    before = os.stat(obj)
+    assert before.st_mtime == OLD
+
+    second = write(tmp_path / "b" / second_name, data)
+    r2 = repo.deploy("catboost-copy", second)
+
+    after = os.stat(obj)
+    assert after.st_mtime > OLD  # refreshed, so a gc grace period covers the new reference
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # the same file, not a new one
+    assert stat.S_IMODE(after.st_mode) == 0o444
+    assert obj.read_bytes() == data
+    if r2.hash == r1.hash:
+        assert os.stat(tree_obj).st_mtime > OLD
+    assert tmp_leftovers(repo.root) == []
+
+
+def test_installing_an_object_already_stored_keeps_the_stored_file(repo, tmp_path):
+    """Immutability: install never replaces what already sits under an oid."""
+    data = b"genuine weights" * 100
+    r1 = repo.deploy("m", write(tmp_path / "a" / "w.bin", data))
+    obj = repo.objects.path(xxh(data))
+    inode = os.stat(obj).st_ino
+    with repo.objects.staging() as stage:
+        assert stage.add_bytes(data) == xxh(data)
+        assert stage.install() == 0
+    assert os.stat(obj).st_ino == inode
+    assert r1.new_objects == 2
+
+
+# -- disk full (pyfakefs) -----------------------------------------------------------------------
+
+DATA_MOUNT = "/data"
+DISK = 8 << 20
+
+
+def _fake_root(fs) -> Repository:
+    # The root gets a small disk of its own; sources live on the unbounded "/" so only the
+    # store's writes count against it.
+    fs.add_mount_point(DATA_MOUNT)
+    fs.set_disk_usage(DISK, DATA_MOUNT)
+    return Repository.init(f"{DATA_MOUNT}/root", lock_timeout=5)
+
+
+def _fake_source(path: str, sizes: dict[str, int]) -> Path:
+    base = Path(path)
+    for name, size in sizes.items():
+        write(base / name, rand_bytes(size, size))
+    return base
+
+
+def test_disk_full_on_first_deploy_leaves_store_as_before(fs):
+    repo = _fake_root(fs)
+    src = _fake_source("/src/model", {"small.bin": 4096, "saved_model.pb": 100, "big.bin": DISK + CHUNK})
+    before = snapshot(repo.root)
+    used = fs.get_disk_usage(DATA_MOUNT).used
+
+    with pytest.raises(StoreError) as info:
+        repo.deploy("m", src)
+
+    assert info.value.errno == errno.ENOSPC or "No space left" in str(info.value)
+    assert snapshot(repo.root) == before
+    assert objects_under(repo.root) == {}
+    assert tmp_leftovers(repo.root) == []
+    assert fs.get_disk_usage(DATA_MOUNT).used == used
+    assert repo.models() == []
+
+
+def test_disk_full_keeps_previous_version_current_and_store_unchanged(fs):
+    repo = _fake_root(fs)
+    v1 = _fake_source("/src/v1", {"saved_model.pb": 1000, "variables.bin": 2 * CHUNK})
+    r1 = repo.deploy("m", v1)
+    link = repo.root / "models" / "m" / "current"
+    target = os.readlink(link)
+    before = snapshot(repo.root)
+    free = fs.get_disk_usage(DATA_MOUNT).free
+
+    # v2 shares variables.bin with v1 (no new space needed) but adds more than the free space.
+    v2 = _fake_source("/src/v2", {"saved_model.pb": 1001, "extra.bin": free + 1})
+    write(v2 / "variables.bin", (v1 / "variables.bin").read_bytes())
+    with pytest.raises(StoreError):
+        repo.deploy("m", v2)
+
+    assert snapshot(repo.root) == before
+    assert os.readlink(link) == target
+    assert repo.manifest("m").current == r1.version
+    assert tmp_leftovers(repo.root) == []
+    assert fs.get_disk_usage(DATA_MOUNT).free == free
+
+    # Once space is available again the same deploy goes through.
+    fs.set_disk_usage(DISK * 4, DATA_MOUNT)
+    r2 = repo.deploy("m", v2)
+    assert r2.version == "1.1.0"
+    assert Path(r2.path, "extra.bin").read_bytes() == (v2 / "extra.bin").read_bytes()
+    assert objects_under(repo.root)[xxh((v1 / "variables.bin").read_bytes())]
+
+
+def test_disk_full_via_cli_is_one_line_error(fs, capsys):
+    from conftest import assert_one_line_error, Run
+    from gaia_cas.cli import main
+
+    repo = _fake_root(fs)
+    src = _fake_source("/src/m", {"weights.bin": DISK + 1})
+    before = snapshot(repo.root)
+    capsys.readouterr()
+    code = main(["--root", str(repo.root), "deploy", "m", str(src)])
+    captured = capsys.readouterr()
+    assert_one_line_error(Run(code, captured.out, captured.err), "No space left on device")
+    assert snapshot(repo.root) == before
+
+
+# -- filesystems without hard links -------------------------------------------------------------
+
+def _filesystem_without_hard_links(monkeypatch) -> None:
+    """Make ``os.link`` behave as on vfat/exFAT or some SMB/FUSE mounts: EPERM.
+
+    Faithful to link(2)'s order of checks: a missing parent folder is ENOENT and an existing
+    target is EEXIST (both found by path lookup, before the filesystem is asked to link).
+    """
+
+    def link(src, dst, *args, **kwargs):
+        if not os.path.isdir(os.path.dirname(os.fspath(dst))):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", os.fspath(dst))
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "File exists", os.fspath(dst))
+        raise PermissionError(errno.EPERM, "Operation not permitted", os.fspath(src))
+
+    monkeypatch.setattr(os, "link", link)
+
+
+def _assert_objects_sound(root) -> None:
+    """Invariant 3: whatever sits under an oid is complete, matches its name and is read-only."""
+    for oid, path in objects_under(root).items():
+        assert xxh(path.read_bytes()) == oid, f"{path} does not hold the bytes its name promises"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o444, (path, oct(os.stat(path).st_mode))
+
+
+def test_store_without_hard_links_falls_back_to_copies(repo, tmp_path, monkeypatch, savedmodel):
+    _filesystem_without_hard_links(monkeypatch)
+    result = repo.deploy("ssd", savedmodel)
+    _assert_objects_sound(repo.root)
+    assert set(objects_under(repo.root)) == tree_oids(repo, result.hash)
+    for source in savedmodel.rglob("*"):
+        if source.is_file():
+            assert (Path(result.path) / source.relative_to(savedmodel)).read_bytes() == source.read_bytes()
+    assert tmp_leftovers(repo.root) == []
+
+
+def test_copy_fallback_on_a_full_disk_never_leaves_a_partial_object(fs, monkeypatch):
+    repo = _fake_root(fs)
+    _filesystem_without_hard_links(monkeypatch)
+    data = rand_bytes(DISK // 2 + CHUNK, 21)  # staging fits; staging plus a copy does not
+    src = write(Path("/src/weights.bin"), data)
+
+    for _ in range(2):  # a retry by the user or the CI must not make matters worse
+        with pytest.raises(StoreError):
+            repo.deploy("m", src)
+        _assert_objects_sound(repo.root)
+        assert tmp_leftovers(repo.root) == []
+        assert repo.models() == []
+
+    fs.set_disk_usage(DISK * 4, DATA_MOUNT)  # space freed: now the deploy must serve the true bytes
+    result = repo.deploy("m", src)
+    _assert_objects_sound(repo.root)
+    assert Path(result.path).read_bytes() == data
+    assert (repo.root / "models" / "m" / "current").read_bytes() == data
