@@ -83,7 +83,7 @@ def _version_json(manifest, version) -> dict:
         "deployment_id": version.deployment_id, "size_bytes": version.size_bytes,
         "size_mb": version.size_mb, "file_count": version.file_count, "format": version.format,
         "artifact": version.artifact, "name": version.name,
-        "current": version.version == manifest.current, "pinned": version.pinned,
+        "current": version.version == manifest.current, "pinned": version.pinned, "broken": version.broken,
         "reason": version.reason, "user": version.user, "host": version.host,
         "source": version.source, "metadata": version.metadata,
     }
@@ -172,7 +172,7 @@ def _list_one(repo, model) -> tuple[dict, str]:
         return doc, head
     rows = [["", "VERSION", "DEPLOYED", "HASH", "SIZE", "FORMAT", "REASON"]]
     for v in reversed(manifest.versions):
-        mark = "*" if v.version == manifest.current else ""
+        mark = ("*" if v.version == manifest.current else "") + ("!" if v.broken else "")
         rows.append([mark, v.version, v.created_at[:19].replace("T", " "), v.tree[:12], _mb(v.size_bytes),
                      v.format, (v.reason or "")[:40]])
     return doc, head + "\n" + _table(rows, "  ")
@@ -294,6 +294,20 @@ def cmd_gc(args, default_root):
     _emit(args, doc, text)
 
 
+def cmd_verify(args, default_root):
+    repo = _repo(args, default_root)
+    report = repo.verify(args.model, repair=args.repair, sample=args.sample)
+    scope = f" ({args.sample:g}% sample)" if args.sample else ""
+    lines = [f"checked {report.checked_objects} objects{scope}, {report.checked_trees} trees, "
+             f"{report.checked_links} links: "
+             + ("no problems" if not report.problems else f"{len(report.problems)} problem(s)")]
+    lines += [f"  {p}" for p in report.problems]
+    if report.broken_versions:
+        lines.append(f"broken versions (never served): {', '.join(report.broken_versions)}")
+    _emit(args, report.to_json(), "\n".join(lines))
+    return 0 if report.ok else 1
+
+
 def cmd_logs(args, default_root):
     repo = _repo(args, default_root)
     lines = repo.logs(args.lines)
@@ -322,4 +336,5 @@ _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
     "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
     "demo": cmd_demo, "pin": cmd_pin, "unpin": cmd_pin, "cleanup": cmd_cleanup, "gc": cmd_gc,
+    "verify": cmd_verify,
 }

@@ -55,6 +55,7 @@ class Version:
     host: str | None = None
     source: str | None = None
     pinned: bool = False
+    broken: bool = False  # set by 'verify --repair' when objects it needs are corrupt or missing
 
     @property
     def size_mb(self) -> float:
@@ -114,7 +115,7 @@ _VERSION_FIELDS = {
     "version": str, "deployment_id": str, "created_at": str, "tree": str, "artifact": str,
     "name": (str, type(None)), "size_bytes": int, "file_count": int, "format": str,
     "metadata": dict, "reason": (str, type(None)), "user": (str, type(None)),
-    "host": (str, type(None)), "source": (str, type(None)), "pinned": bool,
+    "host": (str, type(None)), "source": (str, type(None)), "pinned": bool, "broken": bool,
 }
 _EVENT_FIELDS = {
     "generation": int, "at": str, "action": str, "version": (str, type(None)),
@@ -210,7 +211,7 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
     versions = []
     seen = set()
     for i, raw in enumerate(top["versions"]):
-        fields = _fields(raw, _VERSION_FIELDS, f"{origin} version #{i}", optional=("pinned",))
+        fields = _fields(raw, _VERSION_FIELDS, f"{origin} version #{i}", optional=("pinned", "broken"))
         if not is_oid(fields["tree"]):
             raise CorruptionError(f"{origin} version #{i} has an invalid tree id {fields['tree']!r:.80}")
         try:

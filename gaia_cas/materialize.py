@@ -38,6 +38,8 @@ def materialize(layout: Layout, store: ObjectStore, tree_oid: str) -> Path:
     try:
         _checkout(TreeReader(store), store, tree_oid, build, 0)
         os.rename(build, final)
+        # Only now: moving a directory to another parent needs write access to it (for '..').
+        os.chmod(final, DIR_READ_ONLY)
     except OSError as exc:
         remove_tree(build)
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.is_dir():
@@ -75,7 +77,8 @@ def _checkout(reader: TreeReader, store: ObjectStore, oid: str, dest: Path, dept
             os.chmod(target, READ_ONLY)
     # Durable before the rename publishes it: after a crash a published tree is complete.
     fsync_dir(dest)
-    os.chmod(dest, DIR_READ_ONLY)
+    if depth:
+        os.chmod(dest, DIR_READ_ONLY)
 
 
 def _touch(path: Path) -> None:

@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never delete anything younger than AGE (default 1h)")
     p.add_argument("--log-age", metavar="AGE", default="90d", help="delete log files older than AGE (default 90d)")
 
+    p = command("verify", "re-hash stored objects, check trees and links; --repair fixes or isolates problems")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="one model (default: every model)")
+    p.add_argument("--repair", action="store_true",
+                   help="regenerate links, rebuild trees, quarantine corrupt objects, mark affected versions broken")
+    p.add_argument("--sample", type=float, metavar="PERCENT",
+                   help="re-hash only a rotating PERCENT of the objects (a different share each day)")
+
     p = command("logs", "show the most recent lines of the operation log")
     p.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")
 

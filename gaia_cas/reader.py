@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NotFoundError
+from .errors import CorruptionError, NotFoundError
 from .layout import Layout, find_root
 from .manifest import Manifests, file_token
 
@@ -67,6 +67,9 @@ def resolve(model: str, root: str | os.PathLike | None = None) -> Resolved:
     version = manifest.current_version()
     if version is None:
         raise NotFoundError(f"model '{name}' has no current version yet")
+    if version.broken:
+        raise CorruptionError(f"the current version of '{name}' ({version.version}) is marked broken by verify: "
+                              "its files are corrupt or missing; roll back or redeploy")
     tree_dir = layout.tree_path(version.tree)
     if not tree_dir.is_dir():
         # Derived data that gc (or an operator) removed: rebuild it from the objects. Building

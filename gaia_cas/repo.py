@@ -403,6 +403,9 @@ class Repository:
         """Make an existing version current again: a manifest edit and a link swap, no copying."""
         model = self.model(name)
         target = self.select(self.manifest(model), selector)  # validate before any write
+        if target.broken:
+            raise CorruptionError(f"version {target.version} of '{model}' is marked broken by verify "
+                                  "(objects it needs are corrupt or missing); it cannot be made current")
         user, host = _who()
         now = _now().isoformat(timespec="seconds")
         outcome: dict[str, Any] = {}
@@ -410,6 +413,9 @@ class Repository:
             self._materialize(target.tree)
             with self.manifests.edit(model, on_commit=self._sync_link) as manifest:
                 chosen = self.select(manifest, selector)  # re-resolved under the lock
+                if chosen.broken:
+                    raise CorruptionError(f"version {chosen.version} of '{model}' is marked broken by verify "
+                                          "(objects it needs are corrupt or missing); it cannot be made current")
                 previous = manifest.current
                 outcome.update(version=chosen.version, previous=previous, tree=chosen.tree, name=chosen.name)
                 if chosen.version == previous:
@@ -580,6 +586,12 @@ class Repository:
         reclaimable = self.plan_gc(grace=timedelta(0), log_age=None).bytes
         return Status(models, StoreStatus(count, on_disk, logical, reclaimable))
 
+    def verify(self, name: str | None = None, *, repair: bool = False, sample: float | None = None):
+        """Re-hash, check trees and links; see :mod:`gaia_cas.verify`."""
+        from .verify import verify
+
+        return verify(self, name, repair=repair, sample=sample)
+
     def logs(self, n: int = 20) -> list[str]:
         if n < 0:
             raise InvalidInputError("-n must be 0 or more")
@@ -608,7 +620,7 @@ class Repository:
         link = manifest.config.link or self.layout.default_link(manifest.model)
         current = manifest.current_version()
         try:
-            if current is None:
+            if current is None or current.broken:  # a broken version is never served
                 links.drop_link(self.layout, link)
                 return
             tree_dir = self._materialize(current.tree)

@@ -1,0 +1,369 @@
+"""verify: re-hash what the manifests reach, check trees and links, and optionally repair.
+
+Nothing is trusted because it looks right: every object selected is read and re-hashed (a
+read-only mode bit proves nothing -- an in-place edit through a hard link changes the object
+itself), tree objects are decoded and their names validated, every materialized tree is
+compared entry by entry with its tree object, and every ``current`` link with its manifest.
+
+``repair`` fixes what can be fixed from the store itself and isolates the rest:
+
+- links are regenerated from the manifests;
+- materialized trees that do not match are removed and rebuilt from the objects;
+- corrupt objects are moved to ``store/quarantine/`` (never served again), and every version
+  that needs a corrupt or missing object is marked ``broken`` in its manifest: ``resolve()``
+  refuses it and ``rollback`` will not select it. A broken version whose objects come back
+  complete and intact (e.g. redeployed) is unmarked.
+- ``current`` is never moved by repair (no silent rollback): a broken current version stays a
+  reported problem until an operator rolls back or redeploys.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from .errors import GaiaCasError
+from .objects import hash_file
+from .trees import DIR, TreeReader
+
+
+@dataclass
+class Problem:
+    kind: str  # manifest, missing-object, corrupt-object, bad-tree, tree-mismatch, link, broken-current
+    detail: str
+    oid: str | None = None
+    path: str | None = None
+    versions: list[str] = field(default_factory=list)  # "model version"
+    action: str | None = None  # what repair did
+    resolved: bool = False  # fixed, or isolated (quarantined / marked broken)
+
+    def __str__(self) -> str:
+        affected = f" (affects {', '.join(self.versions)})" if self.versions else ""
+        done = f" -> {self.action}" if self.action else ""
+        return f"{self.kind}: {self.detail}{affected}{done}"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "detail": self.detail, "oid": self.oid, "path": self.path,
+                "versions": self.versions, "action": self.action, "resolved": self.resolved}
+
+
+@dataclass
+class VerifyReport:
+    problems: list[Problem] = field(default_factory=list)
+    checked_objects: int = 0
+    checked_trees: int = 0
+    checked_links: int = 0
+    sampled: float | None = None
+    broken_versions: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Every problem fixed, or isolated in versions marked broken (and never served)."""
+        return all(p.resolved for p in self.problems)
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "repaired": self.repaired, "checked_objects": self.checked_objects,
+                "checked_trees": self.checked_trees, "checked_links": self.checked_links,
+                "sample_percent": self.sampled, "broken_versions": self.broken_versions,
+                "problems": [p.to_json() for p in self.problems]}
+
+
+def in_sample(oid: str, percent: float | None, day: int) -> bool:
+    """A deterministic window of the oid space that moves every day, as restic's read-data-subset.
+
+    With ``percent`` p, the window covers p% of all oids and starts p% further each day, so
+    100/p consecutive nights re-hash every object at least once.
+    """
+    if percent is None or percent >= 100:
+        return True
+    position = int(oid[:8], 16) % 10000 / 100.0  # 0.00 .. 99.99
+    start = (day * percent) % 100.0
+    return (position - start) % 100.0 < percent
+
+
+def verify(repo, model: str | None = None, *, repair: bool = False, sample: float | None = None,
+           today: date | None = None) -> VerifyReport:
+    if sample is not None and not 0 < sample <= 100:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"--sample must be a percentage above 0 and at most 100, not {sample:g}")
+    report = VerifyReport(sampled=sample, repaired=repair)
+    day = (today or date.today()).toordinal()
+    reader = TreeReader(repo.objects)
+    models = [repo.model(model)] if model else repo.models()
+
+    manifests = {}
+    for name in models:
+        try:
+            manifests[name] = repo.manifests.read(name)
+        except GaiaCasError as exc:
+            report.problems.append(Problem("manifest", f"manifest of '{name}' cannot be read: {exc}"))
+
+    # 1. Walk every version's trees; remember which versions need which object.
+    users: dict[str, set[str]] = {}
+    files: dict[str, int] = {}  # file oid -> expected size
+    bad_trees: dict[str, str] = {}
+    for name, manifest in manifests.items():
+        for version in manifest.versions:
+            label = f"{name} {version.version}"
+            problem = _walk(reader, version.tree, label, users, files, bad_trees)
+            if problem:
+                users.setdefault(version.tree, set()).add(label)
+    report.checked_trees = len({oid for oid in users if oid not in files})
+    for oid, why in sorted(bad_trees.items()):
+        report.problems.append(Problem("bad-tree" if "missing" not in why else "missing-object", why, oid=oid,
+                                       path=str(repo.objects.path(oid)), versions=sorted(users.get(oid, ()))))
+
+    # 2. Re-hash the file objects (all, or today's sample).
+    corrupt: set[str] = set()
+    missing: set[str] = {oid for oid, why in bad_trees.items() if "missing" in why}
+    for oid in sorted(files):
+        if not in_sample(oid, sample, day):
+            continue
+        path = repo.objects.path(oid)
+        report.checked_objects += 1
+        try:
+            actual, size = hash_file(path)
+        except FileNotFoundError:
+            missing.add(oid)
+            report.problems.append(Problem("missing-object", f"object {oid} is missing", oid=oid, path=str(path),
+                                           versions=sorted(users[oid])))
+            continue
+        if actual != oid:
+            corrupt.add(oid)
+            report.problems.append(Problem(
+                "corrupt-object", f"object {oid} holds bytes hashing to {actual} ({size} bytes, expected "
+                f"{files[oid]})", oid=oid, path=str(path), versions=sorted(users[oid])))
+
+    # 3. Materialized trees against their tree objects.
+    tree_problems = _check_materialized(repo, reader, users, corrupt | missing | set(bad_trees), report)
+
+    # 4. Links against manifests.
+    link_problems = []
+    for name, manifest in manifests.items():
+        report.checked_links += 1
+        problem = _check_link(repo, manifest)
+        if problem:
+            link_problems.append(problem)
+            report.problems.append(problem)
+
+    if repair:
+        _repair(repo, manifests, report, users, corrupt, missing, set(bad_trees), tree_problems, link_problems)
+
+    # 5. Broken versions, and a broken current version (never fixed by moving current).
+    for name in manifests:
+        try:
+            manifest = repo.manifests.read(name)
+        except GaiaCasError:
+            continue
+        for version in manifest.versions:
+            if version.broken:
+                report.broken_versions.append(f"{name} {version.version}")
+        current = manifest.current_version()
+        if current is not None and current.broken:
+            report.problems.append(Problem(
+                "broken-current", f"the current version of '{name}' ({current.version}) is broken; roll back "
+                f"('gaia-cas rollback {name} VERSION') or redeploy", versions=[f"{name} {current.version}"]))
+    # Damage confined to versions already marked broken is isolated: listed, never served.
+    broken = set(report.broken_versions)
+    for problem in report.problems:
+        if problem.kind in _ISOLATABLE and problem.versions and set(problem.versions) <= broken and not problem.resolved:
+            problem.resolved = True
+            problem.action = problem.action or "isolated (versions marked broken)"
+    return report
+
+
+_ISOLATABLE = ("missing-object", "corrupt-object", "bad-tree", "tree-mismatch")
+
+
+def _walk(reader, oid, label, users, files, bad_trees, depth=0) -> bool:
+    """Record every object the tree reaches; returns True if the tree itself is unusable."""
+    users.setdefault(oid, set()).add(label)
+    if oid in bad_trees:
+        return True
+    try:
+        entries = reader.entries(oid)
+    except GaiaCasError as exc:
+        bad_trees[oid] = str(exc)
+        return True
+    broken = False
+    for entry in entries:
+        if entry.kind == DIR:
+            if depth >= 64:
+                bad_trees[oid] = f"tree {oid} nests too deep"
+                return True
+            broken |= _walk(reader, entry.oid, label, users, files, bad_trees, depth + 1)
+        else:
+            users.setdefault(entry.oid, set()).add(label)
+            files[entry.oid] = entry.size
+    return broken
+
+
+def _check_materialized(repo, reader, users, bad_oids, report) -> list[Problem]:
+    found = []
+    try:
+        names = sorted(os.listdir(repo.layout.trees))
+    except FileNotFoundError:
+        return found
+    for name in names:
+        path = repo.layout.trees / name
+        if name not in users:
+            continue  # a tree no version needs: gc's business, not a problem
+        why = None
+        if name in bad_oids:
+            why = "its tree object is unusable"
+        else:
+            try:
+                why = _compare(repo, reader, name, path, bad_oids)
+            except GaiaCasError as exc:
+                why = str(exc)
+        if why:
+            problem = Problem("tree-mismatch", f"materialized tree {name} {why}", oid=name, path=str(path),
+                              versions=sorted(users[name]))
+            report.problems.append(problem)
+            found.append(problem)
+    return found
+
+
+def _compare(repo, reader, oid, path: Path, bad_oids, depth=0) -> str | None:
+    entries = reader.entries(oid)
+    try:
+        present = set(os.listdir(path))
+    except OSError as exc:
+        return f"cannot be listed ({exc.strerror})"
+    expected = {e.name for e in entries}
+    if present != expected:
+        extra, gone = sorted(present - expected), sorted(expected - present)
+        return f"differs from its tree (extra {extra[:3]}, missing {gone[:3]})"
+    for entry in entries:
+        child = path / entry.name
+        st = os.lstat(child)
+        if entry.kind == DIR:
+            if not stat.S_ISDIR(st.st_mode):
+                return f"has {entry.name} as a non-folder"
+            why = _compare(repo, reader, entry.oid, child, bad_oids, depth + 1)
+            if why:
+                return why
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            return f"has {entry.name} that is not a regular file"
+        if entry.oid in bad_oids:
+            return f"links {entry.name} to a corrupt or missing object"
+        try:
+            obj = os.stat(repo.objects.path(entry.oid))
+        except FileNotFoundError:
+            return f"has {entry.name} whose object is missing"
+        if (obj.st_dev, obj.st_ino) != (st.st_dev, st.st_ino):
+            # A copy (no hard links here), or a file replaced in place: re-hash it.
+            actual, _ = hash_file(child)
+            if actual != entry.oid:
+                return f"has {entry.name} edited in place (hash {actual}, expected {entry.oid})"
+    return None
+
+
+def _expected_link_target(repo, manifest):
+    current = manifest.current_version()
+    if current is None:
+        return None
+    tree = repo.layout.tree_path(current.tree)
+    return tree / current.name if current.name else tree
+
+
+def _check_link(repo, manifest) -> Problem | None:
+    from . import links
+
+    relative = manifest.config.link or repo.layout.default_link(manifest.model)
+    link = repo.layout.link_path(relative)
+    target = links.read_link(repo.layout, relative)
+    expected = _expected_link_target(repo, manifest)
+    label = [f"{manifest.model} {manifest.current}"] if manifest.current else []
+    if expected is None:
+        if os.path.lexists(link):
+            return Problem("link", f"{relative} exists but '{manifest.model}' has no current version",
+                           path=str(link))
+        return None
+    if target is None:
+        what = "is not a symlink" if os.path.lexists(link) else "is missing"
+        return Problem("link", f"{relative} {what}; it should point at {manifest.current}", path=str(link),
+                       versions=label)
+    if os.path.normpath(target) != os.path.normpath(expected):
+        return Problem("link", f"{relative} points at {target}, not at current version {manifest.current}",
+                       path=str(link), versions=label)
+    if not os.path.exists(link):
+        return Problem("link", f"{relative} dangles (its tree is not materialized)", path=str(link), versions=label)
+    return None
+
+
+def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_problems, link_problems):
+    from .manifest import record
+    from .materialize import remove_tree
+    from .repo import _now, _who
+
+    # Quarantine corrupt objects first, so nothing rebuilt below can link to them.
+    quarantine = repo.layout.store / "quarantine"
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    for problem in report.problems:
+        if problem.kind == "corrupt-object" and problem.oid in corrupt:
+            quarantine.mkdir(parents=True, exist_ok=True)
+            target = quarantine / f"{problem.oid}-{stamp}"
+            with repo._writing():
+                os.rename(repo.objects.path(problem.oid), target)
+            problem.action, problem.resolved = f"moved to {target.relative_to(repo.root)}", True
+
+    # Materialized trees that do not match: rebuild if possible, else just remove.
+    unusable = corrupt | missing | bad_trees
+    for problem in tree_problems:
+        with repo._writing():
+            remove_tree(Path(problem.path))
+            rebuilt = False
+            if not _needs_any(repo, problem.oid, unusable):
+                repo._materialize(problem.oid)
+                rebuilt = True
+        problem.action = "rebuilt from objects" if rebuilt else "removed (its objects are unusable)"
+        problem.resolved = True
+
+    # Mark (and unmark) broken versions, then regenerate links, model by model under its lock.
+    user, host = _who()
+    for name in manifests:
+        with repo._writing():
+            with repo.manifests.edit(name, on_commit=repo._sync_link) as manifest:
+                changed = []
+                for version in manifest.versions:
+                    broken = _needs_any(repo, version.tree, unusable)
+                    if broken != version.broken:
+                        version.broken = broken
+                        changed.append(f"{version.version} {'broken' if broken else 'repaired'}")
+                if changed:
+                    record(manifest, "verify-repair", version=None, before=manifest.current,
+                           at=_now().isoformat(timespec="seconds"), user=user, host=host,
+                           reason="verify --repair", details={"changes": changed})
+                else:
+                    repo._sync_link(manifest)  # no commit to trigger it: regenerate the link anyway
+    for problem in report.problems:
+        if problem.kind in ("missing-object", "bad-tree", "corrupt-object") and problem.versions:
+            problem.resolved = True
+            if not problem.action:
+                problem.action = "versions marked broken"
+    for problem in link_problems:
+        problem.action, problem.resolved = "regenerated", True
+    if corrupt or missing or bad_trees:
+        repo.oplog.write("gaia_cas.verify", f"verify --repair: quarantined {len(corrupt)} corrupt objects; "
+                         f"{len(missing)} missing, {len(bad_trees)} unusable trees; affected versions marked broken")
+
+
+def _needs_any(repo, tree_oid: str, unusable: set[str]) -> bool:
+    """Whether the tree reaches an object that is unusable (or cannot be read at all)."""
+    if tree_oid in unusable or not repo.objects.exists(tree_oid):
+        return True
+    try:
+        for _, entry in repo.trees.walk(tree_oid):
+            if entry.oid in unusable or not repo.objects.exists(entry.oid):
+                return True
+    except GaiaCasError:
+        return True
+    return False
