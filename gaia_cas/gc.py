@@ -115,13 +115,11 @@ def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, ve
 
 
 def protected_trees(manifests: list[Manifest], now: datetime, grace: timedelta) -> set[str]:
-    """Materialized trees to keep: every current version's, and those current within the grace."""
+    """Materialized trees to keep: current's and every channel's, and those current within the grace."""
     keep: set[str] = set()
     cutoff = now - grace
     for manifest in manifests:
-        names = set()
-        if manifest.current:
-            names.add(manifest.current)
+        names = set(manifest.channel_versions().values())  # current and every channel
         for event in reversed(manifest.history):
             try:
                 at = datetime.fromisoformat(event.at)

@@ -90,6 +90,8 @@ class Manifest:
     highest: str | None = None
     generation: int = 0
     history: list[Event] = field(default_factory=list)
+    # Named pointers besides current, e.g. {"staging": {"version": "1.2.0", "link": None}}
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Trees added during an edit: their completeness is checked before the commit.
     new_trees: set[str] = field(default_factory=set, repr=False, compare=False)
 
@@ -101,6 +103,13 @@ class Manifest:
 
     def current_version(self) -> Version | None:
         return self.find(self.current) if self.current else None
+
+    def channel_versions(self) -> dict[str, str]:
+        """Channel name -> version, including 'current'."""
+        result = {name: ch["version"] for name, ch in self.channels.items()}
+        if self.current:
+            result["current"] = self.current
+        return result
 
     def assigned(self) -> set[str]:
         """Every version number ever given out, including those cleaned up since."""
@@ -138,6 +147,7 @@ def encode(manifest: Manifest) -> bytes:
         "config": {k: getattr(manifest.config, k) for k in _CONFIG_FIELDS},
         "versions": [{k: getattr(v, k) for k in _VERSION_FIELDS} for v in manifest.versions],
         "history": [{k: getattr(e, k) for k in _EVENT_FIELDS} for e in manifest.history],
+        "channels": manifest.channels,
     }
     return msgpack.packb(doc, use_bin_type=True)
 
@@ -234,13 +244,45 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
             raise CorruptionError(f"{origin} has a malformed highest version {top['highest']!r:.40}") from None
     history = [Event(**_fields(raw, _EVENT_FIELDS, f"{origin} history #{i}", optional=("details",)))
                for i, raw in enumerate(top["history"])]
+    channels = _channels(doc.get("channels", {}), origin, seen)
     manifest = Manifest(
         model=top["model"], config=ModelConfig(**cfg), versions=versions, current=top["current"],
-        highest=top["highest"], generation=top["generation"], history=history,
+        highest=top["highest"], generation=top["generation"], history=history, channels=channels,
     )
     if manifest.current is not None and manifest.find(manifest.current) is None:
         raise CorruptionError(f"{origin} marks {manifest.current} current, but has no such version")
     return manifest
+
+
+def _channels(raw, origin: str, versions: set[str]) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise CorruptionError(f"{origin} channels are not a map")
+    result = {}
+    for name, value in raw.items():
+        try:
+            check_channel_name(name)
+        except InvalidInputError:
+            raise CorruptionError(f"{origin} has an invalid channel name {name!r:.40}") from None
+        fields = _fields(value, {"version": str, "link": (str, type(None))}, f"{origin} channel {name}")
+        if fields["version"] not in versions:
+            raise CorruptionError(f"{origin} channel {name} points at {fields['version']!r:.40}, which is no version")
+        if fields["link"] is not None:
+            try:
+                check_link(fields["link"])
+            except InvalidInputError as exc:
+                raise CorruptionError(f"{origin}: {exc}") from None
+        result[name] = fields
+    return result
+
+
+def check_channel_name(name: str) -> str:
+    """Channels are named like models; 'current' is the default channel and not stored here."""
+    if name == "current":
+        raise InvalidInputError("'current' is the default channel; use 'gaia-cas rollback' to move it")
+    try:
+        return check_model_name(name)
+    except InvalidInputError:
+        raise InvalidInputError(f"invalid channel name {name!r}: use lowercase letters, digits, '.', '_' or '-'") from None
 
 
 # -- storage ---------------------------------------------------------------------------------
@@ -364,8 +406,16 @@ class Manifests:
         raise ModelNotFoundError(name, names)
 
 
+_CURRENT = object()
+
+
 def record(manifest: Manifest, action: str, *, version: str | None, before: str | None,
-           at: str, user: str | None, host: str | None, reason: str | None, details: dict | None = None) -> None:
-    """Append a history event; its generation is filled in when the edit commits."""
-    manifest.history.append(Event(-1, at, action, version, before, manifest.current, user, host, reason,
-                                  dict(details or {})))
+           at: str, user: str | None, host: str | None, reason: str | None, details: dict | None = None,
+           after=_CURRENT) -> None:
+    """Append a history event; its generation is filled in when the edit commits.
+
+    ``before``/``after`` are the pointer's value around the change: the current version, or for a
+    channel move (``details["channel"]``) that channel's version.
+    """
+    after = manifest.current if after is _CURRENT else after
+    manifest.history.append(Event(-1, at, action, version, before, after, user, host, reason, dict(details or {})))

@@ -51,11 +51,12 @@ class Resolved:
             return True
 
 
-def resolve(model: str, root: str | os.PathLike | None = None) -> Resolved:
-    """The active (current) version of ``model`` (a name or an alias) under ``root``.
+def resolve(model: str, root: str | os.PathLike | None = None, channel: str = "current") -> Resolved:
+    """The active version of ``model`` (a name or an alias) under ``root``, on ``channel``.
 
     ``root`` defaults to ``$GAIA_CAS_ROOT``, else the nearest ancestor of the working directory
-    holding ``store/`` and ``manifests/``.
+    holding ``store/`` and ``manifests/``. ``channel`` names a channel set by ``promote``
+    (e.g. ``"staging"``); the default is the current version.
     """
     layout = Layout(find_root(root))
     manifests = Manifests(layout)
@@ -64,11 +65,15 @@ def resolve(model: str, root: str | os.PathLike | None = None) -> Resolved:
     if snapshot is None:
         raise NotFoundError(f"model '{model}' has no manifest")
     manifest = snapshot.manifest
-    version = manifest.current_version()
-    if version is None:
-        raise NotFoundError(f"model '{name}' has no current version yet")
+    number = manifest.channel_versions().get(channel)
+    if number is None:
+        if channel == "current":
+            raise NotFoundError(f"model '{name}' has no current version yet")
+        raise NotFoundError(f"model '{name}' has no channel '{channel}' (channels: "
+                            f"{', '.join(sorted(manifest.channel_versions())) or 'none'})")
+    version = manifest.find(number)
     if version.broken:
-        raise CorruptionError(f"the current version of '{name}' ({version.version}) is marked broken by verify: "
+        raise CorruptionError(f"the {channel} version of '{name}' ({version.version}) is marked broken by verify: "
                               "its files are corrupt or missing; roll back or redeploy")
     tree_dir = layout.tree_path(version.tree)
     if not tree_dir.is_dir():

@@ -528,6 +528,51 @@ class Repository:
                          f"{plan.young_unreferenced} unreferenced but within the grace period")
         return plan, result
 
+    def promote(self, name: str, selector: str, channel: str, *, link: str | None = None,
+                reason: str | None = None) -> RollbackResult:
+        """Point a channel (e.g. staging, canary) at a version; 'current' is the default channel."""
+        from .manifest import check_channel_name
+
+        if channel == "current":
+            if link is not None:
+                raise InvalidInputError("the current link is set with 'gaia-cas model set MODEL --link PATH'")
+            return self.rollback(name, selector, reason=reason)
+        check_channel_name(channel)
+        model = self.model(name)
+        manifest = self.manifest(model)
+        target = self.select(manifest, selector)
+        if target.broken:
+            raise CorruptionError(f"version {target.version} of '{model}' is marked broken by verify; "
+                                  "it cannot be promoted")
+        wanted_link = normalize_link(link, self.root) if link is not None else None
+        link_now = wanted_link or (manifest.channels.get(channel) or {}).get("link") or f"models/{model}/{channel}"
+        self._check_link_free(model, channel, link_now)
+        user, host = _who()
+        with self._writing():
+            self._materialize(target.tree)
+            with self.manifests.edit(model, on_commit=self._sync_link) as manifest:
+                chosen = self.select(manifest, selector)
+                old = manifest.channels.get(channel)
+                before = old["version"] if old else None
+                new_link = wanted_link if wanted_link is not None else (old["link"] if old else None)
+                if before != chosen.version or (old and old["link"] != new_link):
+                    manifest.channels[channel] = {"version": chosen.version, "link": new_link}
+                    record(manifest, "promote", version=chosen.version, before=before, after=chosen.version,
+                           at=_now().isoformat(timespec="seconds"), user=user, host=host, reason=reason,
+                           details={"channel": channel})
+        path = str(ingest.artifact_path(self.layout.tree_path(chosen.tree), chosen.name))
+        if before != chosen.version:
+            self.oplog.write("gaia_cas.channel", f"promoted {model} {chosen.version} to {channel} "
+                             f"(was {before or '-'}) by {user}@{host}" + (f" reason={reason!r}" if reason else ""))
+        return RollbackResult(model, chosen.version, before, before == chosen.version, path)
+
+    def _check_link_free(self, model: str, channel: str, link: str) -> None:
+        links.check_location(self.layout, link)
+        for other in self.models():
+            for other_channel, (other_link, _) in self.link_targets(self.manifest(other)).items():
+                if other_link == link and (other, other_channel) != (model, channel):
+                    raise InvalidInputError(f"link path {link!r} is already used by {other} {other_channel}")
+
     # -- queries -----------------------------------------------------------------------------
 
     def select(self, manifest: Manifest, selector: str | None) -> Version:
@@ -615,22 +660,31 @@ class Repository:
             if not self.objects.exists(entry.oid):
                 raise CorruptionError(f"object {entry.oid} of tree {tree_oid} is missing from the store")
 
+    def link_targets(self, manifest: Manifest) -> dict[str, tuple[str, Version | None]]:
+        """Every link the model owns: channel name -> (link path relative to the root, its version)."""
+        result = {"current": (manifest.config.link or self.layout.default_link(manifest.model),
+                              manifest.current_version())}
+        for name, channel in sorted(manifest.channels.items()):
+            link = channel["link"] or f"models/{manifest.model}/{name}"
+            result[name] = (link, manifest.find(channel["version"]))
+        return result
+
     def _sync_link(self, manifest: Manifest) -> None:
-        """Regenerate the model's link from the manifest just committed."""
-        link = manifest.config.link or self.layout.default_link(manifest.model)
-        current = manifest.current_version()
-        try:
-            if current is None or current.broken:  # a broken version is never served
-                links.drop_link(self.layout, link)
-                return
-            tree_dir = self._materialize(current.tree)
-            links.point_link(self.layout, link, ingest.artifact_path(tree_dir, current.name))
-        except OSError as exc:
-            # The manifest is already committed: say so, rather than report the change as failed.
-            fix = f"'gaia-cas rollback {manifest.model} {current.version}'" if current else "any later change"
-            raise StoreError(
-                f"{manifest.model} is committed (current {current.version if current else 'none'}), but its link "
-                f"{link} could not be updated: {exc.strerror or exc}; {fix} regenerates it") from exc
+        """Regenerate the model's links (current and every channel) from the manifest just committed."""
+        for channel, (link, version) in self.link_targets(manifest).items():
+            try:
+                if version is None or version.broken:  # a broken version is never served
+                    links.drop_link(self.layout, link)
+                    continue
+                tree_dir = self._materialize(version.tree)
+                links.point_link(self.layout, link, ingest.artifact_path(tree_dir, version.name))
+            except OSError as exc:
+                # The manifest is already committed: say so, rather than report the change as failed.
+                fix = (f"'gaia-cas rollback {manifest.model} {manifest.current}'" if manifest.current
+                       else "any later change")
+                raise StoreError(
+                    f"{manifest.model} is committed ({channel} {version.version if version else 'none'}), but its "
+                    f"link {link} could not be updated: {exc.strerror or exc}; {fix} regenerates it") from exc
 
     @contextmanager
     def _writing(self):
@@ -660,6 +714,8 @@ class _translate_store_errors:
 def _previous(manifest: Manifest) -> str | None:
     """The version that was current before the current one became current."""
     for event in reversed(manifest.history):
+        if "channel" in event.details:
+            continue  # a channel move, not a change of current
         if event.after == manifest.current and event.before != manifest.current:
             return event.before
     return None

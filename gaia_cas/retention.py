@@ -1,6 +1,6 @@
 """Retention: which versions a cleanup removes, and which rule keeps each survivor.
 
-A version is kept if ANY rule keeps it -- it is current, it is pinned, it is among the newest
+A version is kept if ANY rule keeps it -- it is current or a channel's version, it is pinned, it is among the newest
 N deployed, or it is younger than the age limit -- so rules combine by union and can never
 conspire to remove something one of them protects. Planning is pure: it reads a manifest and
 returns a plan; :meth:`gaia_cas.repo.Repository.cleanup` executes a plan under the lock.
@@ -93,10 +93,15 @@ class ModelPlan:
 def plan_model(manifest: Manifest, policy: Policy, now: datetime) -> ModelPlan:
     cutoff = now - parse_age(policy.keep_within) if policy.keep_within else None
     decisions = []
+    channels: dict[str, list[str]] = {}
+    for channel, number in manifest.channel_versions().items():
+        if channel != "current":
+            channels.setdefault(number, []).append(channel)
     for rank, version in enumerate(reversed(manifest.versions)):  # newest deployed first
         reasons = []
         if version.version == manifest.current:
             reasons.append("current")
+        reasons += [f"channel {c}" for c in sorted(channels.get(version.version, ()))]
         if version.pinned:
             reasons.append("pinned")
         if rank < policy.keep:

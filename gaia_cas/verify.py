@@ -146,11 +146,10 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
     # 4. Links against manifests.
     link_problems = []
     for name, manifest in manifests.items():
-        report.checked_links += 1
-        problem = _check_link(repo, manifest)
-        if problem:
-            link_problems.append(problem)
-            report.problems.append(problem)
+        report.checked_links += len(repo.link_targets(manifest))
+        found = _check_links(repo, manifest)
+        link_problems += found
+        report.problems += found
 
     if repair:
         _repair(repo, manifests, report, users, corrupt, missing, set(bad_trees), tree_problems, link_problems)
@@ -266,37 +265,33 @@ def _compare(repo, reader, oid, path: Path, bad_oids, depth=0) -> str | None:
     return None
 
 
-def _expected_link_target(repo, manifest):
-    current = manifest.current_version()
-    if current is None:
-        return None
-    tree = repo.layout.tree_path(current.tree)
-    return tree / current.name if current.name else tree
-
-
-def _check_link(repo, manifest) -> Problem | None:
+def _check_links(repo, manifest) -> list[Problem]:
+    """Each link the model owns (current and every channel) against the manifest."""
     from . import links
 
-    relative = manifest.config.link or repo.layout.default_link(manifest.model)
-    link = repo.layout.link_path(relative)
-    target = links.read_link(repo.layout, relative)
-    expected = _expected_link_target(repo, manifest)
-    label = [f"{manifest.model} {manifest.current}"] if manifest.current else []
-    if expected is None:
-        if os.path.lexists(link):
-            return Problem("link", f"{relative} exists but '{manifest.model}' has no current version",
-                           path=str(link))
-        return None
-    if target is None:
-        what = "is not a symlink" if os.path.lexists(link) else "is missing"
-        return Problem("link", f"{relative} {what}; it should point at {manifest.current}", path=str(link),
-                       versions=label)
-    if os.path.normpath(target) != os.path.normpath(expected):
-        return Problem("link", f"{relative} points at {target}, not at current version {manifest.current}",
-                       path=str(link), versions=label)
-    if not os.path.exists(link):
-        return Problem("link", f"{relative} dangles (its tree is not materialized)", path=str(link), versions=label)
-    return None
+    problems = []
+    for channel, (relative, version) in repo.link_targets(manifest).items():
+        link = repo.layout.link_path(relative)
+        target = links.read_link(repo.layout, relative)
+        label = [f"{manifest.model} {version.version}"] if version else []
+        if version is None or version.broken:
+            if os.path.lexists(link):
+                problems.append(Problem("link", f"{relative} exists but {channel} of '{manifest.model}' has "
+                                        "nothing to serve", path=str(link), versions=label))
+            continue
+        tree = repo.layout.tree_path(version.tree)
+        expected = tree / version.name if version.name else tree
+        if target is None:
+            what = "is not a symlink" if os.path.lexists(link) else "is missing"
+            problems.append(Problem("link", f"{relative} {what}; it should point at {version.version}",
+                                    path=str(link), versions=label))
+        elif os.path.normpath(target) != os.path.normpath(expected):
+            problems.append(Problem("link", f"{relative} points at {target}, not at {channel} version "
+                                    f"{version.version}", path=str(link), versions=label))
+        elif not os.path.exists(link):
+            problems.append(Problem("link", f"{relative} dangles (its tree is not materialized)", path=str(link),
+                                    versions=label))
+    return problems
 
 
 def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_problems, link_problems):
