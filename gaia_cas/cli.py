@@ -308,6 +308,84 @@ def cmd_verify(args, default_root):
     return 0 if report.ok else 1
 
 
+def cmd_promote(args, default_root):
+    repo = _repo(args, default_root)
+    result = repo.promote(args.model, args.version, args.channel, link=args.link, reason=args.reason)
+    if result.unchanged:
+        text = f"{result.model}: {args.channel} is already {result.version}; nothing changed"
+    else:
+        text = f"promoted {result.model} {result.version} to {args.channel} (was {result.previous or '-'})"
+    _emit(args, {**result.to_json(), "channel": args.channel}, text)
+
+
+def cmd_history(args, default_root):
+    repo = _repo(args, default_root)
+    events = repo.history(args.model)
+    doc = {"model": repo.model(args.model), "events": [
+        {"generation": e.generation, "at": e.at, "action": e.action, "version": e.version, "before": e.before,
+         "after": e.after, "user": e.user, "host": e.host, "reason": e.reason, "details": e.details}
+        for e in events]}
+    rows = [["GEN", "TIME", "ACTION", "CHANGE", "WHO", "REASON"]]
+    for e in events:
+        action = e.action + (f" {e.details['channel']}" if "channel" in e.details else "")
+        change = f"{e.before or '-'} -> {e.after or '-'}" if e.before != e.after else (e.version or "")
+        if e.action == "cleanup":
+            change = "removed " + ", ".join(e.details.get("removed", []))
+        rows.append([str(e.generation), e.at[:19].replace("T", " "), action, change,
+                     f"{e.user}@{e.host}", e.reason or ""])
+    _emit(args, doc, _table(rows) if events else "no history yet")
+
+
+def cmd_diff(args, default_root):
+    repo = _repo(args, default_root)
+    d = repo.diff(args.model, args.a, args.b)
+    lines = [f"{d.model} {d.a} -> {d.b}"]
+    lines += [f"  + {p}  ({s} bytes)" for p, s in d.added]
+    lines += [f"  - {p}  ({s} bytes)" for p, s in d.removed]
+    lines += [f"  ~ {p}  ({sa} -> {sb} bytes)" for p, sa, sb in d.changed]
+    lines += [f"  metadata.{k}: {json.dumps(va)} -> {json.dumps(vb)}" for k, (va, vb) in d.metadata.items()]
+    if len(lines) == 1:
+        lines.append("  identical")
+    _emit(args, d.to_json(), "\n".join(lines))
+
+
+def cmd_import_legacy(args, default_root):
+    from .legacy import parse_map
+
+    repo = _repo(args, default_root)
+    plans = repo.import_legacy(args.path, mapping=parse_map(args.map), dry_run=args.dry_run, reason=args.reason)
+    lines = []
+    saved = sum(p.logical_bytes - p.new_bytes for p in plans) if not args.dry_run else None
+    for p in plans:
+        verb = "would import" if args.dry_run else "imported"
+        lines.append(f"{p.folder} -> {p.model}: {verb} {len(p.versions)} versions, current {p.current or '-'}")
+        lines += [f"  {v.label} -> {v.assigned}" + (f"  ({'; '.join(v.notes)})" if v.notes else "")
+                  for v in p.versions]
+        lines += [f"  skipped {label}: {why}" for label, why in p.skipped]
+        lines += [f"  note: {problem}" for problem in p.problems]
+    if saved is not None:
+        lines.append(f"identical copies stored once: {_mb(saved)} saved")
+    _emit(args, {"dry_run": args.dry_run, "bytes_saved": saved, "models": [p.to_json() for p in plans]},
+          "\n".join(lines))
+
+
+def cmd_export(args, default_root):
+    repo = _repo(args, default_root)
+    out = repo.export(args.model, args.version, args.output)
+    manifest, version = repo.show(args.model, args.version)
+    _emit(args, {"model": manifest.model, "version": version.version, "output": str(out)},
+          f"exported {manifest.model} {version.version} to {out}")
+
+
+def cmd_import(args, default_root):
+    from .repo import parse_meta
+
+    repo = _repo(args, default_root)
+    result = repo.import_archive(args.archive, args.model, reason=args.reason, metadata=parse_meta(args.meta),
+                                 force=args.force)
+    _emit(args, result.to_json(), _deploy_text(result))
+
+
 def cmd_logs(args, default_root):
     repo = _repo(args, default_root)
     lines = repo.logs(args.lines)
@@ -336,5 +414,6 @@ _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
     "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
     "demo": cmd_demo, "pin": cmd_pin, "unpin": cmd_pin, "cleanup": cmd_cleanup, "gc": cmd_gc,
-    "verify": cmd_verify,
+    "verify": cmd_verify, "promote": cmd_promote, "history": cmd_history, "diff": cmd_diff,
+    "import-legacy": cmd_import_legacy, "export": cmd_export, "import": cmd_import,
 }

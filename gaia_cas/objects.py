@@ -105,6 +105,7 @@ class Staging:
         self._buffer = bytearray(CHUNK)
         self._counter = 0
         self._liveness: int | None = None
+        self.new_bytes = 0  # bytes of objects the store did not have, counted by install()
 
     def __enter__(self) -> "Staging":
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
@@ -169,6 +170,7 @@ class Staging:
         for oid, staged in self._staged.items():
             final = self.store.path(oid)
             os.chmod(staged, READ_ONLY)
+            size = os.lstat(staged).st_size
             try:
                 added = _place(staged, final)
             except FileNotFoundError:  # first object in this fan-out folder
@@ -176,6 +178,7 @@ class Staging:
                 touched.add(final.parent.parent)
                 added = _place(staged, final)
             new += added
+            self.new_bytes += size if added else 0
             touched.add(final.parent)
         for folder in touched:
             fsync_dir(folder)

@@ -141,6 +141,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never delete anything younger than AGE (default 1h)")
     p.add_argument("--log-age", metavar="AGE", default="90d", help="delete log files older than AGE (default 90d)")
 
+    p = command("promote", "point a channel (e.g. staging, canary) at a version; it gets its own link")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("--to", required=True, metavar="CHANNEL", dest="channel",
+                   help="the channel; 'current' is the default channel (same as rollback)")
+    p.add_argument("--link", metavar="PATH", help="where the channel's link lives (default models/MODEL/CHANNEL)")
+    reason(p)
+
+    p = command("history", "the audit trail: who changed what, when and why")
+    p.add_argument("model", metavar="MODEL")
+
+    p = command("diff", "files added, removed and changed between two versions, and metadata changed")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("a", metavar="A", help="a version selector")
+    p.add_argument("b", metavar="B", help="a version selector")
+
+    p = command("import-legacy", "migrate a copy-per-version layout (dl_model/, ml_model/ ...) with its history")
+    p.add_argument("path", metavar="PATH", help="the folder holding dl_model/, ml_model/ ...")
+    p.add_argument("--map", action="append", metavar="FOLDER=MODEL",
+                   help="model name for a legacy folder (default dl_model=ssd, ml_model=catboost, x_model=x)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be imported; write nothing")
+    reason(p)
+
+    p = command("export", "write one version as a tar: the artifact under its own name plus metadata.json")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", nargs="?", metavar="VERSION", help="a version selector (default: current)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.tar")
+
+    p = command("import", "deploy a version from an exported tar (validated before anything is written)")
+    p.add_argument("archive", metavar="FILE.tar")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--meta", action="append", metavar="K=V", help="extra metadata (repeatable)")
+    p.add_argument("--force", action="store_true", help="import even if identical to the current version")
+    reason(p)
+
     p = command("verify", "re-hash stored objects, check trees and links; --repair fixes or isolates problems")
     p.add_argument("model", nargs="?", metavar="MODEL", help="one model (default: every model)")
     p.add_argument("--repair", action="store_true",

@@ -12,7 +12,7 @@ import getpass
 import os
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,7 @@ class _DeployRequest:
     now: datetime
     user: str
     host: str
+    label: str | None = None
 
 
 def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
@@ -286,9 +287,15 @@ class Repository:
 
     def deploy(self, name: str, path: str | os.PathLike | None = None, *, bump_kind: str = "minor",
                version: str | None = None, reason: str | None = None, metadata: dict | None = None,
-               force: bool = False, dry_run: bool = False) -> DeployResult:
-        """Deploy a file or folder as the model's next version and make it current."""
+               force: bool = False, dry_run: bool = False, source_label: str | None = None) -> DeployResult:
+        """Deploy a file or folder as the model's next version and make it current.
+
+        ``source_label`` is what the version records as its source when ``path`` is only a
+        temporary extraction (import of an archive).
+        """
         request = self._deploy_request(name, path, bump_kind, version, reason, metadata, force)
+        if source_label is not None:
+            request = replace(request, label=source_label)
         snapshot = request.snapshot
         if dry_run:
             built = ingest.hash_only(request.source)
@@ -376,7 +383,7 @@ class Repository:
                 version=number, deployment_id=request.now.strftime("%Y%m%d_%H%M%S"), created_at=at,
                 tree=built.tree, artifact=built.artifact, name=built.name, size_bytes=built.size,
                 file_count=built.file_count, format=fmt, metadata=metadata, reason=request.reason,
-                user=request.user, host=request.host, source=str(request.source),
+                user=request.user, host=request.host, source=request.label or str(request.source),
             ))
             if manifest.highest is None or version_key(number) > version_key(manifest.highest):
                 manifest.highest = number
@@ -630,6 +637,40 @@ class Repository:
 
         reclaimable = self.plan_gc(grace=timedelta(0), log_age=None).bytes
         return Status(models, StoreStatus(count, on_disk, logical, reclaimable))
+
+    def diff(self, name: str, a: str, b: str):
+        """Files added, removed and changed between two versions, and metadata changed."""
+        from .diff import diff_versions
+
+        manifest = self.manifest(name)
+        return diff_versions(self.trees, manifest.model, self.select(manifest, a), self.select(manifest, b))
+
+    def import_legacy(self, path, *, mapping: dict[str, str] | None = None, dry_run: bool = False,
+                      reason: str | None = None) -> list:
+        """Migrate a copy-per-version layout; see :mod:`gaia_cas.legacy`."""
+        from .legacy import import_legacy
+
+        return import_legacy(self, path, mapping=mapping, dry_run=dry_run, reason=reason)
+
+    def export(self, name: str, selector: str | None, output) -> Path:
+        """Write one version (default: current) as a tar: the artifact plus metadata.json."""
+        from .archive import export_version
+
+        manifest, version = self.show(name, selector)
+        if version.broken:
+            raise CorruptionError(f"version {version.version} of '{manifest.model}' is marked broken; not exported")
+        with _translate_store_errors(self.layout):
+            return export_version(self, manifest.model, version, output)
+
+    def import_archive(self, path, name: str, **options) -> DeployResult:
+        """Validate an exported tar, then deploy its artifact as the model's next version."""
+        from .archive import import_archive
+
+        return import_archive(self, path, name, **options)
+
+    def history(self, name: str) -> list:
+        """The model's audit trail, oldest first (append-only: nothing ever rewrites it)."""
+        return list(self.manifest(name).history)
 
     def verify(self, name: str | None = None, *, repair: bool = False, sample: float | None = None):
         """Re-hash, check trees and links; see :mod:`gaia_cas.verify`."""
