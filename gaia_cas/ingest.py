@@ -34,6 +34,7 @@ FILE_ARTIFACT = "file"
 class _File:
     path: str
     size: int
+    stat: os.stat_result | None = None
 
 
 @dataclass
@@ -82,7 +83,7 @@ def scan(source: str | os.PathLike) -> _File | _Dir:
         raise SourceError(f"cannot read source {path}: {exc.strerror}") from None
     if stat.S_ISREG(st.st_mode):
         _check_name(os.path.basename(os.path.abspath(path)), path)
-        return _File(path, st.st_size)
+        return _File(path, st.st_size, st)
     if not stat.S_ISDIR(st.st_mode):
         raise SourceError(f"source {path} is {_describe(st.st_mode)}; deploy a file or a folder")
     root = _scan_dir(path, 0)
@@ -107,7 +108,7 @@ def _scan_dir(path: str, depth: int) -> _Dir:
         except OSError as exc:
             raise SourceError(f"cannot read {item.path}: {exc.strerror}") from None
         if stat.S_ISREG(st.st_mode):
-            node.children[item.name] = _File(item.path, st.st_size)
+            node.children[item.name] = _File(item.path, st.st_size, st)
         elif stat.S_ISDIR(st.st_mode):
             node.children[item.name] = _scan_dir(item.path, depth + 1)
         else:
@@ -144,12 +145,20 @@ def _open_regular(path: str):
 class _Builder:
     """Builds the tree bottom-up, either storing (staging given) or only hashing (dry run)."""
 
-    def __init__(self, stage=None):
+    def __init__(self, stage=None, cache=None):
         self.stage = stage
+        self.cache = cache
         self.buffer = bytearray(CHUNK)
         self.file_count = 0
 
     def file(self, node: _File) -> tuple[str, int]:
+        if self.cache is not None and node.stat is not None:
+            oid = self.cache.lookup(node.path, node.stat)
+            if oid is not None:
+                if self.stage is not None:
+                    self.stage.reuse(oid, node.path, node.size)
+                self.file_count += 1
+                return oid, node.size
         src = _open_regular(node.path)
         with src:
             if self.stage is not None:
@@ -158,6 +167,8 @@ class _Builder:
                 oid, size = hash_stream(src, self.buffer)
         if size != node.size:
             raise SourceError(f"{node.path} changed while it was being deployed ({node.size} bytes, then {size})")
+        if self.cache is not None and node.stat is not None:
+            self.cache.remember(node.path, node.stat, oid)
         self.file_count += 1
         return oid, size
 
@@ -187,15 +198,19 @@ class _Builder:
         return Built(tree, DIRECTORY_ARTIFACT, None, size, self.file_count)
 
 
-def stage(staging, source: str | os.PathLike) -> Built:
-    """Scan ``source`` and stream it into ``staging``; nothing reaches store/objects yet."""
+def stage(staging, source: str | os.PathLike, cache=None) -> Built:
+    """Scan ``source`` and stream it into ``staging``; nothing reaches store/objects yet.
+
+    With a stat cache, files whose stat is unchanged are not read again: their oid comes from
+    the cache, and the staging area checks at install time that the object is still stored.
+    """
     node = scan(source)
-    return _Builder(staging).artifact(node)
+    return _Builder(staging, cache).artifact(node)
 
 
-def hash_only(source: str | os.PathLike) -> Built:
+def hash_only(source: str | os.PathLike, cache=None) -> Built:
     """The tree oid ``source`` would get, computed without writing anything (dry runs)."""
-    return _Builder().artifact(scan(source))
+    return _Builder(None, cache).artifact(scan(source))
 
 
 def artifact_path(tree_dir: Path, name: str | None) -> Path:

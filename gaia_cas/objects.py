@@ -106,6 +106,7 @@ class Staging:
         self._counter = 0
         self._liveness: int | None = None
         self.new_bytes = 0  # bytes of objects the store did not have, counted by install()
+        self._reused: dict[str, str | bytes] = {}  # oid -> source path, or a tree's bytes
 
     def __enter__(self) -> "Staging":
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
@@ -145,17 +146,27 @@ class Staging:
 
     def add_bytes(self, data: bytes) -> str:
         oid = hash_bytes(data)
-        if oid in self._staged:
+        if oid in self._staged or oid in self._reused:
             return oid
+        if self.store.exists(oid):
+            self._reused[oid] = data  # checked again at install; written only if gone by then
+            return oid
+        self._write_bytes(oid, data)
+        return oid
+
+    def _write_bytes(self, oid: str, data: bytes) -> None:
         path, fd = self._new_tmp()
         try:
             write_all(fd, data)
-            if not self.store.exists(oid):
-                os.fsync(fd)
+            os.fsync(fd)
         finally:
             os.close(fd)
         self._keep(oid, path)
-        return oid
+
+    def reuse(self, oid: str, source: str, size: int) -> None:
+        """An object the stat cache says ``source`` already has in the store: nothing is read now."""
+        if oid not in self._staged:
+            self._reused.setdefault(oid, source)
 
     def _keep(self, oid: str, path: Path) -> None:
         if oid in self._staged:
@@ -164,7 +175,12 @@ class Staging:
             self._staged[oid] = path
 
     def install(self) -> int:
-        """Give every staged object its final name. Returns how many were new to the store."""
+        """Give every staged object its final name. Returns how many were new to the store.
+
+        Runs under the store barrier, so gc cannot remove anything between the existence check
+        of a reused object here and the manifest commit that references it.
+        """
+        self._settle_reused()
         new = 0
         touched: set[Path] = set()
         for oid, staged in self._staged.items():
@@ -183,6 +199,26 @@ class Staging:
         for folder in touched:
             fsync_dir(folder)
         return new
+
+    def _settle_reused(self) -> None:
+        """Refresh the objects reused without reading; stage any that vanished since (a gc ran)."""
+        from .errors import SourceError
+
+        for oid, origin in self._reused.items():
+            if oid in self._staged:
+                continue
+            try:
+                _refresh(self.store.path(oid))
+                continue
+            except StoreError:
+                pass  # gone: fall through and stage it from its source
+            if isinstance(origin, bytes):
+                self._write_bytes(oid, origin)
+                continue
+            with open(origin, "rb", buffering=0) as src:
+                got, _ = self.add_stream(src, origin)
+            if got != oid:
+                raise SourceError(f"{origin} changed while it was being deployed")
 
     def discard(self) -> None:
         if self.dir is not None and self.dir.exists():

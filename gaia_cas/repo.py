@@ -34,6 +34,7 @@ from .manifest import Manifest, Manifests, ModelConfig, Version, record
 from .materialize import materialize
 from .names import check_model_name
 from .objects import ObjectStore
+from .statcache import StatCache
 from .oplog import OpLog, tail
 from .trees import TreeReader
 from .versions import BUMPS, bump, format_version, parse_selector, parse_version, version_key
@@ -297,8 +298,9 @@ class Repository:
         if source_label is not None:
             request = replace(request, label=source_label)
         snapshot = request.snapshot
+        cache = StatCache(self.layout.store / "statcache.msgpack")
         if dry_run:
-            built = ingest.hash_only(request.source)
+            built = ingest.hash_only(request.source, cache)
             fmt = formats.detect(request.source)
             current = snapshot.current_version() if snapshot else None
             if current and current.tree == built.tree and not force:
@@ -310,12 +312,13 @@ class Repository:
                                 created_model=snapshot is None)
 
         with _translate_store_errors(self.layout), self.objects.staging() as staging:
-            built = ingest.stage(staging, request.source)  # the long part: no lock held
+            built = ingest.stage(staging, request.source, cache)  # the long part: no lock held
             fmt = formats.detect(request.source)
             with self._writing():  # from here to the commit, gc waits (the store barrier)
                 new_objects = staging.install()
                 tree_dir = self._materialize(built.tree)
                 number, unchanged, previous = self._commit_deploy(request, built, fmt)
+        cache.save(str(request.source))
 
         model, source = request.model, request.source
         if unchanged:
