@@ -6,6 +6,8 @@ through the names below, each imported on first use.
 
 from .errors import GaiaCasError
 
+__version__ = "0.1.0"
+
 __all__ = ["GaiaCasError", "Repository", "Resolved", "resolve"]
 
 

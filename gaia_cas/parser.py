@@ -15,19 +15,19 @@ line is rejected, 1 on any other error."""
 
 
 class _LazyVersion(argparse.Action):
-    """--version: look the version up only when asked (importlib.metadata is slow to import)."""
+    """--version, looked up only when asked.
+
+    The number lives in gaia_cas/__init__.py (setup.cfg reads it from there); it is imported here
+    at call time because argparse-manpage loads this file outside the package.
+    """
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from importlib.metadata import PackageNotFoundError, version
+        from gaia_cas import __version__
 
-        try:
-            number = version("gaia-cas")
-        except PackageNotFoundError:
-            number = "unknown (not installed)"
-        print(f"{PROG} {number}")
+        print(f"{PROG} {__version__}")
         parser.exit()
 
 

@@ -8,16 +8,14 @@ no trace but unreferenced objects for gc; the commit itself is one atomic rename
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import formats, ingest, links
+from . import ingest, links
 from .errors import (
     CorruptionError,
     GaiaCasError,
@@ -139,6 +137,9 @@ def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _who() -> tuple[str, str]:
+    import getpass
+    import socket
+
     try:
         user = getpass.getuser()
     except Exception:  # no passwd entry and no $USER: fall back to the uid
@@ -298,6 +299,8 @@ class Repository:
         if source_label is not None:
             request = replace(request, label=source_label)
         snapshot = request.snapshot
+        from . import formats  # zipfile and friends: only deploys pay for them
+
         cache = StatCache(self.layout.store / "statcache.msgpack")
         if dry_run:
             built = ingest.hash_only(request.source, cache)
