@@ -213,6 +213,16 @@ class Bench:
         return root
 
 
+def checkout_revision() -> str | None:
+    """The commit measured (with -dirty for local edits): figures are only comparable per commit."""
+    try:
+        proc = subprocess.run(["git", "-C", LAUNCHER.parent.parent, "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return proc.stdout.strip() or None
+
+
 def progress(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
@@ -482,8 +492,9 @@ def _ms(seconds: float) -> str:
 
 def report(b: Bench, checks: list[dict]) -> str:
     cp = b.median("cp")
-    lines = [f"gaia-cas benchmark: {len(b.plan)} files, {b.tree_bytes / MIB:.1f} MiB, "
-             f"median of {b.opts.repeat} run(s); {os.cpu_count()} CPUs, Python {platform.python_version()}", ""]
+    lines = [f"gaia-cas benchmark ({b.extra.get('revision') or 'unknown revision'}): {len(b.plan)} files, "
+             f"{b.tree_bytes / MIB:.1f} MiB, median of {b.opts.repeat} run(s); {os.cpu_count()} CPUs, "
+             f"Python {platform.python_version()}", ""]
     lines.append(f"{'operation':48} {'median':>13} {'vs cp -r':>9}   runs (ms)")
     for key, label in b.labels.items():
         median = b.median(key)
@@ -493,7 +504,7 @@ def report(b: Bench, checks: list[dict]) -> str:
     unchanged = b.median("redeploy_unchanged")
     for key, changed in (("redeploy_small", "small_changed_bytes"), ("redeploy_large", "large_changed_bytes")):
         lines.append(f"{b.labels[key]}: {b.median(key) / unchanged:.2f} x unchanged redeploy, "
-                     f"+{(b.median(key) - unchanged) * 1000:.1f} ms for {b.extra[changed] / KIB:.0f} KiB re-stored")
+                     f"{(b.median(key) - unchanged) * 1000:+.1f} ms for {b.extra[changed] / KIB:.0f} KiB re-stored")
     per_version = ", ".join(f"{v:.0f} at {n}" for n, v in b.extra.get("manifest_bytes_per_version", {}).items())
     lines.append(f"manifest bytes per version: {per_version}")
     if "scaling" in b.extra:
@@ -519,7 +530,7 @@ def to_json(b: Bench, checks: list[dict]) -> dict:
         "config": {"size": b.opts.size, "files": len(b.plan), "bytes": b.tree_bytes, "repeat": b.opts.repeat,
                    "versions": b.opts.versions, "gc_objects": b.opts.gc_objects, "seed": b.opts.seed,
                    "cpus": os.cpu_count(), "python": platform.python_version(),
-                   "dvc": b.extra.get("dvc_version")},
+                   "dvc": b.extra.get("dvc_version"), "revision": b.extra.get("revision")},
         "labels": b.labels,
         "medians": {k: b.median(k) for k in b.samples},
         "ratios": {k: b.median(k) / cp for k in b.samples},
@@ -554,6 +565,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_all(b: Bench) -> None:
+    b.extra["revision"] = checkout_revision()
     progress(f"writing the tree: {len(b.plan)} files, {b.tree_bytes / MIB:.1f} MiB")
     write_tree(b.source, b.plan, b.opts.seed)
     progress("cp -r")

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"{PROG}: error: {_describe(exc)}", file=sys.stderr)
+        message = _describe(exc).encode("utf-8", "backslashreplace").decode("utf-8")  # names may be undecodable
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
 
 
@@ -213,7 +214,8 @@ def cmd_status(args, default_root):
     ratio = f", {s.logical_bytes / s.bytes_on_disk:.1f}x" if s.bytes_on_disk else ""
     lines.append(f"\nstore: {s.objects} objects, {_mb(s.bytes_on_disk)} on disk for {_mb(s.logical_bytes)} "
                  f"of versions (deduplication saves {_mb(max(saved, 0))}{ratio}); "
-                 f"{_mb(s.reclaimable_bytes)} used by no version (gc frees it)")
+                 + (f"{_mb(s.reclaimable_bytes)} used by no version (gc frees it)" if s.reclaimable_bytes is not None
+                    else "unused bytes unknown: something cannot be read, run 'gaia-cas verify'"))
     lines.append(f"root:  {repo.root}")
     _emit(args, doc, "\n".join(lines))
 

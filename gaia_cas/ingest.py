@@ -87,9 +87,13 @@ def scan(source: str | os.PathLike) -> _File | _Dir:
     if not stat.S_ISDIR(st.st_mode):
         raise SourceError(f"source {path} is {_describe(st.st_mode)}; deploy a file or a folder")
     root = _scan_dir(path, 0)
-    if not root.children:
-        raise SourceError(f"source {path} is an empty folder: nothing to deploy")
+    if not _has_files(root):
+        raise SourceError(f"source {path} holds no files (only empty folders, or nothing): nothing to deploy")
     return root
+
+
+def _has_files(node: "_Dir") -> bool:
+    return any(isinstance(c, _File) or _has_files(c) for c in node.children.values())
 
 
 def _scan_dir(path: str, depth: int) -> _Dir:

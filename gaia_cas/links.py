@@ -15,6 +15,12 @@ from .errors import InvalidInputError
 from .layout import Layout
 
 
+def inside_root(layout: Layout, path: Path) -> bool:
+    """Whether ``path``, with every symlink on the way resolved, is the root or inside it."""
+    real, real_root = os.path.realpath(path), os.path.realpath(layout.root)
+    return real == real_root or real.startswith(real_root + os.sep)
+
+
 def check_location(layout: Layout, relative: str) -> Path:
     """Validate a link location without creating anything; returns the link's path."""
     link = layout.link_path(relative)
@@ -23,9 +29,7 @@ def check_location(layout: Layout, relative: str) -> Path:
     existing = link.parent
     while not os.path.lexists(existing):
         existing = existing.parent
-    real_existing = os.path.realpath(existing)
-    real_root = os.path.realpath(layout.root)
-    if real_existing != real_root and not real_existing.startswith(real_root + os.sep):
+    if not inside_root(layout, existing):
         raise InvalidInputError(f"link path {relative!r} leads outside the root (through a symlink)")
     if os.path.lexists(link) and not os.path.islink(link):
         raise InvalidInputError(

@@ -53,3 +53,23 @@ def entry_name_problem(name) -> str | None:
     if len(encoded) > MAX_NAME_BYTES:
         return f"is longer than {MAX_NAME_BYTES} bytes"
     return None
+
+
+def check_text(value, what: str):
+    """Text that goes into a manifest must be valid UTF-8 (file names may arrive as surrogates)."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = value.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+            raise InvalidInputError(f"{what} {shown!r} is not valid UTF-8") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, what)
+            check_text(item, what)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_text(item, what)
+    return value

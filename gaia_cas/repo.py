@@ -30,7 +30,7 @@ from .layout import Layout, find_root, normalize_link
 from .locking import store_barrier
 from .manifest import Manifest, Manifests, ModelConfig, Version, record
 from .materialize import materialize
-from .names import check_model_name
+from .names import check_model_name, check_text
 from .objects import ObjectStore
 from .statcache import StatCache
 from .oplog import OpLog, tail
@@ -89,7 +89,7 @@ class StoreStatus:
     objects: int
     bytes_on_disk: int
     logical_bytes: int
-    reclaimable_bytes: int = 0
+    reclaimable_bytes: int | None = 0  # None when a manifest or tree cannot be read
 
 
 @dataclass(frozen=True)
@@ -215,6 +215,9 @@ class Repository:
         links.check_location(self.layout, link)
 
     def _config_from(self, base: ModelConfig, *, aliases, source, link, metadata) -> ModelConfig:
+        check_text(source, "--source")
+        check_text(link, "--link")
+        check_text(metadata, "--meta")
         config = ModelConfig(
             aliases=list(base.aliases), source=base.source, link=base.link,
             metadata=dict(base.metadata), retention=dict(base.retention),
@@ -264,6 +267,7 @@ class Repository:
 
     def _commit_config(self, model: str, config: ModelConfig, action: str, reason, *, create: bool,
                        details: dict | None = None) -> ModelConfig:
+        check_text(reason, "--reason")
         user, host = _who()
         new_link = config.link or self.layout.default_link(model)
 
@@ -361,6 +365,9 @@ class Repository:
         if explicit is not None and snapshot is not None and explicit in snapshot.assigned():
             raise InvalidInputError(f"version {explicit} of '{model}' was already assigned; "
                                     "version numbers are never reused")
+        check_text(str(Path(path).absolute()), "source path")
+        check_text(reason, "--reason")
+        check_text(metadata, "--meta")
         user, host = _who()
         return _DeployRequest(model, Path(path).absolute(), snapshot, explicit, bump_kind, force, reason,
                               dict(metadata or {}), _now(), user, host)
@@ -415,10 +422,13 @@ class Repository:
     def rollback(self, name: str, selector: str, *, reason: str | None = None) -> RollbackResult:
         """Make an existing version current again: a manifest edit and a link swap, no copying."""
         model = self.model(name)
-        target = self.select(self.manifest(model), selector)  # validate before any write
+        manifest = self.manifest(model)
+        target = self.select(manifest, selector)  # validate before any write
         if target.broken:
             raise CorruptionError(f"version {target.version} of '{model}' is marked broken by verify "
                                   "(objects it needs are corrupt or missing); it cannot be made current")
+        self._check_link_locations(manifest)
+        check_text(reason, "--reason")
         user, host = _who()
         now = _now().isoformat(timespec="seconds")
         outcome: dict[str, Any] = {}
@@ -454,6 +464,7 @@ class Repository:
         """Pin (or unpin) a version: a pinned version survives every cleanup."""
         model = self.model(name)
         self.select(self.manifest(model), selector)  # validate before taking any lock
+        check_text(reason, "--reason")
         user, host = _who()
         action = "pin" if pinned else "unpin"
         with self._writing():
@@ -490,6 +501,7 @@ class Repository:
         """
         from .retention import plan_model
 
+        check_text(reason, "--reason")
         now = _now()
         plans = self.plan_cleanup(names, keep=keep, older_than=older_than, now=now)
         if dry_run:
@@ -560,6 +572,8 @@ class Repository:
         wanted_link = normalize_link(link, self.root) if link is not None else None
         link_now = wanted_link or (manifest.channels.get(channel) or {}).get("link") or f"models/{model}/{channel}"
         self._check_link_free(model, channel, link_now)
+        self._check_link_locations(manifest)
+        check_text(reason, "--reason")
         user, host = _who()
         with self._writing():
             self._materialize(target.tree)
@@ -641,7 +655,12 @@ class Repository:
         # Everything no version uses, whatever its age: gc frees it once past the grace period.
         from datetime import timedelta
 
-        reclaimable = self.plan_gc(grace=timedelta(0), log_age=None).bytes
+        from .gc import GcRefusedError
+
+        try:
+            reclaimable = self.plan_gc(grace=timedelta(0), log_age=None).bytes
+        except GcRefusedError:
+            reclaimable = None  # something is unreadable: 'verify' says what; status still answers
         return Status(models, StoreStatus(count, on_disk, logical, reclaimable))
 
     def diff(self, name: str, a: str, b: str):
@@ -656,6 +675,8 @@ class Repository:
         """Migrate a copy-per-version layout; see :mod:`gaia_cas.legacy`."""
         from .legacy import import_legacy
 
+        check_text(str(path), "legacy path")
+        check_text(reason, "--reason")
         return import_legacy(self, path, mapping=mapping, dry_run=dry_run, reason=reason)
 
     def export(self, name: str, selector: str | None, output) -> Path:
@@ -716,6 +737,11 @@ class Repository:
             result[name] = (link, manifest.find(channel["version"]))
         return result
 
+    def _check_link_locations(self, manifest: Manifest) -> None:
+        """Before a change that will regenerate links: every link of the model can be written."""
+        for link, _ in self.link_targets(manifest).values():
+            links.check_location(self.layout, link)
+
     def _sync_link(self, manifest: Manifest) -> None:
         """Regenerate the model's links (current and every channel) from the manifest just committed."""
         for channel, (link, version) in self.link_targets(manifest).items():
@@ -725,13 +751,14 @@ class Repository:
                     continue
                 tree_dir = self._materialize(version.tree)
                 links.point_link(self.layout, link, ingest.artifact_path(tree_dir, version.name))
-            except OSError as exc:
+            except (OSError, InvalidInputError) as exc:
                 # The manifest is already committed: say so, rather than report the change as failed.
                 fix = (f"'gaia-cas rollback {manifest.model} {manifest.current}'" if manifest.current
                        else "any later change")
                 raise StoreError(
                     f"{manifest.model} is committed ({channel} {version.version if version else 'none'}), but its "
-                    f"link {link} could not be updated: {exc.strerror or exc}; {fix} regenerates it") from exc
+                    f"link {link} could not be updated: {getattr(exc, 'strerror', None) or exc}; {fix} regenerates it"
+                ) from exc
 
     @contextmanager
     def _writing(self):
