@@ -82,7 +82,8 @@ def validate_archive(path: Path) -> tuple[list[tarfile.TarInfo], str]:
     except FileNotFoundError:
         raise SourceError(f"archive {path} does not exist") from None
     except (tarfile.TarError, OSError) as exc:
-        raise SourceError(f"{path} is not a readable tar archive: {exc}") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SourceError(f"{path} is not a readable tar archive ({first})") from None
     with tar:
         try:
             members = []
@@ -153,6 +154,6 @@ def import_archive(repo, path: str | os.PathLike, model: str, *, reason: str | N
         with tarfile.open(path, "r:*") as tar:
             tar.extractall(workdir, members=[m for m in members if m.name != "metadata.json"], filter="data")
         return repo.deploy(model, workdir / top, reason=reason or f"imported from {path.name}", metadata=meta,
-                           force=force, source_label=str(path))
+                           force=force, source_label=f"{path}!/{top}")  # keeps the artifact's own name
     finally:
         remove_tree(workdir)

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        message = _describe(exc).encode("utf-8", "backslashreplace").decode("utf-8")  # names may be undecodable
+        # One line, whatever the message carries: names may be undecodable, library texts multi-line.
+        message = " ".join(_describe(exc).encode("utf-8", "backslashreplace").decode("utf-8").split())
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
 
@@ -298,7 +299,7 @@ def cmd_gc(args, default_root):
 
 def cmd_verify(args, default_root):
     repo = _repo(args, default_root)
-    report = repo.verify(args.model, repair=args.repair, sample=args.sample)
+    report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason)
     scope = f" ({args.sample:g}% sample)" if args.sample else ""
     lines = [f"checked {report.checked_objects} objects{scope}, {report.checked_trees} trees, "
              f"{report.checked_links} links: "

@@ -187,17 +187,18 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             if st.st_mtime <= cutoff:
                 plan.doomed.append(Doomed(Path(item.path), st.st_size, "manifest-tmp"))
 
-    from .links import inside_root
+    from .links import inside_root, model_links
 
     for manifest in all_manifests:
-        link = layout.link_path(manifest.config.link or layout.default_link(manifest.model))
-        if not inside_root(layout, link.parent):
-            plan.ignored.append(f"{link.parent} (leads outside the root)")
-            continue  # never sweep a folder a symlink has redirected elsewhere
-        for item in _scan(link.parent):
-            if item.name.startswith(f".{link.name}{TMP_MARK}") and item.is_symlink():
-                if item.stat(follow_symlinks=False).st_mtime <= cutoff:
-                    plan.doomed.append(Doomed(Path(item.path), 0, "link-tmp"))
+        for relative in model_links(layout, manifest).values():  # current and every channel
+            link = layout.link_path(relative)
+            if not inside_root(layout, link.parent):
+                plan.ignored.append(f"{link.parent} (leads outside the root)")
+                continue  # never sweep a folder a symlink has redirected elsewhere
+            for item in _scan(link.parent):
+                if item.name.startswith(f".{link.name}{TMP_MARK}") and item.is_symlink():
+                    if item.stat(follow_symlinks=False).st_mtime <= cutoff:
+                        plan.doomed.append(Doomed(Path(item.path), 0, "link-tmp"))
 
     if log_age is not None:
         log_cutoff = time.time() - log_age.total_seconds()

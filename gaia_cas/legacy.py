@@ -192,7 +192,8 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
         plan.logical_bytes = sum(built[v.label].size for v in fresh)
         repo.oplog.write("gaia_cas.import", f"imported {len(fresh)} legacy versions of {plan.model} from "
                          f"{Path(path).absolute() / plan.folder}: {plan.logical_bytes} bytes, {plan.new_bytes} new "
-                         f"in the store; current {plan.current or '-'} by {user}@{host}")
+                         f"in the store; current {plan.current or '-'} by {user}@{host}"
+                         + (f" reason={reason!r}" if reason else ""))
     return plans
 
 

@@ -15,6 +15,14 @@ from .errors import InvalidInputError
 from .layout import Layout
 
 
+def model_links(layout: Layout, manifest) -> dict[str, str]:
+    """Every link a model owns: 'current' and each channel -> its path relative to the root."""
+    result = {"current": manifest.config.link or layout.default_link(manifest.model)}
+    for name, channel in sorted(manifest.channels.items()):
+        result[name] = channel["link"] or f"models/{manifest.model}/{name}"
+    return result
+
+
 def inside_root(layout: Layout, path: Path) -> bool:
     """Whether ``path``, with every symlink on the way resolved, is the root or inside it."""
     real, real_root = os.path.realpath(path), os.path.realpath(layout.root)

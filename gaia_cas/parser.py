@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regenerate links, rebuild trees, quarantine corrupt objects, mark affected versions broken")
     p.add_argument("--sample", type=float, metavar="PERCENT",
                    help="re-hash only a rotating PERCENT of the objects (a different share each day)")
+    reason(p)
 
     p = command("logs", "show the most recent lines of the operation log")
     p.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")

@@ -210,9 +210,7 @@ class Repository:
             clash = set(config.aliases) & set(theirs.config.aliases)
             if clash:
                 raise InvalidInputError(f"alias '{sorted(clash)[0]}' already belongs to model '{other}'")
-            if (theirs.config.link or self.layout.default_link(other)) == link:
-                raise InvalidInputError(f"link path {link!r} is already used by model '{other}'")
-        links.check_location(self.layout, link)
+        self._check_link_free(model, "current", link)
 
     def _config_from(self, base: ModelConfig, *, aliases, source, link, metadata) -> ModelConfig:
         check_text(source, "--source")
@@ -361,7 +359,10 @@ class Repository:
                                         f"'gaia-cas model set {model} --source PATH'")
             path = snapshot.config.source
         config = snapshot.config if snapshot else ModelConfig()
-        links.check_location(self.layout, config.link or self.layout.default_link(model))
+        if snapshot is None:
+            self._check_link_free(model, "current", self.layout.default_link(model))
+        else:
+            self._check_link_locations(snapshot)
         if explicit is not None and snapshot is not None and explicit in snapshot.assigned():
             raise InvalidInputError(f"version {explicit} of '{model}' was already assigned; "
                                     "version numbers are never reused")
@@ -575,9 +576,16 @@ class Repository:
         self._check_link_locations(manifest)
         check_text(reason, "--reason")
         user, host = _who()
+        old_link = links.model_links(self.layout, manifest).get(channel)
+
+        def relink(committed: Manifest) -> None:
+            self._sync_link(committed)
+            if old_link is not None and old_link != links.model_links(self.layout, committed)[channel]:
+                links.drop_link(self.layout, old_link)
+
         with self._writing():
             self._materialize(target.tree)
-            with self.manifests.edit(model, on_commit=self._sync_link) as manifest:
+            with self.manifests.edit(model, on_commit=relink) as manifest:
                 chosen = self.select(manifest, selector)
                 old = manifest.channels.get(channel)
                 before = old["version"] if old else None
@@ -594,11 +602,14 @@ class Repository:
         return RollbackResult(model, chosen.version, before, before == chosen.version, path)
 
     def _check_link_free(self, model: str, channel: str, link: str) -> None:
+        """The link location is valid and no other model or channel owns it."""
         links.check_location(self.layout, link)
         for other in self.models():
-            for other_channel, (other_link, _) in self.link_targets(self.manifest(other)).items():
+            manifest = self.manifest(other) if other != model else self.manifests.read(model)
+            for other_channel, other_link in links.model_links(self.layout, manifest).items():
                 if other_link == link and (other, other_channel) != (model, channel):
-                    raise InvalidInputError(f"link path {link!r} is already used by {other} {other_channel}")
+                    owner = f"model '{other}'" if other_channel == "current" else f"channel '{other_channel}' of '{other}'"
+                    raise InvalidInputError(f"link path {link!r} is already used by {owner}")
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -630,10 +641,19 @@ class Repository:
             # Several versions may share one tree (a forced redeploy): take the newest.
             return matches[-1]
         found = manifest.find(sel.version)
+        if found is None and sel.deployment_id is not None:
+            found = next((v for v in manifest.versions if v.deployment_id == sel.deployment_id
+                          and version_key(v.version)[:2] == version_key(sel.version)[:2]), None)
         if found is None:
             was = sel.version in manifest.assigned()
             raise VersionNotFoundError(model, selector, ": it was removed by a cleanup" if was else "")
         if sel.deployment_id is not None and found.deployment_id != sel.deployment_id:
+            # The old layout could hold one number twice; import renumbered the later copy to
+            # the next free patch. Its old folder name still names it.
+            same = [v for v in manifest.versions if v.deployment_id == sel.deployment_id
+                    and version_key(v.version)[:2] == version_key(sel.version)[:2]]
+            if len(same) == 1:
+                return same[0]
             raise VersionNotFoundError(model, selector, f" (version {found.version} was deployed at {found.deployment_id})")
         return found
 
@@ -699,11 +719,13 @@ class Repository:
         """The model's audit trail, oldest first (append-only: nothing ever rewrites it)."""
         return list(self.manifest(name).history)
 
-    def verify(self, name: str | None = None, *, repair: bool = False, sample: float | None = None):
+    def verify(self, name: str | None = None, *, repair: bool = False, sample: float | None = None,
+               reason: str | None = None):
         """Re-hash, check trees and links; see :mod:`gaia_cas.verify`."""
         from .verify import verify
 
-        return verify(self, name, repair=repair, sample=sample)
+        check_text(reason, "--reason")
+        return verify(self, name, repair=repair, sample=sample, reason=reason)
 
     def logs(self, n: int = 20) -> list[str]:
         if n < 0:
@@ -730,12 +752,9 @@ class Repository:
 
     def link_targets(self, manifest: Manifest) -> dict[str, tuple[str, Version | None]]:
         """Every link the model owns: channel name -> (link path relative to the root, its version)."""
-        result = {"current": (manifest.config.link or self.layout.default_link(manifest.model),
-                              manifest.current_version())}
-        for name, channel in sorted(manifest.channels.items()):
-            link = channel["link"] or f"models/{manifest.model}/{name}"
-            result[name] = (link, manifest.find(channel["version"]))
-        return result
+        versions = manifest.channel_versions()
+        return {channel: (link, manifest.find(versions[channel]) if channel in versions else None)
+                for channel, link in links.model_links(self.layout, manifest).items()}
 
     def _check_link_locations(self, manifest: Manifest) -> None:
         """Before a change that will regenerate links: every link of the model can be written."""

@@ -87,7 +87,7 @@ def in_sample(oid: str, percent: float | None, day: int) -> bool:
 
 
 def verify(repo, model: str | None = None, *, repair: bool = False, sample: float | None = None,
-           today: date | None = None) -> VerifyReport:
+           today: date | None = None, reason: str | None = None) -> VerifyReport:
     if sample is not None and not 0 < sample <= 100:
         from .errors import InvalidInputError
 
@@ -152,7 +152,8 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
         report.problems += found
 
     if repair:
-        _repair(repo, manifests, report, users, corrupt, missing, set(bad_trees), tree_problems, link_problems)
+        _repair(repo, manifests, report, users, corrupt, missing, set(bad_trees), tree_problems, link_problems,
+                reason)
 
     # 5. Broken versions, and a broken current version (never fixed by moving current).
     for name in manifests:
@@ -294,7 +295,7 @@ def _check_links(repo, manifest) -> list[Problem]:
     return problems
 
 
-def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_problems, link_problems):
+def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
     from .manifest import record
     from .materialize import remove_tree
     from .repo import _now, _who
@@ -336,7 +337,7 @@ def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_pr
                 if changed:
                     record(manifest, "verify-repair", version=None, before=manifest.current,
                            at=_now().isoformat(timespec="seconds"), user=user, host=host,
-                           reason="verify --repair", details={"changes": changed})
+                           reason=reason or "verify --repair", details={"changes": changed})
                 else:
                     repo._sync_link(manifest)  # no commit to trigger it: regenerate the link anyway
     for problem in report.problems:
@@ -348,7 +349,8 @@ def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_pr
         problem.action, problem.resolved = "regenerated", True
     if corrupt or missing or bad_trees:
         repo.oplog.write("gaia_cas.verify", f"verify --repair: quarantined {len(corrupt)} corrupt objects; "
-                         f"{len(missing)} missing, {len(bad_trees)} unusable trees; affected versions marked broken")
+                         f"{len(missing)} missing, {len(bad_trees)} unusable trees; affected versions marked broken"
+                         + (f" reason={reason!r}" if reason else ""))
 
 
 def _needs_any(repo, tree_oid: str, unusable: set[str]) -> bool:
