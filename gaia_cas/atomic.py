@@ -34,8 +34,16 @@ def write_all(fd: int, data) -> None:
         view = view[written:]
 
 
+class NotDurableError(OSError):
+    """The rename happened (readers see the new file) but the folder could not be fsynced."""
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that readers see old or new, never a mix."""
+    """Replace ``path`` with ``data`` so that readers see old or new, never a mix.
+
+    Raises :class:`NotDurableError` if only the final directory fsync failed: the new content is
+    in place, which the caller must not report as "nothing happened".
+    """
     path = Path(path)
     tmp = path.parent / tmp_name(path.name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -49,7 +57,10 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    fsync_dir(path.parent)
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise NotDurableError(exc.errno, exc.strerror, str(path.parent)) from exc
 
 
 def replace_symlink(link: str | os.PathLike, target: str) -> None:

@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
         print(f"{PROG}: error: a command is required (see '{PROG} --help')", file=sys.stderr)
         return 2
     try:
-        return _COMMANDS[args.command](args, default_root) or 0
+        code = _COMMANDS[args.command](args, default_root) or 0
+        _warn_about_log()
+        return code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -42,6 +44,15 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
         return 1
 
 
+_REPOS: list = []  # repositories opened by this command, to report a log that could not be written
+
+
+def _warn_about_log() -> None:
+    for repo in _REPOS:
+        if repo.oplog.error:
+            print(f"{PROG}: warning: {repo.oplog.error} (the change itself was made)", file=sys.stderr)
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, GaiaCasError):
         return str(exc)
@@ -56,7 +67,9 @@ def _describe(exc: Exception) -> str:
 def _repo(args, default_root):
     from .repo import Repository
 
-    return Repository.open(args.root, default_root=default_root, lock_timeout=args.lock_timeout)
+    repo = Repository.open(args.root, default_root=default_root, lock_timeout=args.lock_timeout)
+    _REPOS.append(repo)
+    return repo
 
 
 def _emit(args, document, text: str) -> None:
@@ -270,7 +283,7 @@ def cmd_cleanup(args, default_root):
 
 
 _GC_KINDS = {"object": "objects", "tree": "materialized trees", "tmp": "temp entries", "log": "log files",
-             "manifest-tmp": "manifest temp files", "link-tmp": "link temp files"}
+             "manifest-tmp": "manifest temp files", "store-tmp": "store temp files", "link-tmp": "link temp files"}
 
 
 def _counted(counts: dict[str, int]) -> str:

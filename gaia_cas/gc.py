@@ -29,7 +29,7 @@ from .errors import CorruptionError, GaiaCasError
 from .layout import Layout
 from .locking import try_flock_dir
 from .manifest import Manifest, Manifests
-from .materialize import remove_tree
+from .materialize import remove_tree, retire_tree
 from .names import is_oid
 from .oplog import log_files
 from .trees import DIR, TreeReader
@@ -114,6 +114,24 @@ def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, ve
             reachable.add(entry.oid)
 
 
+def linked_trees(layout: Layout, manifests: list[Manifest]) -> set[str]:
+    """Trees the links point at right now: after a crash between a commit and its link swap, a
+    link can lag behind its manifest, and what it serves must not vanish under it."""
+    from .links import model_links, read_link
+
+    keep = set()
+    trees = os.path.realpath(layout.trees)
+    for manifest in manifests:
+        for relative in model_links(layout, manifest).values():
+            target = read_link(layout, relative)
+            if target is None:
+                continue
+            real = os.path.realpath(target)
+            if real.startswith(trees + os.sep):
+                keep.add(real[len(trees) + 1:].split(os.sep, 1)[0])
+    return keep
+
+
 def protected_trees(manifests: list[Manifest], now: datetime, grace: timedelta) -> set[str]:
     """Materialized trees to keep: current's and every channel's, and those current within the grace."""
     keep: set[str] = set()
@@ -142,7 +160,7 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
     now = now or datetime.now().astimezone()
     all_manifests = read_all_manifests(manifests)
     reachable = mark(layout, all_manifests, reader)
-    trees_to_keep = protected_trees(all_manifests, now, grace)
+    trees_to_keep = protected_trees(all_manifests, now, grace) | linked_trees(layout, all_manifests)
     cutoff = time.time() - grace.total_seconds()
     plan = GcPlan()
 
@@ -181,11 +199,12 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             os.close(fd)
         plan.doomed.append(Doomed(Path(item.path), _unshared_bytes(Path(item.path)), "tmp"))
 
-    for item in _scan(layout.manifests):
-        if TMP_MARK in item.name and item.is_file(follow_symlinks=False):
-            st = item.stat(follow_symlinks=False)
-            if st.st_mtime <= cutoff:
-                plan.doomed.append(Doomed(Path(item.path), st.st_size, "manifest-tmp"))
+    for folder, kind in ((layout.manifests, "manifest-tmp"), (layout.store, "store-tmp")):
+        for item in _scan(folder):  # interrupted atomic writes: manifests, the stat cache
+            if TMP_MARK in item.name and item.is_file(follow_symlinks=False):
+                st = item.stat(follow_symlinks=False)
+                if st.st_mtime <= cutoff:
+                    plan.doomed.append(Doomed(Path(item.path), st.st_size, kind))
 
     from .links import inside_root, model_links
 
@@ -219,7 +238,7 @@ class GcResult:
         return {"deleted": self.deleted, "bytes_freed": self.bytes_freed, "skipped": self.skipped}
 
 
-def execute(plan: GcPlan, grace: timedelta) -> GcResult:
+def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
     """Delete what the plan names, re-checking each object's age right before unlinking it."""
     deleted: dict[str, int] = {}
     freed = 0
@@ -227,7 +246,7 @@ def execute(plan: GcPlan, grace: timedelta) -> GcResult:
     cutoff = time.time() - grace.total_seconds()
     # Reverse reference order: derived trees and leftovers first, objects last, so no state
     # along the way has a tree pointing at a missing object.
-    order = {"link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "log": 4, "object": 5}
+    order = {"link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "store-tmp": 3, "log": 4, "object": 5}
     touched_dirs: set[Path] = set()
     for item in sorted(plan.doomed, key=lambda d: order[d.kind]):
         try:
@@ -237,7 +256,9 @@ def execute(plan: GcPlan, grace: timedelta) -> GcResult:
         if item.kind in ("object", "tmp", "tree") and st.st_mtime > cutoff:
             skipped += 1  # refreshed since the plan was made: someone uses it again
             continue
-        if stat.S_ISDIR(st.st_mode):
+        if item.kind == "tree":
+            retire_tree(layout, item.path)
+        elif stat.S_ISDIR(st.st_mode):
             remove_tree(item.path)
         else:
             os.unlink(item.path)

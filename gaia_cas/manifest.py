@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import msgpack
 
-from .atomic import write_atomic
+from .atomic import NotDurableError, write_atomic
 from .errors import CorruptionError, InvalidInputError, StoreError
 from .layout import MANIFEST_SUFFIX, Layout, check_link
 from .locking import hold_lock, lock_timeout_from_env
@@ -384,6 +384,12 @@ class Manifests:
                     event.generation = manifest.generation
             try:
                 write_atomic(path, encode(manifest))
+            except NotDurableError as exc:
+                if on_commit is not None:
+                    on_commit(manifest)  # the commit is visible: links follow it
+                raise StoreError(f"'{model}' is committed (generation {manifest.generation}) but {path.parent} "
+                                 f"could not be flushed to disk ({exc.strerror}); the change may not survive "
+                                 "a power loss") from exc
             except OSError as exc:
                 raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
             if on_commit is not None:

@@ -89,6 +89,23 @@ def _touch(path: Path) -> None:
         pass
 
 
+def retire_tree(layout: Layout, path: Path) -> None:
+    """Remove a published tree without ever leaving a partial one under ``store/trees``.
+
+    Anything under store/trees is trusted to be complete, so the tree is first renamed into
+    store/tmp (one atomic step) and only deleted there; a crash in between leaves a whole tree
+    or a temp entry that gc sweeps, never half a tree.
+    """
+    if not os.path.lexists(path):
+        return
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    doomed = layout.tmp / tmp_name("retired-" + path.name)
+    if stat.S_ISDIR(os.lstat(path).st_mode):
+        os.chmod(path, 0o755)  # moving a folder to another parent needs write access to it
+    os.rename(path, doomed)
+    remove_tree(doomed)
+
+
 def remove_tree(path: Path) -> None:
     """Remove a (possibly read-only) materialized tree, never following symlinks."""
     if not os.path.lexists(path):

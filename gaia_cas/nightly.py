@@ -33,6 +33,14 @@ def run(repo, *, grace, log_age, dry_run=False, verify_sample=None) -> tuple[boo
     summary = []
 
     try:
+        fixed = [] if dry_run else repo.sync_links()
+        if fixed:
+            summary.append(f"Regenerated stale links of {', '.join(fixed)}.")
+    except GaiaCasError as exc:
+        ok = False
+        summary.append(f"Link check FAILED: {exc}.")
+
+    try:
         plans = repo.cleanup(None, dry_run=dry_run, reason="nightly retention")
         removed = {p.model: (p.remove if dry_run else p.removed) for p in plans}
         total = sum(len(v) for v in removed.values())

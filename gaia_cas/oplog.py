@@ -17,9 +17,14 @@ LOG_SUFFIX = ".log"
 
 
 class OpLog:
+    """Appends operation lines. Best effort by design: it is written after a commit, and a
+    full disk there must not turn a committed change into a reported failure -- the failure is
+    kept in ``error`` for the caller to show as a warning instead."""
+
     def __init__(self, folder: Path):
         self.folder = folder
         self.path: Path | None = None
+        self.error: str | None = None
 
     def _open_path(self) -> Path:
         if self.path is None:
@@ -31,11 +36,14 @@ class OpLog:
         now = time.time()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + ",%03d" % (int(now * 1000) % 1000)
         line = f"{stamp} - {logger} - {level} - {' '.join(message.splitlines())}\n"
-        fd = os.open(self._open_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, line.encode("utf-8", "replace"))
-        finally:
-            os.close(fd)
+            fd = os.open(self._open_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line.encode("utf-8", "backslashreplace"))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.error = f"could not write the operation log in {self.folder}: {exc.strerror or exc}"
 
 
 def log_files(folder: Path) -> list[Path]:

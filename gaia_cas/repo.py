@@ -548,7 +548,7 @@ class Repository:
             self.layout.store.mkdir(parents=True, exist_ok=True)
             with store_barrier(self.layout.store, self.manifests.lock_timeout, exclusive=True):
                 plan = self.plan_gc(grace=grace, log_age=log_age)
-                result = gc.execute(plan, grace)
+                result = gc.execute(self.layout, plan, grace)
         self.oplog.write("gaia_cas.gc", f"gc: deleted {result.deleted or 'nothing'}, freed {result.bytes_freed} bytes"
                          f" ({result.bytes_freed / 1048576:.2f} MB), {plan.reachable_objects} objects in use, "
                          f"{plan.young_unreferenced} unreferenced but within the grace period")
@@ -755,6 +755,26 @@ class Repository:
         versions = manifest.channel_versions()
         return {channel: (link, manifest.find(versions[channel]) if channel in versions else None)
                 for channel, link in links.model_links(self.layout, manifest).items()}
+
+    def sync_links(self) -> list[str]:
+        """Regenerate every link that lags behind its manifest (after a crash); returns the models fixed."""
+        fixed = []
+        for model in self.models():
+            manifest = self.manifest(model)
+            stale = False
+            for relative, version in self.link_targets(manifest).values():
+                target = links.read_link(self.layout, relative)
+                wanted = None
+                if version is not None and not version.broken:
+                    wanted = ingest.artifact_path(self.layout.tree_path(version.tree), version.name)
+                if (target is None) != (wanted is None) or (wanted is not None and (
+                        os.path.normpath(target) != os.path.normpath(wanted) or not os.path.exists(target))):
+                    stale = True
+            if stale:
+                with self._writing(), self.manifests.edit(model) as fresh:
+                    self._sync_link(fresh)  # under the lock, from the manifest as it is now
+                fixed.append(model)
+        return fixed
 
     def _check_link_locations(self, manifest: Manifest) -> None:
         """Before a change that will regenerate links: every link of the model can be written."""

@@ -297,7 +297,7 @@ def _check_links(repo, manifest) -> list[Problem]:
 
 def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
     from .manifest import record
-    from .materialize import remove_tree
+    from .materialize import retire_tree
     from .repo import _now, _who
 
     # Quarantine corrupt objects first, so nothing rebuilt below can link to them.
@@ -315,7 +315,7 @@ def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_pr
     unusable = corrupt | missing | bad_trees
     for problem in tree_problems:
         with repo._writing():
-            remove_tree(Path(problem.path))
+            retire_tree(repo.layout, Path(problem.path))
             rebuilt = False
             if not _needs_any(repo, problem.oid, unusable):
                 repo._materialize(problem.oid)
