@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import msgpack
-
 from .atomic import NotDurableError, write_atomic
+from .codec import pack, unpack
 from .errors import CorruptionError, InvalidInputError, StoreError
 from .layout import MANIFEST_SUFFIX, Layout, check_link
 from .locking import hold_lock, lock_timeout_from_env
@@ -149,18 +148,7 @@ def encode(manifest: Manifest) -> bytes:
         "history": [{k: getattr(e, k) for k in _EVENT_FIELDS} for e in manifest.history],
         "channels": manifest.channels,
     }
-    return msgpack.packb(doc, use_bin_type=True)
-
-
-def _no_duplicate_keys(pairs):
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ValueError(f"duplicate key {key!r}")
-            seen.add(key)
-    return result
+    return pack(doc)
 
 
 def _fields(raw, spec: dict, where: str, optional: tuple = ()) -> dict:
@@ -180,21 +168,8 @@ def _fields(raw, spec: dict, where: str, optional: tuple = ()) -> dict:
 
 
 def decode(data: bytes, origin: str = "manifest") -> Manifest:
-    try:
-        doc = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            object_pairs_hook=_no_duplicate_keys,
-            max_str_len=1 << 20,
-            max_bin_len=1 << 20,
-            max_array_len=10_000_000,
-            max_map_len=10_000_000,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise CorruptionError(f"{origin} is not a readable manifest: {exc}") from None
+    doc = unpack(data, f"{origin} (a manifest)", max_str=1 << 20, max_bin=1 << 20,
+                 max_array=10_000_000, max_map=10_000_000)
     if not isinstance(doc, dict):
         raise CorruptionError(f"{origin} is not a readable manifest: not a map")
     schema = doc.get("schema")

@@ -14,9 +14,9 @@ import os
 import time
 from pathlib import Path
 
-import msgpack
-
 from .atomic import write_atomic
+from .codec import pack, unpack
+from .errors import CorruptionError
 from .names import is_oid
 
 RACY_NS = 2_000_000_000
@@ -36,13 +36,10 @@ class StatCache:
     def _load(self) -> dict[str, list]:
         if self._entries is None:
             try:
-                data = self.path.read_bytes()
-                entries = msgpack.unpackb(data, raw=False, strict_map_key=True, max_str_len=1 << 16,
-                                          max_array_len=MAX_ENTRIES, max_map_len=MAX_ENTRIES, max_bin_len=0,
-                                          max_ext_len=0)
+                entries = unpack(self.path.read_bytes(), "the stat cache", max_str=1 << 16,
+                                 max_array=MAX_ENTRIES, max_map=MAX_ENTRIES)
                 self._entries = entries if isinstance(entries, dict) else {}
-            except (OSError, ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
-                    msgpack.exceptions.StackError, TypeError):
+            except (OSError, CorruptionError):
                 self._entries = {}  # derived data: start over
         return self._entries
 
@@ -70,6 +67,6 @@ class StatCache:
         if len(kept) > MAX_ENTRIES:
             kept = dict(self._seen)
         try:
-            write_atomic(self.path, msgpack.packb(kept, use_bin_type=True))
+            write_atomic(self.path, pack(kept))
         except OSError:
             pass  # a cache that cannot be written only costs a re-hash next time

@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-import msgpack
-
+from .codec import pack, unpack
 from .errors import CorruptionError
 from .names import entry_name_problem, is_oid
 
@@ -40,24 +39,11 @@ def _sort_key(entry: Entry) -> bytes:
 
 def encode_tree(entries: list[Entry]) -> bytes:
     ordered = sorted(entries, key=_sort_key)
-    return msgpack.packb([[e.name, e.kind, e.oid, e.size] for e in ordered], use_bin_type=True)
+    return pack([[e.name, e.kind, e.oid, e.size] for e in ordered])
 
 
 def decode_tree(data: bytes, oid: str = "?") -> list[Entry]:
-    try:
-        raw = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=4096,
-            max_bin_len=0,
-            max_array_len=MAX_ENTRIES,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise CorruptionError(f"tree {oid} does not decode: {exc}") from None
+    raw = unpack(data, f"tree {oid}", max_str=4096, max_array=MAX_ENTRIES, max_map=0)
     if not isinstance(raw, list):
         raise CorruptionError(f"tree {oid} is not a list of entries")
     entries: list[Entry] = []

@@ -1,0 +1,40 @@
+"""The one way gaia-cas decodes msgpack: explicit limits, no duplicate keys, one error type.
+
+msgpack's own defaults bound lengths by the buffer size; gaia-cas states its limits anyway, so a
+manifest, tree or cache declaring a huge string, array or map fails at once instead of
+allocating, and a map with a repeated key (two "current" fields, say) is refused, not
+silently resolved by last-one-wins.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from .errors import CorruptionError
+
+
+def _no_duplicate_keys(pairs):
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return result
+
+
+def unpack(data: bytes, what: str, *, max_str: int, max_array: int, max_map: int, max_bin: int = 0):
+    try:
+        return msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True,
+            object_pairs_hook=_no_duplicate_keys if max_map else None,
+            max_str_len=max_str, max_bin_len=max_bin, max_array_len=max_array, max_map_len=max_map,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise CorruptionError(f"{what} does not decode: {exc}") from None
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
