@@ -27,6 +27,33 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+_syncfs = None
+
+
+def sync_filesystem(path: str | os.PathLike) -> bool:
+    """Flush the whole filesystem holding ``path`` (Linux syncfs); False if unavailable.
+
+    For a deploy of thousands of files one syncfs replaces thousands of fsyncs -- what
+    ``cp -r && sync`` pays, but limited to our own filesystem. Callers fall back to fsync.
+    """
+    global _syncfs
+    if _syncfs is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            _syncfs = libc.syncfs
+        except (OSError, AttributeError):
+            _syncfs = False
+    if not _syncfs:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return _syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
 def write_all(fd: int, data) -> None:
     view = memoryview(data)
     while view:

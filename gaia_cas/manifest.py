@@ -319,12 +319,20 @@ class Manifests:
             raise CorruptionError(f"{path} belongs to model {manifest.model!r}, not {model!r}")
         return Snapshot(manifest, file_token(st))
 
+    def token(self, model: str) -> tuple[int, int, int] | None:
+        """The manifest file's identity now (one stat): equal tokens mean nothing was committed."""
+        try:
+            return file_token(os.stat(self.layout.manifest_path(model)))
+        except FileNotFoundError:
+            return None
+
     def read(self, model: str) -> Manifest | None:
         snap = self.snapshot(model)
         return snap.manifest if snap else None
 
     @contextmanager
-    def edit(self, model: str, *, create: bool = False, check_tree=None, on_commit=None) -> Iterator[Manifest]:
+    def edit(self, model: str, *, create: bool = False, check_tree=None, on_commit=None,
+             reuse: Snapshot | None = None) -> Iterator[Manifest]:
         """Hold the model's lock, yield its freshly read manifest, commit it if the body returns.
 
         A body that changes the manifest records an event (:func:`record`); a body that records
@@ -332,14 +340,19 @@ class Manifests:
 
         ``check_tree(oid)`` is called for every tree the body added (``manifest.new_trees``)
         and must raise if the tree is not complete in the store: the manifest never names a
-        version whose files are missing. ``on_commit(manifest)`` runs after the commit while the
+        version whose files are missing. ``reuse`` is a snapshot the caller already read (and did
+        not modify): if the file is still the one it came from, it is used instead of reading the
+        manifest again. ``on_commit(manifest)`` runs after the commit while the
         lock is still held (links are swapped there, so they change in commit order). An
         exception in the body commits nothing.
         """
         path = self.layout.manifest_path(model)
         self.layout.manifests.mkdir(parents=True, exist_ok=True)
         with hold_lock(self.layout.lock_path(model), self.lock_timeout):
-            manifest = self.read(model)
+            if reuse is not None and self.token(model) == reuse.token:
+                manifest = reuse.manifest  # nothing committed since it was read: no second decode
+            else:
+                manifest = self.read(model)
             if manifest is None:
                 if not create:
                     from .errors import ModelNotFoundError

@@ -12,12 +12,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import xxhash
 
-from .atomic import fsync_dir, tmp_name, write_all
+from .atomic import fsync_dir, sync_filesystem, tmp_name, write_all
 from .errors import CorruptionError, SourceError, StoreError
+from .names import check_oid
 from .layout import Layout
 from .locking import try_flock_dir
 
@@ -61,12 +63,21 @@ def hash_file(path: str | os.PathLike, buffer: bytearray | None = None) -> tuple
 class ObjectStore:
     def __init__(self, layout: Layout):
         self.layout = layout
+        self._root = str(layout.objects)
 
     def path(self, oid: str) -> Path:
         return self.layout.object_path(oid)
 
+    def path_str(self, oid: str) -> str:
+        """The object's path as a string: the hot loops of a deploy build thousands of them."""
+        check_oid(oid)
+        return f"{self._root}/{oid[:2]}/{oid[2:]}"
+
     def exists(self, oid: str) -> bool:
-        return self.path(oid).is_file()
+        try:
+            return stat.S_ISREG(os.stat(self.path_str(oid)).st_mode)
+        except FileNotFoundError:
+            return False
 
     def read(self, oid: str, limit: int) -> bytes:
         """Read a small object (a tree) whole, refusing one larger than ``limit``."""
@@ -97,11 +108,14 @@ class Staging:
     Leaving the block without :meth:`install` removes everything staged.
     """
 
+    BATCH_SYNC = 16  # from this many new files on, one syncfs beats one fsync each
+
     def __init__(self, store: ObjectStore):
         self.store = store
         self.layout = store.layout
-        self.dir: Path | None = None
-        self._staged: dict[str, Path] = {}
+        self.dir: str | None = None
+        self._staged: dict[str, str] = {}
+        self._unsynced: list[str] = []  # staged files whose bytes are not yet durable
         self._buffer = bytearray(CHUNK)
         self._counter = 0
         self._liveness: int | None = None
@@ -110,7 +124,7 @@ class Staging:
 
     def __enter__(self) -> "Staging":
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
-        self.dir = self.layout.tmp / tmp_name("stage")
+        self.dir = os.path.join(self.layout.tmp, tmp_name("stage"))
         os.mkdir(self.dir)
         # Held while this process lives: gc never removes a staging folder someone still holds,
         # however long a big deploy takes.
@@ -120,9 +134,9 @@ class Staging:
     def __exit__(self, *exc) -> None:
         self.discard()
 
-    def _new_tmp(self) -> tuple[Path, int]:
+    def _new_tmp(self) -> tuple[str, int]:
         self._counter += 1
-        path = self.dir / str(self._counter)
+        path = f"{self.dir}/{self._counter}"
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
     def add_stream(self, src, label: str = "the source") -> tuple[str, int]:
@@ -137,10 +151,10 @@ class Staging:
                 write_all(fd, view[:n])
                 size += n
             oid = hasher.hexdigest()
-            if oid not in self._staged and not self.store.exists(oid):
-                os.fsync(fd)  # content already stored needs no second flush
         finally:
             os.close(fd)
+        if oid not in self._staged and not self.store.exists(oid):
+            self._unsynced.append(path)  # made durable together before install (content already stored needs nothing)
         self._keep(oid, path)
         return oid, size
 
@@ -158,9 +172,9 @@ class Staging:
         path, fd = self._new_tmp()
         try:
             write_all(fd, data)
-            os.fsync(fd)
         finally:
             os.close(fd)
+        self._unsynced.append(path)
         self._keep(oid, path)
 
     def reuse(self, oid: str, source: str, size: int) -> None:
@@ -168,7 +182,20 @@ class Staging:
         if oid not in self._staged:
             self._reused.setdefault(oid, source)
 
-    def _keep(self, oid: str, path: Path) -> None:
+    def _make_durable(self) -> None:
+        """Every staged byte on disk before any object gets its final name (the write protocol)."""
+        pending = [p for p in self._unsynced if os.path.exists(p)]
+        self._unsynced = []
+        if len(pending) >= self.BATCH_SYNC and sync_filesystem(self.dir):
+            return
+        for path in pending:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _keep(self, oid: str, path: str) -> None:
         if oid in self._staged:
             os.unlink(path)
         else:
@@ -181,23 +208,25 @@ class Staging:
         of a reused object here and the manifest commit that references it.
         """
         self._settle_reused()
+        self._make_durable()
         new = 0
-        touched: set[Path] = set()
+        touched: set[str] = set()
         for oid, staged in self._staged.items():
-            final = self.store.path(oid)
+            final = self.store.path_str(oid)
             os.chmod(staged, READ_ONLY)
             size = os.lstat(staged).st_size
             try:
                 added = _place(staged, final)
             except FileNotFoundError:  # first object in this fan-out folder
-                final.parent.mkdir(parents=True, exist_ok=True)
-                touched.add(final.parent.parent)
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                touched.add(os.path.dirname(os.path.dirname(final)))
                 added = _place(staged, final)
             new += added
             self.new_bytes += size if added else 0
-            touched.add(final.parent)
-        for folder in touched:
-            fsync_dir(folder)
+            touched.add(os.path.dirname(final))
+        if len(touched) < self.BATCH_SYNC or not sync_filesystem(self.dir):
+            for folder in touched:
+                fsync_dir(folder)
         return new
 
     def _settle_reused(self) -> None:
@@ -208,7 +237,7 @@ class Staging:
             if oid in self._staged:
                 continue
             try:
-                _refresh(self.store.path(oid))
+                _refresh(self.store.path_str(oid))
                 continue
             except StoreError:
                 pass  # gone: fall through and stage it from its source
@@ -221,7 +250,7 @@ class Staging:
                 raise SourceError(f"{origin} changed while it was being deployed")
 
     def discard(self) -> None:
-        if self.dir is not None and self.dir.exists():
+        if self.dir is not None and os.path.exists(self.dir):
             shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
         if self._liveness is not None:
@@ -232,7 +261,7 @@ class Staging:
 _NO_HARD_LINKS = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
 
 
-def _place(staged: Path, final: Path) -> bool:
+def _place(staged: str, final: str) -> bool:
     """Publish a complete staged object under its oid; False if the store already had it."""
     try:
         os.link(staged, final)
@@ -254,7 +283,7 @@ def _place(staged: Path, final: Path) -> bool:
     return True
 
 
-def _refresh(path: Path) -> None:
+def _refresh(path: str) -> None:
     try:
         os.utime(path)
     except PermissionError:

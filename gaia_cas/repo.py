@@ -118,6 +118,7 @@ class _DeployRequest:
     user: str
     host: str
     label: str | None = None
+    token: tuple | None = None  # identity of the manifest file the snapshot was read from
 
 
 def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
@@ -187,6 +188,12 @@ class Repository:
     def model(self, name: str) -> str:
         """Resolve a model name or alias to the model's name."""
         return self.manifests.lookup(name)
+
+    def _snapshot(self, model: str):
+        snap = self.manifests.snapshot(model)
+        if snap is None:  # removed between lookup and read
+            raise ModelNotFoundError(model, self.models())
+        return snap
 
     def manifest(self, name: str) -> Manifest:
         model = self.model(name)
@@ -319,10 +326,18 @@ class Repository:
         with _translate_store_errors(self.layout), self.objects.staging() as staging:
             built = ingest.stage(staging, request.source, cache)  # the long part: no lock held
             fmt = formats.detect(request.source)
-            with self._writing():  # from here to the commit, gc waits (the store barrier)
-                new_objects = staging.install()
-                tree_dir = self._materialize(built.tree)
-                number, unchanged, previous = self._commit_deploy(request, built, fmt)
+            current = snapshot.current_version() if snapshot else None
+            if (current is not None and current.tree == built.tree and not force
+                    and self.manifests.token(request.model) == request.token):
+                # Identical to the current version of a manifest that has not changed since it
+                # was read: a true answer as of that read, with no lock, barrier or install.
+                number, unchanged, previous, new_objects = current.version, True, current.version, 0
+                tree_dir = self.layout.tree_path(built.tree)
+            else:
+                with self._writing():  # from here to the commit, gc waits (the store barrier)
+                    new_objects = staging.install()
+                    tree_dir = self._materialize(built.tree)
+                    number, unchanged, previous = self._commit_deploy(request, built, fmt)
         cache.save(str(request.source))
 
         model, source = request.model, request.source
@@ -348,9 +363,10 @@ class Repository:
         explicit = format_version(parse_version(version)) if version is not None else None
         try:
             model = self.model(name)
-            snapshot = self.manifests.read(model)
+            snap = self.manifests.snapshot(model)
+            snapshot, token = (snap.manifest, snap.token) if snap else (None, None)
         except ModelNotFoundError:
-            model, snapshot = check_model_name(name), None
+            model, snapshot, token = check_model_name(name), None, None
         if path is None:
             if snapshot is None:
                 raise ModelNotFoundError(name, self.models())  # with a PATH, deploy would create it
@@ -371,7 +387,7 @@ class Repository:
         check_text(metadata, "--meta")
         user, host = _who()
         return _DeployRequest(model, Path(path).absolute(), snapshot, explicit, bump_kind, force, reason,
-                              dict(metadata or {}), _now(), user, host)
+                              dict(metadata or {}), _now(), user, host, token=token)
 
     def _commit_deploy(self, request: "_DeployRequest", built: ingest.Built, fmt: str) -> tuple[str, bool, str | None]:
         """Under the model's lock: decide the number (or 'unchanged') against the fresh manifest."""
@@ -423,7 +439,8 @@ class Repository:
     def rollback(self, name: str, selector: str, *, reason: str | None = None) -> RollbackResult:
         """Make an existing version current again: a manifest edit and a link swap, no copying."""
         model = self.model(name)
-        manifest = self.manifest(model)
+        snap = self._snapshot(model)
+        manifest = snap.manifest
         target = self.select(manifest, selector)  # validate before any write
         if target.broken:
             raise CorruptionError(f"version {target.version} of '{model}' is marked broken by verify "
@@ -435,7 +452,7 @@ class Repository:
         outcome: dict[str, Any] = {}
         with self._writing():
             self._materialize(target.tree)
-            with self.manifests.edit(model, on_commit=self._sync_link) as manifest:
+            with self.manifests.edit(model, on_commit=self._sync_link, reuse=snap) as manifest:
                 chosen = self.select(manifest, selector)  # re-resolved under the lock
                 if chosen.broken:
                     raise CorruptionError(f"version {chosen.version} of '{model}' is marked broken by verify "
