@@ -156,9 +156,11 @@ def protected_trees(manifests: list[Manifest], now: datetime, grace: timedelta) 
 
 
 def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: timedelta = DEFAULT_GRACE,
-            log_age: timedelta | None = DEFAULT_LOG_AGE, now: datetime | None = None) -> GcPlan:
+            log_age: timedelta | None = DEFAULT_LOG_AGE, now: datetime | None = None,
+            already_read: list[Manifest] | None = None) -> GcPlan:
+    """``already_read``: every manifest, read by the caller (status) -- not read a second time."""
     now = now or datetime.now().astimezone()
-    all_manifests = read_all_manifests(manifests)
+    all_manifests = already_read if already_read is not None else read_all_manifests(manifests)
     reachable = mark(layout, all_manifests, reader)
     trees_to_keep = protected_trees(all_manifests, now, grace) | linked_trees(layout, all_manifests)
     cutoff = time.time() - grace.total_seconds()

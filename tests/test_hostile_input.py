@@ -707,7 +707,7 @@ def test_version_whose_tree_object_is_missing_but_still_materialized(cli, root, 
 @pytest.mark.parametrize("argv", [("list", "m"), ("rollback", "m", "1.0.0"), ("gc",), ("deploy", "m", "{a}")],
                          ids=["list", "rollback", "gc", "deploy"])
 def test_manifest_version_with_a_non_oid_tree_is_one_line_error(cli, root, two_versions, outside, tree, argv):
-    rewrite_manifest(root, lambda doc: doc["versions"][0].update(tree=tree))
+    rewrite_manifest(root, lambda doc: doc["versions"][0].__setitem__(doc["version_fields"].index("tree"), tree))
     before = snapshot(root)
     assert_one_line_error(cli(*[a.format(**two_versions) for a in argv]), "m.msgpack")
     assert snapshot(root) == before
