@@ -700,6 +700,50 @@ class Repository:
         logical = sum(m.logical_bytes for m in models)
         return Status(models, StoreStatus(count, on_disk, logical, reclaimable))
 
+    def diff(self, name: str, a: str, b: str):
+        """Files added, removed and changed between two versions, and metadata changed."""
+        from .diff import diff_versions
+
+        manifest = self.manifest(name)
+        return diff_versions(self.trees, manifest.model, self.select(manifest, a), self.select(manifest, b))
+
+    def import_legacy(self, path, *, mapping: dict[str, str] | None = None, dry_run: bool = False,
+                      reason: str | None = None) -> list:
+        """Migrate a copy-per-version layout; see :mod:`gaia_cas.legacy`."""
+        from .legacy import import_legacy
+
+        check_text(str(path), "legacy path")
+        check_text(reason, "--reason")
+        return import_legacy(self, path, mapping=mapping, dry_run=dry_run, reason=reason)
+
+    def export(self, name: str, selector: str | None, output) -> Path:
+        """Write one version (default: current) as a tar: the artifact plus metadata.json."""
+        from .archive import export_version
+
+        manifest, version = self.show(name, selector)
+        if version.broken:
+            raise CorruptionError(f"version {version.version} of '{manifest.model}' is marked broken; not exported")
+        with _translate_store_errors(self.layout):
+            return export_version(self, manifest.model, version, output)
+
+    def import_archive(self, path, name: str, **options) -> DeployResult:
+        """Validate an exported tar, then deploy its artifact as the model's next version."""
+        from .archive import import_archive
+
+        return import_archive(self, path, name, **options)
+
+    def history(self, name: str) -> list:
+        """The model's audit trail, oldest first (append-only: nothing ever rewrites it)."""
+        return list(self.manifest(name).history)
+
+    def verify(self, name: str | None = None, *, repair: bool = False, sample: float | None = None,
+               reason: str | None = None):
+        """Re-hash, check trees and links; see :mod:`gaia_cas.verify`."""
+        from .verify import verify
+
+        check_text(reason, "--reason")
+        return verify(self, name, repair=repair, sample=sample, reason=reason)
+
     def logs(self, n: int = 20) -> list[str]:
         if n < 0:
             raise InvalidInputError("-n must be 0 or more")
