@@ -50,7 +50,9 @@ def export_version(repo, model: str, version, output: Path) -> Path:
         raise InvalidInputError(f"cannot write {output}: {output.parent} is not a folder")
     tmp = output.parent / tmp_name(output.name)
     try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        # dereference: materialized files are hard links to objects, and two files with the same
+        # content would otherwise be archived as a link member, which import rightly refuses.
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
             data = json.dumps(legacy_metadata(model, version), indent=2, sort_keys=True).encode()
             info = tarfile.TarInfo("metadata.json")
             info.size, info.mode = len(data), 0o644

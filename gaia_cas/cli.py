@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: a command is required (see '{PROG} --help')", file=sys.stderr)
         return 2
+    _REPOS.clear()  # main() can run many times in one process (tests, embedding)
     try:
         code = _COMMANDS[args.command](args, default_root) or 0
         _warn_about_log()

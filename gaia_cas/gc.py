@@ -32,7 +32,7 @@ from .manifest import Manifest, Manifests
 from .materialize import remove_tree, retire_tree
 from .names import is_oid
 from .oplog import log_files
-from .trees import DIR, TreeReader
+from .trees import DIR, MAX_DEPTH, TreeReader
 
 DEFAULT_GRACE = timedelta(hours=1)
 DEFAULT_LOG_AGE = timedelta(days=90)
@@ -107,7 +107,7 @@ def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, ve
     reachable.add(oid)
     for entry in entries:
         if entry.kind == DIR:
-            if depth >= 64:
+            if depth >= MAX_DEPTH:
                 raise GcRefusedError(f"gc deleted nothing: tree {oid} nests too deep")
             _mark_tree(reader, entry.oid, reachable, model, version, depth + 1)
         else:

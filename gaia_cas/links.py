@@ -61,8 +61,17 @@ def point_link(layout: Layout, relative: str, target: Path) -> bool:
 
 
 def drop_link(layout: Layout, relative: str) -> bool:
+    """Remove a link gaia-cas made: one inside the root that points into its store.
+
+    A symlink already at the location before the model existed (a legacy ``current`` that
+    servers still follow) is left alone until a version replaces it.
+    """
     link = layout.link_path(relative)
-    if not os.path.islink(link):
+    if not os.path.islink(link) or not inside_root(layout, link.parent):
+        return False
+    target = os.path.normpath(os.path.join(link.parent, os.readlink(link)))
+    store = os.path.normpath(layout.trees)
+    if not (target == store or target.startswith(store + os.sep)):
         return False
     os.unlink(link)
     fsync_dir(link.parent)

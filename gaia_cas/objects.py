@@ -115,7 +115,6 @@ class Staging:
         self.layout = store.layout
         self.dir: str | None = None
         self._staged: dict[str, str] = {}
-        self._unsynced: list[str] = []  # staged files whose bytes are not yet durable
         self._buffer = bytearray(CHUNK)
         self._counter = 0
         self._liveness: int | None = None
@@ -153,8 +152,6 @@ class Staging:
             oid = hasher.hexdigest()
         finally:
             os.close(fd)
-        if oid not in self._staged and not self.store.exists(oid):
-            self._unsynced.append(path)  # made durable together before install (content already stored needs nothing)
         self._keep(oid, path)
         return oid, size
 
@@ -174,7 +171,6 @@ class Staging:
             write_all(fd, data)
         finally:
             os.close(fd)
-        self._unsynced.append(path)
         self._keep(oid, path)
 
     def reuse(self, oid: str, source: str, size: int) -> None:
@@ -183,9 +179,13 @@ class Staging:
             self._reused.setdefault(oid, source)
 
     def _make_durable(self) -> None:
-        """Every staged byte on disk before any object gets its final name (the write protocol)."""
-        pending = [p for p in self._unsynced if os.path.exists(p)]
-        self._unsynced = []
+        """Every staged byte on disk before any object gets its final name (the write protocol).
+
+        Decided here, under the barrier, not while staging: an object present when its file
+        was staged may have been collected since, and then this staged copy is what gets
+        published.
+        """
+        pending = [path for oid, path in self._staged.items() if not self.store.exists(oid)]
         if len(pending) >= self.BATCH_SYNC and sync_filesystem(self.dir):
             return
         for path in pending:

@@ -266,7 +266,8 @@ class Repository:
             from .retention import Policy
 
             policy = Policy.of(current, keep, keep_within or None)  # validates both
-            config.retention = {"keep": policy.keep, "keep_within": policy.keep_within}
+            config.retention = {"keep": policy.keep,
+                                "keep_within": None if keep_within == "" else policy.keep_within}
         self._check_config(model, config)
         return self._commit_config(model, config, "model-set", reason, create=False)
 
@@ -310,7 +311,8 @@ class Repository:
         snapshot = request.snapshot
         from . import formats  # zipfile and friends: only deploys pay for them
 
-        cache = StatCache(self.layout.store / "statcache.msgpack")
+        # A temporary extraction (source_label set) would only fill the cache with dead entries.
+        cache = StatCache(self.layout.store / "statcache.msgpack") if source_label is None else None
         if dry_run:
             built = ingest.hash_only(request.source, cache)
             fmt = formats.detect(request.source)
@@ -327,7 +329,7 @@ class Repository:
             built = ingest.stage(staging, request.source, cache)  # the long part: no lock held
             fmt = formats.detect(request.source)
             current = snapshot.current_version() if snapshot else None
-            if (current is not None and current.tree == built.tree and not force
+            if (current is not None and current.tree == built.tree and not force and not current.broken
                     and self.manifests.token(request.model) == request.token):
                 # Identical to the current version of a manifest that has not changed since it
                 # was read: a true answer as of that read, with no lock, barrier or install.
@@ -338,7 +340,8 @@ class Repository:
                     new_objects = staging.install()
                     tree_dir = self._materialize(built.tree)
                     number, unchanged, previous = self._commit_deploy(request, built, fmt)
-        cache.save(str(request.source))
+        if cache is not None:
+            cache.save(str(request.source))
 
         model, source = request.model, request.source
         if unchanged:
@@ -396,7 +399,7 @@ class Repository:
                                  on_commit=self._sync_link) as manifest:
             previous = manifest.current
             current = manifest.current_version()
-            if current is not None and current.tree == built.tree and not request.force:
+            if current is not None and current.tree == built.tree and not request.force and not current.broken:
                 return current.version, True, previous
             assigned = manifest.assigned()
             if request.explicit is not None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .errors import GaiaCasError
 from .objects import hash_file
-from .trees import DIR, TreeReader
+from .trees import DIR, MAX_DEPTH, TreeReader
 
 
 @dataclass
@@ -194,7 +194,7 @@ def _walk(reader, oid, label, users, files, bad_trees, depth=0) -> bool:
     broken = False
     for entry in entries:
         if entry.kind == DIR:
-            if depth >= 64:
+            if depth >= MAX_DEPTH:
                 bad_trees[oid] = f"tree {oid} nests too deep"
                 return True
             broken |= _walk(reader, entry.oid, label, users, files, bad_trees, depth + 1)
