@@ -27,7 +27,7 @@ from pathlib import Path
 from . import formats, ingest
 from .errors import InvalidInputError, SourceError
 from .manifest import Version, record
-from .names import check_model_name
+from .names import check_model_name, check_text
 from .versions import format_version, version_key
 
 KNOWN = {"dl_model": ("ssd", ["dl"]), "ml_model": ("catboost", ["ml"])}
@@ -132,6 +132,7 @@ def _scan_model(folder: Path, model: str, aliases: list[str]) -> ModelImport:
                 loaded = json.loads(meta.read_text(encoding="utf-8"))
                 if not isinstance(loaded, dict):
                     raise ValueError("not a JSON object")
+                check_text(loaded, "metadata.json")
                 version.metadata = loaded
             except (ValueError, UnicodeDecodeError) as exc:
                 version.notes.append(f"malformed metadata.json ({exc}); imported without it")
@@ -172,6 +173,8 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
                 plan.skipped.append((v.label, f"already imported as {done[str(v.folder)]}"))
         plan.versions = fresh
         _assign_numbers(plan, existing)
+        if existing is None:
+            repo._check_link_free(plan.model, "current", repo.layout.default_link(plan.model))
         if dry_run or not fresh:
             plan.current = existing.current if existing else None
             for v in fresh:
@@ -218,13 +221,23 @@ def _assign_numbers(plan: ModelImport, existing) -> None:
 
 
 def _commit(repo, plan, built, user, host, reason, now) -> None:
-    labels = {v.label: v for v in plan.versions}
-    current_label = plan.current_label if plan.current_label in labels else None
     with repo.manifests.edit(plan.model, create=True, check_tree=repo._check_complete,
                              on_commit=repo._sync_link) as manifest:
         if not manifest.config.aliases and plan.aliases:
             taken = {a for m in repo.models() if m != plan.model for a in repo.manifest(m).config.aliases}
             manifest.config.aliases = [a for a in plan.aliases if a not in taken and a not in repo.models()]
+        # Decided again under the lock: a deploy or a second import may have run while the
+        # versions were being staged, and a number must never be given twice.
+        done = _already_imported(manifest)
+        late = [v for v in plan.versions if str(v.folder) in done]
+        for v in late:
+            plan.skipped.append((v.label, f"already imported as {done[str(v.folder)]}"))
+        plan.versions = [v for v in plan.versions if str(v.folder) not in done]
+        for v in plan.versions:
+            v.notes = [n for n in v.notes if not n.startswith("number ")]
+        _assign_numbers(plan, manifest)
+        labels = {v.label: v for v in plan.versions}
+        current_label = plan.current_label if plan.current_label in labels else None
         had_current = manifest.current
         at = now().isoformat(timespec="seconds")
         for v in plan.versions:

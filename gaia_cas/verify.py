@@ -134,6 +134,11 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
             report.problems.append(Problem("missing-object", f"object {oid} is missing", oid=oid, path=str(path),
                                            versions=sorted(users[oid])))
             continue
+        except OSError as exc:  # an I/O error is damage too: treated like a missing object
+            missing.add(oid)
+            report.problems.append(Problem("missing-object", f"object {oid} cannot be read ({exc.strerror or exc})",
+                                           oid=oid, path=str(path), versions=sorted(users[oid])))
+            continue
         if actual != oid:
             corrupt.add(oid)
             report.problems.append(Problem(
@@ -323,9 +328,22 @@ def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_pr
         problem.action = "rebuilt from objects" if rebuilt else "removed (its objects are unusable)"
         problem.resolved = True
 
-    # Mark (and unmark) broken versions, then regenerate links, model by model under its lock.
+    # Other models may share a corrupt object (verify MODEL only hashed this one's): no
+    # materialized tree anywhere may keep linking to it.
+    if corrupt or missing or bad_trees:
+        handled = {p.oid for p in tree_problems}
+        for name in sorted(os.listdir(repo.layout.trees)) if repo.layout.trees.is_dir() else []:
+            if name not in handled and _needs_any(repo, name, unusable):
+                with repo._writing():
+                    retire_tree(repo.layout, repo.layout.trees / name)
+
+    # Mark (and unmark) broken versions in every model, then regenerate links, under each lock.
     user, host = _who()
-    for name in manifests:
+    for name in repo.models():
+        try:
+            repo.manifests.read(name)
+        except GaiaCasError:
+            continue  # unreadable: reported as a problem, and nothing is written to it
         with repo._writing():
             with repo.manifests.edit(name, on_commit=repo._sync_link) as manifest:
                 changed = []
