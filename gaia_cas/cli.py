@@ -168,12 +168,13 @@ def cmd_deploy(args, default_root):
             from .errors import InvalidInputError
 
             raise InvalidInputError(f"'deploy {args.model}' deploys every model from its own source; it takes no PATH")
-        results, skipped = repo.deploy_all(**options)
+        results, skipped, failed = repo.deploy_all(**options)
         text = "\n".join(_deploy_text(r) for r in results)
         if skipped:
             text += f"\nskipped (no default source): {', '.join(skipped)}"
-        _emit(args, {"deployed": [r.to_json() for r in results], "skipped": skipped}, text)
-        return
+        _emit(args, {"deployed": [r.to_json() for r in results], "skipped": skipped,
+                     "failed": [{"model": m, "error": e} for m, e in failed]}, text)
+        return _report_failures([(f"deploy of {m}", e) for m, e in failed])
     result = repo.deploy(args.model, args.path, **options)
     _emit(args, result.to_json(), _deploy_text(result))
 
@@ -270,7 +271,7 @@ def cmd_cleanup(args, default_root):
                          reason=args.reason)
     lines = []
     for plan in plans:
-        gone = plan.remove if args.dry_run else plan.removed
+        gone = plan.remove if args.dry_run else (plan.removed or [])
         verb = "would remove" if args.dry_run else "removed"
         lines.append(f"{plan.model} ({plan.policy.describe()}): {verb} {', '.join(gone) if gone else 'nothing'}")
         rows = [[d.version, "keep" if d.kept else ("remove" if args.dry_run else
@@ -281,6 +282,7 @@ def cmd_cleanup(args, default_root):
     if not args.dry_run:
         lines.append("versions are gone from the manifests; 'gaia-cas gc' frees their storage")
     _emit(args, {"dry_run": args.dry_run, "models": [p.to_json() for p in plans]}, "\n".join(lines))
+    return _report_failures([(f"cleanup of {p.model}", p.error) for p in plans if p.error])
 
 
 _GC_KINDS = {"object": "objects", "tree": "materialized trees", "tmp": "temp entries", "log": "log files",
@@ -289,6 +291,16 @@ _GC_KINDS = {"object": "objects", "tree": "materialized trees", "tmp": "temp ent
 
 def _counted(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {_GC_KINDS.get(kind, kind)}" for kind, n in sorted(counts.items())) or "nothing"
+
+
+def _report_failures(failures: list[tuple[str, str]]) -> int:
+    """One error line per model that failed in a command over several models; exit status 1.
+
+    What succeeded was already printed (and committed): the user sees both.
+    """
+    for what, error in failures:
+        print(f"{PROG}: error: {what} failed: {' '.join(error.split())}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def cmd_gc(args, default_root):

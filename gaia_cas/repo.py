@@ -426,16 +426,25 @@ class Repository:
                    host=request.host, reason=request.reason)
         return number, False, previous
 
-    def deploy_all(self, **options) -> tuple[list[DeployResult], list[str]]:
-        """Deploy every model from its default source. Returns the results and the skipped models."""
+    def deploy_all(self, **options) -> tuple[list[DeployResult], list[str], list[tuple[str, str]]]:
+        """Deploy every model from its default source.
+
+        Returns the results, the models skipped (no source) and the models that failed with
+        why: one model's failure does not stop the others, and each outcome is reported.
+        """
         models = self.models()
         with_source = [m for m in models if self.manifests.read(m).config.source]
         if not with_source:
             raise InvalidInputError("no model has a default source to deploy from; set one with 'gaia-cas model set NAME --source PATH'")
         if options.get("version") is not None and len(with_source) > 1:
             raise InvalidInputError("--version names one version of one model; it cannot apply to every model")
-        results = [self.deploy(m, **options) for m in with_source]
-        return results, [m for m in models if m not in with_source]
+        results, failed = [], []
+        for model in with_source:
+            try:
+                results.append(self.deploy(model, **options))
+            except GaiaCasError as exc:
+                failed.append((model, str(exc)))
+        return results, [m for m in models if m not in with_source], failed
 
     # -- rollback ----------------------------------------------------------------------------
 
@@ -532,22 +541,29 @@ class Repository:
             plan.removed = []
             if not plan.remove:
                 continue
-            with self._writing():
-                with self.manifests.edit(plan.model) as manifest:
-                    fresh = plan_model(manifest, plan.policy, now)
-                    plan.removed = sorted(set(plan.remove) & set(fresh.remove), key=version_key)
-                    if plan.removed:
-                        gone = set(plan.removed)
-                        manifest.versions = [v for v in manifest.versions if v.version not in gone]
-                        record(manifest, "cleanup", version=None, before=manifest.current,
-                               at=now.isoformat(timespec="seconds"), user=user, host=host, reason=reason,
-                               details={"removed": plan.removed, "policy": plan.policy.describe()})
-            if plan.removed:
-                self.oplog.write("gaia_cas.retention",
-                                 f"cleanup {plan.model} ({plan.policy.describe()}): removed "
-                                 f"{', '.join(plan.removed)} by {user}@{host}"
-                                 + (f" reason={reason!r}" if reason else ""))
+            try:
+                self._execute_cleanup(plan, now, user, host, reason)
+            except GaiaCasError as exc:
+                plan.error = str(exc)  # reported; the other models are still cleaned
         return plans
+
+    def _execute_cleanup(self, plan, now, user, host, reason) -> None:
+        """Drop the versions both the plan and a fresh plan under the model's lock remove."""
+        from .retention import plan_model
+
+        with self._writing(), self.manifests.edit(plan.model) as manifest:
+            fresh = plan_model(manifest, plan.policy, now)
+            plan.removed = sorted(set(plan.remove) & set(fresh.remove), key=version_key)
+            if plan.removed:
+                gone = set(plan.removed)
+                manifest.versions = [v for v in manifest.versions if v.version not in gone]
+                record(manifest, "cleanup", version=None, before=manifest.current,
+                       at=now.isoformat(timespec="seconds"), user=user, host=host, reason=reason,
+                       details={"removed": plan.removed, "policy": plan.policy.describe()})
+        if plan.removed:
+            self.oplog.write("gaia_cas.retention",
+                             f"cleanup {plan.model} ({plan.policy.describe()}): removed "
+                             f"{', '.join(plan.removed)} by {user}@{host}" + (f" reason={reason!r}" if reason else ""))
 
     def plan_gc(self, *, grace=None, log_age=None):
         """What gc would delete now. ``log_age=None`` leaves logs out of the plan."""

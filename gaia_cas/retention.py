@@ -74,6 +74,7 @@ class ModelPlan:
     policy: Policy
     decisions: list[VersionDecision]  # newest first
     removed: list[str] | None = None  # set once executed: what was actually removed
+    error: str | None = None  # set if executing this model's plan failed (the others still ran)
 
     @property
     def remove(self) -> list[str]:
@@ -87,6 +88,8 @@ class ModelPlan:
         }
         if self.removed is not None:
             doc["removed"] = self.removed
+        if self.error is not None:
+            doc["error"] = self.error
         return doc
 
 

@@ -132,7 +132,8 @@ def test_deploy_from_the_registered_source_and_deploy_all(repo, tmp_path):
     repo.add_model("catboost", aliases=["ml"], source=str(cb_src))
     repo.add_model("nosource")
     assert repo.deploy("dl").version == "1.0.0"
-    results, skipped = repo.deploy_all()
+    results, skipped, failed = repo.deploy_all()
+    assert failed == []
     assert {r.model: (r.version, r.unchanged) for r in results} == {"ssd": ("1.0.0", True),
                                                                     "catboost": ("1.0.0", False)}
     assert skipped == ["nosource"]

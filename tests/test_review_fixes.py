@@ -82,3 +82,83 @@ def test_importing_an_archive_leaves_no_stat_cache_entries(repo, root, tmp_path,
     assert cli("import", out, "copy").code == 0
     after = cache.read_bytes() if cache.exists() else b""
     assert after == before
+
+
+def test_deploy_all_reports_each_failure_and_still_deploys_the_others(cli, tmp_path):
+    good = make_savedmodel(tmp_path / "good")
+    doomed = make_savedmodel(tmp_path / "doomed")
+    assert cli("model", "add", "a", "--source", doomed).code == 0
+    assert cli("model", "add", "b", "--source", good).code == 0
+    import shutil
+
+    shutil.rmtree(doomed)  # a's source is gone by the time the nightly deploy runs
+    run = cli("deploy", "all", "--json")
+    assert run.code == 1
+    doc = run.json()
+    assert [d["model"] for d in doc["deployed"]] == ["b"]
+    assert doc["failed"][0]["model"] == "a" and "does not exist" in doc["failed"][0]["error"]
+    assert run.err.strip() == f"gaia-cas: error: deploy of a failed: {doc['failed'][0]['error']}"
+
+
+def test_cleanup_all_reports_a_locked_model_and_cleans_the_others(cli, repo, root, tmp_path):
+    import subprocess
+    import sys
+
+    for model in ("a", "b"):
+        src = tmp_path / f"src-{model}"
+        for variant in range(3):
+            make_savedmodel(src, variant)
+            repo.deploy(model, src)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire();"
+         "print('held', flush=True); time.sleep(60)", str(root / "manifests" / "a.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run = cli("--lock-timeout", "0.3", "cleanup", "all", "--keep", "1")
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert run.code == 1 and "cleanup of a failed" in run.err and "a.lock" in run.err
+    assert [v.version for v in repo.manifest("b").versions] == ["1.2.0"]
+    assert len(repo.manifest("a").versions) == 3
+
+
+def test_sync_links_regenerates_a_link_left_behind_by_a_crash(repo, root, tmp_path):
+    src = tmp_path / "s"
+    make_savedmodel(src, 0)
+    first = repo.deploy("m", src)
+    make_savedmodel(src, 1)
+    repo.deploy("m", src)
+    link = root / "models" / "m" / "current"
+    os.unlink(link)
+    link.symlink_to(os.path.relpath(root / "store" / "trees" / first.hash, link.parent))  # lagging behind
+    assert repo.sync_links() == ["m"]
+    assert os.path.realpath(link) == str(gaia_cas.resolve("m", root=root).path)
+    assert repo.sync_links() == []
+
+
+def test_a_commit_that_cannot_be_flushed_says_it_is_committed(repo, root, tmp_path, monkeypatch):
+    from gaia_cas import atomic
+    from gaia_cas.errors import StoreError
+
+    src = tmp_path / "s"
+    make_savedmodel(src, 0)
+    repo.deploy("m", src)
+    make_savedmodel(src, 1)
+    real = atomic.fsync_dir
+
+    def failing(path):
+        if str(path).endswith("manifests"):
+            raise OSError(5, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(atomic, "fsync_dir", failing)
+    try:
+        repo.deploy("m", src)
+        raise AssertionError("expected a StoreError")
+    except StoreError as exc:
+        assert "is committed" in str(exc) and "may not survive a power loss" in str(exc)
+    monkeypatch.setattr(atomic, "fsync_dir", real)
+    assert repo.manifest("m").current == "1.1.0"  # visible, and the link follows it
+    assert os.path.realpath(root / "models" / "m" / "current") == str(gaia_cas.resolve("m", root=root).path)
