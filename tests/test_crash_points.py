@@ -389,7 +389,7 @@ def _build_scenarios(base: Path, sources: Path) -> dict[str, Scenario]:
         # the first deploy of a model: creates its manifest and its link folder; a file artifact
         "deploy-new-model": (None, lambda r: r.deploy("ranker", new_model, reason="crash test")),
         "rollback": (prepare_rollback, lambda r: r.rollback("ssd", "1.0.0", reason="crash test")),
-        "cleanup": (None, lambda r: r.cleanup(None, keep=1, reason="crash test")),
+        "cleanup": (None, lambda r: _raise_model_errors(r.cleanup(None, keep=1, reason="crash test"))),
         "gc": (prepare_gc, lambda r: r.gc(grace=ZERO)),
     }
     scenarios = {}
@@ -680,6 +680,15 @@ def _record(op: str, mode: str, count: int) -> None:
 
 
 # -- the tests -------------------------------------------------------------------------------
+
+def _raise_model_errors(plans):
+    """cleanup reports a model it could not clean in its plan (and goes on with the others):
+    for the sweep, any such report means the operation did not fully succeed."""
+    failed = [p.error for p in plans if p.error]
+    if failed:
+        raise GaiaCasError("; ".join(failed))
+    return plans
+
 
 OPERATIONS = ("deploy", "deploy-new-model", "rollback", "cleanup", "gc")
 
