@@ -43,12 +43,16 @@ def run(repo, *, grace, log_age, dry_run=False, verify_sample=None) -> tuple[boo
 
     try:
         plans = repo.cleanup(None, dry_run=dry_run, reason="nightly retention")
-        removed = {p.model: (p.remove if dry_run else p.removed) for p in plans}
+        removed = {p.model: (p.remove if dry_run else p.removed) or [] for p in plans}
         total = sum(len(v) for v in removed.values())
         detail = "; ".join(f"{m}: {', '.join(v)}" for m, v in removed.items() if v)
         verb = "would remove" if dry_run else "removed"
         summary.append(f"Retention {verb} {total} version{'s' if total != 1 else ''} across {len(plans)} "
                        f"model{'s' if len(plans) != 1 else ''}" + (f" ({detail})." if detail else "."))
+        for plan in plans:
+            if plan.error:
+                ok = False
+                summary.append(f"Retention FAILED for {plan.model}: {plan.error}.")
     except STEP_ERRORS as exc:
         ok = False
         summary.append(f"Retention FAILED: {exc}.")

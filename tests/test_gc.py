@@ -228,3 +228,23 @@ def test_nightly_script_fails_loudly(repo, root, savedmodel):
     assert proc.returncode == 1
     assert "FAILED" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
     assert "gaia_cas.nightly - ERROR" in "\n".join(repo.logs(10))
+
+
+def test_nightly_script_fails_when_one_model_cannot_be_cleaned(repo, root, tmp_path):
+    src = tmp_path / "m"
+    for variant in range(5):
+        make_savedmodel(src, variant)
+        repo.deploy("m", src)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire();"
+         "print('held', flush=True); time.sleep(60)", str(root / "manifests" / "m.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = subprocess.run([sys.executable, str(CHECKOUT / "bin" / "gaia-cas-nightly"), "--root", str(root),
+                               "--lock-timeout", "0.3"], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert proc.returncode == 1 and "Retention FAILED for m" in proc.stdout
