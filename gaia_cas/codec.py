@@ -36,5 +36,22 @@ def unpack(data: bytes, what: str, *, max_str: int, max_array: int, max_map: int
         raise CorruptionError(f"{what} does not decode: {exc}") from None
 
 
+def unpack_stream(data: bytes, what: str, *, max_str: int, max_array: int, max_map: int, max_bin: int = 0) -> list:
+    """Every object of a stream of concatenated msgpack values, with the same limits."""
+    unpacker = msgpack.Unpacker(
+        raw=False, use_list=True, strict_map_key=True, object_pairs_hook=_no_duplicate_keys if max_map else None,
+        max_buffer_size=max(len(data), 1), max_str_len=max_str, max_bin_len=max_bin, max_array_len=max_array,
+        max_map_len=max_map, max_ext_len=0,
+    )
+    try:
+        unpacker.feed(data)
+        items = list(unpacker)
+        if unpacker.tell() != len(data):
+            raise ValueError("trailing bytes")
+        return items
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise CorruptionError(f"{what} does not decode: {exc}") from None
+
+
 def pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)

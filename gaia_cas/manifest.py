@@ -83,19 +83,53 @@ class Event:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
 class Manifest:
-    model: str
-    config: ModelConfig = field(default_factory=ModelConfig)
-    versions: list[Version] = field(default_factory=list)
-    current: str | None = None
-    highest: str | None = None
-    generation: int = 0
-    history: list[Event] = field(default_factory=list)
-    # Named pointers besides current, e.g. {"staging": {"version": "1.2.0", "link": None}}
-    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Trees added during an edit: their completeness is checked before the commit.
-    new_trees: set[str] = field(default_factory=set, repr=False, compare=False)
+    """One model's manifest in memory.
+
+    The history is append-only, so it is kept as the bytes it was stored as and decoded only
+    when someone reads it: a rollback at 10,000 versions neither decodes nor re-encodes the
+    10,000 events before it -- it appends one. New events go to ``new_events`` (see
+    :func:`record`); ``history`` is the committed events followed by the new ones.
+    """
+
+    def __init__(self, model: str, config: ModelConfig | None = None, versions: list[Version] | None = None,
+                 current: str | None = None, highest: str | None = None, generation: int = 0,
+                 history: list[Event] | None = None, channels: dict[str, dict[str, Any]] | None = None):
+        self.model = model
+        self.config = config if config is not None else ModelConfig()
+        self.versions: list[Version] = list(versions or [])
+        self.current = current
+        self.highest = highest
+        self.generation = generation
+        # Named pointers besides current, e.g. {"staging": {"version": "1.2.0", "link": None}}
+        self.channels: dict[str, dict[str, Any]] = channels if channels is not None else {}
+        self.new_trees: set[str] = set()  # trees added during an edit: checked complete before the commit
+        self.new_events: list[Event] = []
+        self._history: list[Event] | None = list(history or [])
+        self._history_stored: bytes | None = None  # committed events, as stored, until decoded
+        self._history_origin = "manifest"
+
+    @property
+    def history(self) -> list[Event]:
+        if self._history is None:
+            self._history = _decode_events(self._history_stored, self._history_origin)
+        return self._history + self.new_events
+
+    def stored_history(self) -> bytes:
+        """The committed events encoded as a stream of rows (reusing the stored bytes)."""
+        if self._history_stored is not None:
+            return self._history_stored
+        return b"".join(pack(_event_row(e)) for e in self._history)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        keys = ("model", "config", "versions", "current", "highest", "generation", "history", "channels")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+    def __repr__(self) -> str:
+        return (f"Manifest(model={self.model!r}, current={self.current!r}, versions={len(self.versions)}, "
+                f"generation={self.generation})")
 
     def find(self, version: str) -> Version | None:
         for v in self.versions:
@@ -156,7 +190,9 @@ def encode(manifest: Manifest) -> bytes:
         "version_fields": list(_VERSION_FIELDS),
         "versions": list(map(_version_row, manifest.versions)),  # tuples pack as arrays
         "event_fields": list(_EVENT_FIELDS),
-        "history": list(map(_event_row, manifest.history)),
+        # The history is one byte string holding a stream of rows: appending an event appends
+        # its bytes, and no reader of current or versions has to decode it.
+        "history": manifest.stored_history() + b"".join(pack(_event_row(e)) for e in manifest.new_events),
         "channels": manifest.channels,
     }
     return pack(doc)
@@ -221,7 +257,7 @@ def _fields(raw, spec: dict, where: str, optional: tuple = ()) -> dict:
 
 
 def decode(data: bytes, origin: str = "manifest") -> Manifest:
-    doc = unpack(data, f"{origin} (a manifest)", max_str=1 << 20, max_bin=1 << 20,
+    doc = unpack(data, f"{origin} (a manifest)", max_str=1 << 20, max_bin=MAX_MANIFEST_BYTES,
                  max_array=10_000_000, max_map=10_000_000)
     if not isinstance(doc, dict):
         raise CorruptionError(f"{origin} is not a readable manifest: not a map")
@@ -232,7 +268,7 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
         raise CorruptionError(f"{origin} uses manifest schema {schema}, newer than this gaia-cas understands ({SCHEMA}); upgrade gaia-cas")
     top = _fields(doc, {
         "model": str, "generation": int, "current": (str, type(None)), "highest": (str, type(None)),
-        "config": dict, "versions": list, "history": list,
+        "config": dict, "versions": list, "history": (list, bytes),
     }, origin)
     try:
         check_model_name(top["model"])
@@ -271,16 +307,35 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
             parse_version(top["highest"])
         except InvalidInputError:
             raise CorruptionError(f"{origin} has a malformed highest version {top['highest']!r:.40}") from None
-    history = [Event(*values) for values in _records(top["history"], doc.get("event_fields"), _EVENT_FIELDS,
-                                                      f"{origin} history", ("details",))]
     channels = _channels(doc.get("channels", {}), origin, seen)
     manifest = Manifest(
         model=top["model"], config=ModelConfig(**cfg), versions=versions, current=top["current"],
-        highest=top["highest"], generation=top["generation"], history=history, channels=channels,
+        highest=top["highest"], generation=top["generation"], channels=channels,
     )
+    header = doc.get("event_fields")
+    if isinstance(top["history"], bytes) and header == list(_EVENT_FIELDS):
+        manifest._history, manifest._history_stored = None, top["history"]  # decoded when read
+        manifest._history_origin = origin
+    else:
+        raw = _event_stream(top["history"], origin) if isinstance(top["history"], bytes) else top["history"]
+        manifest._history = [Event(*values) for values in
+                             _records(raw, header, _EVENT_FIELDS, f"{origin} history", ("details",))]
     if manifest.current is not None and manifest.find(manifest.current) is None:
         raise CorruptionError(f"{origin} marks {manifest.current} current, but has no such version")
     return manifest
+
+
+def _event_stream(data: bytes, origin: str) -> list:
+    """The rows of a stored history (a stream of msgpack arrays), unpacked with limits."""
+    from .codec import unpack_stream
+
+    return unpack_stream(data, f"{origin} history", max_str=1 << 20, max_array=64, max_map=1_000_000)
+
+
+def _decode_events(data: bytes, origin: str) -> list[Event]:
+    rows = _records(_event_stream(data, origin), list(_EVENT_FIELDS), _EVENT_FIELDS, f"{origin} history",
+                    ("details",))
+    return [Event(*values) for values in rows]
 
 
 def _channels(raw, origin: str, versions: set[str]) -> dict[str, dict[str, Any]]:
@@ -413,15 +468,15 @@ class Manifests:
 
                     raise ModelNotFoundError(model, self.names())
                 manifest = Manifest(model=model)
-            recorded = len(manifest.history)
+            recorded = len(manifest.new_events)
             yield manifest
-            if len(manifest.history) == recorded:
+            if len(manifest.new_events) == recorded:
                 return  # every change records an event, so no event means nothing to commit
             for oid in sorted(manifest.new_trees):
                 if check_tree is not None:
                     check_tree(oid)
             manifest.generation += 1
-            for event in manifest.history:
+            for event in manifest.new_events:
                 if event.generation < 0:  # placeholder set by record(): fill in the commit's number
                     event.generation = manifest.generation
             try:
@@ -466,4 +521,4 @@ def record(manifest: Manifest, action: str, *, version: str | None, before: str 
     channel move (``details["channel"]``) that channel's version.
     """
     after = manifest.current if after is _CURRENT else after
-    manifest.history.append(Event(-1, at, action, version, before, after, user, host, reason, dict(details or {})))
+    manifest.new_events.append(Event(-1, at, action, version, before, after, user, host, reason, dict(details or {})))

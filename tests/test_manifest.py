@@ -378,8 +378,11 @@ def test_cli_says_to_upgrade_for_a_newer_schema(corrupted, cli):
 # -- commits: generation, history, atomic replace ---------------------------------------------
 
 def _raw_history(root: Path) -> list[bytes]:
+    """The stored events, one encoded row each (the history is stored as a stream of rows)."""
     doc = msgpack.unpackb((root / "manifests" / "ssd.msgpack").read_bytes())
-    return [pack(event) for event in doc["history"]]
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(doc["history"])
+    return [pack(event) for event in unpacker]
 
 
 def test_generation_increments_by_one_per_commit(repo, root, tmp_path):

@@ -162,3 +162,31 @@ def test_a_commit_that_cannot_be_flushed_says_it_is_committed(repo, root, tmp_pa
     monkeypatch.setattr(atomic, "fsync_dir", real)
     assert repo.manifest("m").current == "1.1.0"  # visible, and the link follows it
     assert os.path.realpath(root / "models" / "m" / "current") == str(gaia_cas.resolve("m", root=root).path)
+
+
+def test_history_is_stored_as_a_stream_and_decoded_only_when_read(repo, root, tmp_path, cli):
+    import msgpack
+
+    from gaia_cas import manifest as mf
+    from gaia_cas.errors import CorruptionError
+
+    src = tmp_path / "s"
+    for variant in range(3):
+        make_savedmodel(src, variant)
+        repo.deploy("m", src)
+    path = root / "manifests" / "m.msgpack"
+    doc = msgpack.unpackb(path.read_bytes(), raw=False)
+    assert isinstance(doc["history"], bytes) and doc["event_fields"][:3] == ["generation", "at", "action"]
+    decoded = mf.decode(path.read_bytes())
+    assert decoded._history is None  # nothing decoded yet
+    assert [e.generation for e in decoded.history] == [1, 2, 3]
+    doc["history"] = doc["history"] + b"\xc1"  # a byte that is never valid msgpack
+    os.chmod(path, 0o644)
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    try:
+        mf.decode(path.read_bytes()).history
+        raise AssertionError("expected CorruptionError")
+    except CorruptionError as exc:
+        assert "history does not decode" in str(exc)
+    run = cli("history", "m")
+    assert run.code == 1 and run.err.startswith("gaia-cas: error:") and "history" in run.err
