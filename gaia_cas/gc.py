@@ -138,7 +138,7 @@ def protected_trees(manifests: list[Manifest], now: datetime, grace: timedelta) 
     cutoff = now - grace
     for manifest in manifests:
         names = set(manifest.channel_versions().values())  # current and every channel
-        for event in reversed(manifest.history):
+        for event in manifest.events_newest_first():
             try:
                 at = datetime.fromisoformat(event.at)
             except ValueError:

@@ -107,6 +107,7 @@ class Manifest:
         self.new_events: list[Event] = []
         self._history: list[Event] | None = list(history or [])
         self._history_stored: bytes | None = None  # committed events, as stored, until decoded
+        self._history_rows: list | None = None  # those events unpacked but not yet validated
         self._history_origin = "manifest"
 
     @property
@@ -114,6 +115,19 @@ class Manifest:
         if self._history is None:
             self._history = _decode_events(self._history_stored, self._history_origin)
         return self._history + self.new_events
+
+    def events_newest_first(self):
+        """The history from the latest event back, decoding rows only as far as the caller reads."""
+        yield from reversed(self.new_events)
+        if self._history is not None:
+            yield from reversed(self._history)
+            return
+        if self._history_rows is None:  # unpacked once, validated row by row as they are read
+            self._history_rows = _event_stream(self._history_stored, self._history_origin)
+        for row in reversed(self._history_rows):
+            (values,) = _records([row], list(_EVENT_FIELDS), _EVENT_FIELDS, f"{self._history_origin} history",
+                                 ("details",))
+            yield Event(*values)
 
     def stored_history(self) -> bytes:
         """The committed events encoded as a stream of rows (reusing the stored bytes)."""

@@ -862,7 +862,7 @@ class _translate_store_errors:
 
 def _previous(manifest: Manifest) -> str | None:
     """The version that was current before the current one became current."""
-    for event in reversed(manifest.history):
+    for event in manifest.events_newest_first():
         if "channel" in event.details:
             continue  # a channel move, not a change of current
         if event.after == manifest.current and event.before != manifest.current:
