@@ -97,7 +97,9 @@ class Manifest:
                  history: list[Event] | None = None, channels: dict[str, dict[str, Any]] | None = None):
         self.model = model
         self.config = config if config is not None else ModelConfig()
-        self.versions: list[Version] = list(versions or [])
+        self._versions: list[Version] | None = list(versions or [])
+        self._versions_stored: bytes | None = None  # the stored rows, until someone needs objects
+        self._version_rows: list | None = None  # those rows unpacked, checked only in outline
         self.current = current
         self.highest = highest
         self.generation = generation
@@ -109,6 +111,30 @@ class Manifest:
         self._history_stored: bytes | None = None  # committed events, as stored, until decoded
         self._history_rows: list | None = None  # those events unpacked but not yet validated
         self._history_origin = "manifest"
+
+    @property
+    def versions(self) -> list[Version]:
+        """Every version, oldest first. Reading this decodes them all; ``find`` does not."""
+        if self._versions is None:
+            self._versions = [_version_from_row(row, i, self._history_origin)
+                              for i, row in enumerate(self._unpacked_versions())]
+            self._versions_stored = self._version_rows = None  # objects may change now: re-encode
+        return self._versions
+
+    @versions.setter
+    def versions(self, value: list[Version]) -> None:
+        self._versions = list(value)
+        self._versions_stored = self._version_rows = None
+
+    def _unpacked_versions(self) -> list:
+        if self._version_rows is None:
+            self._version_rows = _version_stream(self._versions_stored, self._history_origin)
+        return self._version_rows
+
+    def stored_versions(self) -> bytes:
+        if self._versions is None:
+            return self._versions_stored
+        return pack(list(map(_version_row, self._versions)))
 
     @property
     def history(self) -> list[Event]:
@@ -142,14 +168,26 @@ class Manifest:
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
     def __repr__(self) -> str:
-        return (f"Manifest(model={self.model!r}, current={self.current!r}, versions={len(self.versions)}, "
-                f"generation={self.generation})")
+        return (f"Manifest(model={self.model!r}, current={self.current!r}, "
+                f"versions={len(self.version_numbers())}, generation={self.generation})")
 
     def find(self, version: str) -> Version | None:
-        for v in self.versions:
+        """The version numbered ``version``. Without decoding every version when they are still
+        stored: the one found is then a copy -- change versions through ``versions``."""
+        if self._versions is None:
+            for i, row in enumerate(self._unpacked_versions()):
+                if row[0] == version:
+                    return _version_from_row(row, i, self._history_origin)
+            return None
+        for v in self._versions:
             if v.version == version:
                 return v
         return None
+
+    def version_numbers(self) -> list[str]:
+        if self._versions is None:
+            return [row[0] for row in self._unpacked_versions()]
+        return [v.version for v in self._versions]
 
     def current_version(self) -> Version | None:
         return self.find(self.current) if self.current else None
@@ -163,7 +201,7 @@ class Manifest:
 
     def assigned(self) -> set[str]:
         """Every version number ever given out, including those cleaned up since."""
-        numbers = {v.version for v in self.versions}
+        numbers = set(self.version_numbers())
         numbers.update(e.version for e in self.history if e.version and e.action in ("deploy", "import"))
         return numbers
 
@@ -202,7 +240,9 @@ def encode(manifest: Manifest) -> bytes:
         # Versions and events are rows named by a header: a 10,000-version manifest then holds no
         # per-row keys, and decodes in a fraction of the time maps would take.
         "version_fields": list(_VERSION_FIELDS),
-        "versions": list(map(_version_row, manifest.versions)),  # tuples pack as arrays
+        # One byte string holding the array of rows: a rollback neither decodes every version
+        # into objects nor re-encodes them; it reads the row it needs and writes the bytes back.
+        "versions": manifest.stored_versions(),
         "event_fields": list(_EVENT_FIELDS),
         # The history is one byte string holding a stream of rows: appending an event appends
         # its bytes, and no reader of current or versions has to decode it.
@@ -282,7 +322,7 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
         raise CorruptionError(f"{origin} uses manifest schema {schema}, newer than this gaia-cas understands ({SCHEMA}); upgrade gaia-cas")
     top = _fields(doc, {
         "model": str, "generation": int, "current": (str, type(None)), "highest": (str, type(None)),
-        "config": dict, "versions": list, "history": (list, bytes),
+        "config": dict, "versions": (list, bytes), "history": (list, bytes),
     }, origin)
     try:
         check_model_name(top["model"])
@@ -296,26 +336,26 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
             raise CorruptionError(f"{origin}: {exc}") from None
     if not all(isinstance(a, str) for a in cfg["aliases"]):
         raise CorruptionError(f"{origin} config has a non-text alias")
-    versions = []
-    seen = set()
-    rows = _records(top["versions"], doc.get("version_fields"), _VERSION_FIELDS, f"{origin} versions",
-                    ("pinned", "broken"))
-    for i, values in enumerate(rows):
-        version = Version(*values)
-        number = version.version
-        if not is_oid(version.tree):
-            raise CorruptionError(f"{origin} version #{i} has an invalid tree id {version.tree!r:.80}")
-        if not _VERSION_NUMBER.fullmatch(number):
-            raise CorruptionError(f"{origin} version #{i} has a malformed number {number!r:.40}")
-        if version.artifact not in ("directory", "file"):
-            raise CorruptionError(f"{origin} version {number} has an unknown artifact kind {version.artifact!r:.40}")
-        if number in seen:
-            raise CorruptionError(f"{origin} lists version {number} twice")
-        seen.add(number)
-        name = version.name
-        if name is not None and ("/" in name or name in ("", ".", "..") or "\0" in name):
-            raise CorruptionError(f"{origin} version {number} has an invalid file name {name!r:.80}")
-        versions.append(version)
+    lazy = isinstance(top["versions"], bytes) and doc.get("version_fields") == list(_VERSION_FIELDS)
+    if lazy:
+        # Our own layout: unpack the rows now (cheap, in C) but validate and build objects only
+        # for the versions someone reads. Numbers are checked here: they are the index.
+        rows = _version_stream(top["versions"], origin)
+        width = len(_VERSION_FIELDS)
+        for i, row in enumerate(rows):
+            if not (isinstance(row, list) and len(row) == width and isinstance(row[0], str)):
+                raise CorruptionError(f"{origin} versions #{i} is not a row of {width} fields")
+        numbers = [row[0] for row in rows]
+        versions = None
+    else:
+        raw = _version_stream(top["versions"], origin) if isinstance(top["versions"], bytes) else top["versions"]
+        values = _records(raw, doc.get("version_fields"), _VERSION_FIELDS, f"{origin} versions", ("pinned", "broken"))
+        versions = [_version_from_values(v, i, origin) for i, v in enumerate(values)]
+        numbers = [v.version for v in versions]
+    seen = set(numbers)
+    if len(seen) != len(numbers):
+        twice = next(n for i, n in enumerate(numbers) if n in numbers[:i])
+        raise CorruptionError(f"{origin} lists version {twice} twice")
     if top["highest"] is not None:
         try:
             parse_version(top["highest"])
@@ -323,9 +363,11 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
             raise CorruptionError(f"{origin} has a malformed highest version {top['highest']!r:.40}") from None
     channels = _channels(doc.get("channels", {}), origin, seen)
     manifest = Manifest(
-        model=top["model"], config=ModelConfig(**cfg), versions=versions, current=top["current"],
+        model=top["model"], config=ModelConfig(**cfg), versions=versions or [], current=top["current"],
         highest=top["highest"], generation=top["generation"], channels=channels,
     )
+    if lazy:
+        manifest._versions, manifest._versions_stored, manifest._version_rows = None, top["versions"], rows
     header = doc.get("event_fields")
     if isinstance(top["history"], bytes) and header == list(_EVENT_FIELDS):
         manifest._history, manifest._history_stored = None, top["history"]  # decoded when read
@@ -334,9 +376,38 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
         raw = _event_stream(top["history"], origin) if isinstance(top["history"], bytes) else top["history"]
         manifest._history = [Event(*values) for values in
                              _records(raw, header, _EVENT_FIELDS, f"{origin} history", ("details",))]
-    if manifest.current is not None and manifest.find(manifest.current) is None:
+    if manifest.current is not None and manifest.current not in seen:
         raise CorruptionError(f"{origin} marks {manifest.current} current, but has no such version")
+    manifest._history_origin = origin
     return manifest
+
+
+def _version_stream(data: bytes, origin: str) -> list:
+    rows = unpack(data, f"{origin} versions", max_str=1 << 20, max_array=10_000_000, max_map=1_000_000)
+    if not isinstance(rows, list):
+        raise CorruptionError(f"{origin} versions are not a list")
+    return rows
+
+
+def _version_from_row(row: list, i: int, origin: str) -> Version:
+    (values,) = _records([row], list(_VERSION_FIELDS), _VERSION_FIELDS, f"{origin} versions", ("pinned", "broken"))
+    return _version_from_values(values, i, origin)
+
+
+def _version_from_values(values: list, i: int, origin: str) -> Version:
+    """Check one version's row and build it: every value is checked before anything uses it."""
+    version = Version(*values)
+    number = version.version
+    if not is_oid(version.tree):
+        raise CorruptionError(f"{origin} version #{i} has an invalid tree id {version.tree!r:.80}")
+    if not _VERSION_NUMBER.fullmatch(number):
+        raise CorruptionError(f"{origin} version #{i} has a malformed number {number!r:.40}")
+    if version.artifact not in ("directory", "file"):
+        raise CorruptionError(f"{origin} version {number} has an unknown artifact kind {version.artifact!r:.40}")
+    name = version.name
+    if name is not None and ("/" in name or name in ("", ".", "..") or "\0" in name):
+        raise CorruptionError(f"{origin} version {number} has an invalid file name {name!r:.80}")
+    return version
 
 
 def _event_stream(data: bytes, origin: str) -> list:

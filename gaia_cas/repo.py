@@ -378,6 +378,8 @@ class Repository:
                                         f"'gaia-cas model set {model} --source PATH'")
             path = snapshot.config.source
         config = snapshot.config if snapshot else ModelConfig()
+        if snapshot is not None:
+            snapshot.versions  # decoded and checked in full now: a bad manifest fails before any write
         if snapshot is None:
             self._check_link_free(model, "current", self.layout.default_link(model))
         else:
@@ -499,6 +501,7 @@ class Repository:
         action = "pin" if pinned else "unpin"
         with self._writing():
             with self.manifests.edit(model) as manifest:
+                manifest.versions  # decoded into objects: the flag is changed on the stored version
                 version = self.select(manifest, selector)
                 if version.pinned != pinned:
                     version.pinned = pinned

@@ -146,10 +146,18 @@ def plant_version(root: Path, tree: str, number: str = "5.0.0", *, current: bool
 
 
 def rewrite_manifest(root: Path, change) -> None:
-    """Edit the stored msgpack map of model m by hand (no validation on the way in)."""
+    """Edit the stored msgpack map of model m by hand (no validation on the way in).
+
+    The versions are stored as one byte string holding their array of rows: ``change`` sees
+    them unpacked, and they are packed back the same way."""
     path = root / "manifests" / "m.msgpack"
     doc = msgpack.unpackb(path.read_bytes(), raw=False)
+    packed = isinstance(doc["versions"], bytes)
+    if packed:
+        doc["versions"] = msgpack.unpackb(doc["versions"], raw=False)
     change(doc)
+    if packed:
+        doc["versions"] = msgpack.packb(doc["versions"], use_bin_type=True)
     os.chmod(path, 0o644)
     path.write_bytes(msgpack.packb(doc, use_bin_type=True))
 
