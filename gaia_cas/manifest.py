@@ -116,8 +116,10 @@ class Manifest:
     def versions(self) -> list[Version]:
         """Every version, oldest first. Reading this decodes them all; ``find`` does not."""
         if self._versions is None:
-            self._versions = [_version_from_row(row, i, self._history_origin)
-                              for i, row in enumerate(self._unpacked_versions())]
+            origin = self._history_origin
+            values = _records(self._unpacked_versions(), list(_VERSION_FIELDS), _VERSION_FIELDS,
+                              f"{origin} versions", ("pinned", "broken"))  # one pass, signature cache
+            self._versions = [_version_from_values(v, i, origin) for i, v in enumerate(values)]
             self._versions_stored = self._version_rows = None  # objects may change now: re-encode
         return self._versions
 
