@@ -29,7 +29,7 @@ from .errors import CorruptionError, GaiaCasError
 from .layout import Layout
 from .locking import try_flock_dir
 from .manifest import Manifest, Manifests
-from .materialize import remove_tree, retire_tree
+from .materialize import links_objects, remove_tree, retire_tree
 from .names import is_oid
 from .oplog import log_files
 from .trees import DIR, MAX_DEPTH, TreeReader
@@ -188,7 +188,9 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
         if not is_oid(item.name):
             plan.ignored.append(f"trees/{item.name}")
         elif item.name not in trees_to_keep and st.st_mtime <= cutoff:
-            plan.doomed.append(Doomed(Path(item.path), _unshared_bytes(Path(item.path)), "tree"))
+            tree = Path(item.path)
+            # A tree of hard links frees nothing by itself (its objects are counted as objects).
+            plan.doomed.append(Doomed(tree, 0 if links_objects(tree) else _unshared_bytes(tree), "tree"))
 
     for item in _scan(layout.tmp):
         st = item.stat(follow_symlinks=False)

@@ -120,3 +120,16 @@ def remove_tree(path: Path) -> None:
             if not os.path.islink(full):
                 os.chmod(full, 0o755)
     shutil.rmtree(path)
+
+
+def links_objects(tree_dir: Path) -> bool:
+    """Whether a materialized tree is made of hard links (the normal case), judged by its first
+    file: then it costs no space of its own and need not be walked file by file. A tree built
+    where links are impossible is made of copies, and is walked."""
+    for dirpath, _, files in os.walk(tree_dir, followlinks=False):
+        for name in files:
+            try:
+                return os.lstat(os.path.join(dirpath, name)).st_nlink > 1
+            except FileNotFoundError:
+                continue
+    return True  # no file at all: nothing of its own either

@@ -874,11 +874,19 @@ def _previous(manifest: Manifest) -> str | None:
 
 
 def _store_usage(layout: Layout) -> tuple[int, int]:
-    """Objects in the store, and bytes on disk counting each inode once (trees are links)."""
+    """Objects in the store, and bytes on disk counting each inode once.
+
+    Materialized trees are hard links to objects and add nothing; only a tree made of copies
+    (a filesystem without hard links) is walked file by file.
+    """
+    from .materialize import links_objects
+
     seen: set[tuple[int, int]] = set()
     count = 0
     total = 0
-    for base, counting in ((layout.objects, True), (layout.trees, False), (layout.tmp, False)):
+    copied_trees = [layout.trees / name for name in (os.listdir(layout.trees) if layout.trees.is_dir() else [])
+                    if not links_objects(layout.trees / name)]
+    for base, counting in ((layout.objects, True), *((t, False) for t in copied_trees), (layout.tmp, False)):
         for dirpath, _, files in os.walk(base):
             for name in files:
                 try:
