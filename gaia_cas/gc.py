@@ -53,6 +53,8 @@ class Doomed:
 class GcPlan:
     doomed: list[Doomed] = field(default_factory=list)
     reachable_objects: int = 0
+    objects: int = 0  # every object file seen, and their bytes (status reuses this scan)
+    object_bytes: int = 0
     young_unreferenced: int = 0  # unreferenced, but within the grace period
     ignored: list[str] = field(default_factory=list)  # names gc does not recognise: left alone
 
@@ -138,7 +140,7 @@ def protected_trees(manifests: list[Manifest], now: datetime, grace: timedelta) 
     cutoff = now - grace
     for manifest in manifests:
         names = set(manifest.channel_versions().values())  # current and every channel
-        for event in manifest.events_newest_first():
+        for event in (manifest.events_newest_first() if grace > timedelta(0) else ()):
             try:
                 at = datetime.fromisoformat(event.at)
             except ValueError:
@@ -176,6 +178,8 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             if not (is_oid(oid) and stat.S_ISREG(st.st_mode)):
                 plan.ignored.append(f"objects/{fanout.name}/{item.name}")
                 continue
+            plan.objects += 1
+            plan.object_bytes += st.st_size
             if oid in reachable:
                 plan.reachable_objects += 1
             elif st.st_mtime > cutoff:

@@ -712,13 +712,16 @@ class Repository:
             models.append(ModelStatus(manifest.model, manifest.current, len(manifest.versions),
                                       current.size_bytes if current else 0,
                                       sum(v.size_bytes for v in manifest.versions)))
-        count, on_disk = _store_usage(self.layout)
         # Everything no version uses, whatever its age: gc frees it once past the grace period.
+        # The same scan of store/objects also gives the object count and bytes.
         try:
-            reclaimable = gc.plan_gc(self.layout, self.manifests, self.trees, grace=timedelta(0), log_age=None,
-                                     already_read=manifests).bytes
+            plan = gc.plan_gc(self.layout, self.manifests, self.trees, grace=timedelta(0), log_age=None,
+                              already_read=manifests)
+            reclaimable = plan.bytes
+            count, on_disk = plan.objects, plan.object_bytes + _store_usage(self.layout, objects=False)[1]
         except gc.GcRefusedError:
             reclaimable = None  # something is unreadable: 'verify' says what; status still answers
+            count, on_disk = _store_usage(self.layout)
         logical = sum(m.logical_bytes for m in models)
         return Status(models, StoreStatus(count, on_disk, logical, reclaimable))
 
@@ -873,7 +876,7 @@ def _previous(manifest: Manifest) -> str | None:
     return None
 
 
-def _store_usage(layout: Layout) -> tuple[int, int]:
+def _store_usage(layout: Layout, objects: bool = True) -> tuple[int, int]:
     """Objects in the store, and bytes on disk counting each inode once.
 
     Materialized trees are hard links to objects and add nothing; only a tree made of copies
@@ -886,7 +889,8 @@ def _store_usage(layout: Layout) -> tuple[int, int]:
     total = 0
     copied_trees = [layout.trees / name for name in (os.listdir(layout.trees) if layout.trees.is_dir() else [])
                     if not links_objects(layout.trees / name)]
-    for base, counting in ((layout.objects, True), *((t, False) for t in copied_trees), (layout.tmp, False)):
+    bases = ([(layout.objects, True)] if objects else []) + [(t, False) for t in copied_trees] + [(layout.tmp, False)]
+    for base, counting in bases:
         for dirpath, _, files in os.walk(base):
             for name in files:
                 try:
