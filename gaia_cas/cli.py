@@ -179,29 +179,31 @@ def cmd_deploy(args, default_root):
     _emit(args, result.to_json(), _deploy_text(result))
 
 
-def _list_one(repo, model) -> tuple[dict, str]:
+def _list_one(repo, model, as_json: bool) -> tuple[dict | None, str]:
+    """The JSON document or the text of one model's versions -- only the one that is printed."""
     manifest = repo.manifest(model)
-    doc = {"model": manifest.model, "current": manifest.current,
-           "versions": [_version_json(manifest, v) for v in reversed(manifest.versions)]}
+    versions = manifest.versions[::-1]  # newest first
+    if as_json:
+        return {"model": manifest.model, "current": manifest.current,
+                "versions": [_version_json(manifest, v) for v in versions]}, ""
     aliases = f" (alias {', '.join(manifest.config.aliases)})" if manifest.config.aliases else ""
-    head = f"{manifest.model}{aliases}: current {manifest.current or '-'}, {len(manifest.versions)} versions"
-    if not manifest.versions:
-        return doc, head
+    head = f"{manifest.model}{aliases}: current {manifest.current or '-'}, {len(versions)} versions"
+    if not versions:
+        return None, head
     rows = [["", "VERSION", "DEPLOYED", "HASH", "SIZE", "FORMAT", "REASON"]]
-    for v in reversed(manifest.versions):
-        mark = ("*" if v.version == manifest.current else "") + ("!" if v.broken else "")
-        rows.append([mark, v.version, v.created_at[:19].replace("T", " "), v.tree[:12], _mb(v.size_bytes),
-                     v.format, (v.reason or "")[:40]])
-    return doc, head + "\n" + _table(rows, "  ")
+    rows += [[("*" if v.version == manifest.current else "") + ("!" if v.broken else ""), v.version,
+              v.created_at[:19].replace("T", " "), v.tree[:12], _mb(v.size_bytes), v.format, (v.reason or "")[:40]]
+             for v in versions]
+    return None, head + "\n" + _table(rows, "  ")
 
 
 def cmd_list(args, default_root):
     repo = _repo(args, default_root)
     if args.model:
-        doc, text = _list_one(repo, args.model)
+        doc, text = _list_one(repo, args.model, args.json)
         _emit(args, doc, text)
         return
-    parts = [_list_one(repo, m) for m in repo.models()]
+    parts = [_list_one(repo, m, args.json) for m in repo.models()]
     text = "\n\n".join(t for _, t in parts) or "no models yet: deploy one with 'gaia-cas deploy MODEL PATH'"
     _emit(args, {"models": [d for d, _ in parts]}, text)
 
