@@ -66,6 +66,8 @@ class StatCache:
         kept.update(self._seen)
         if len(kept) > MAX_ENTRIES:
             kept = dict(self._seen)
+        if kept == entries:
+            return  # an unchanged redeploy: nothing new to remember, no write
         try:
             write_atomic(self.path, pack(kept))
         except OSError:
