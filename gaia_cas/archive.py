@@ -15,7 +15,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from .atomic import fsync_dir, tmp_name
+from .atomic import atomic_file, tmp_name
 from .errors import InvalidInputError, SourceError
 from .names import entry_name_problem
 
@@ -42,14 +42,13 @@ def legacy_metadata(model: str, version) -> dict:
 
 
 def export_version(repo, model: str, version, output: Path) -> Path:
-    tree_dir = repo._materialize(version.tree)
-    source = tree_dir / version.name if version.name else tree_dir
-    name = artifact_name(version)
+    from .ingest import artifact_path
+
+    source = artifact_path(repo._materialize(version.tree), version.name)
     output = Path(output).absolute()
     if not output.parent.is_dir():
         raise InvalidInputError(f"cannot write {output}: {output.parent} is not a folder")
-    tmp = output.parent / tmp_name(output.name)
-    try:
+    with atomic_file(output) as tmp:
         # dereference: materialized files are hard links to objects, and two files with the same
         # content would otherwise be archived as a link member, which import rightly refuses.
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
@@ -57,15 +56,7 @@ def export_version(repo, model: str, version, output: Path) -> Path:
             info = tarfile.TarInfo("metadata.json")
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
-            tar.add(source, arcname=name, recursive=True, filter=_normalize)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        if tmp.exists():
-            os.unlink(tmp)
-        raise
-    fsync_dir(output.parent)
+            tar.add(source, arcname=artifact_name(version), recursive=True, filter=_normalize)
     return output
 
 

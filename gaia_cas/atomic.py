@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 
 TMP_MARK = ".tmp-"  # every temporary name carries this, so gc can recognise leftovers
@@ -65,18 +66,21 @@ class NotDurableError(OSError):
     """The rename happened (readers see the new file) but the folder could not be fsynced."""
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that readers see old or new, never a mix.
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: int = 0o644):
+    """Yield a temporary path beside ``path``; on a clean exit, make it durable and rename it over
+    ``path`` (then fsync the folder). On an exception the temporary file is removed.
 
     Raises :class:`NotDurableError` if only the final directory fsync failed: the new content is
     in place, which the caller must not report as "nothing happened".
     """
     path = Path(path)
     tmp = path.parent / tmp_name(path.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
     try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
         try:
-            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -88,6 +92,16 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
         fsync_dir(path.parent)
     except OSError as exc:
         raise NotDurableError(exc.errno, exc.strerror, str(path.parent)) from exc
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that readers see old or new, never a mix."""
+    with atomic_file(path, mode) as tmp:
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
 
 
 def replace_symlink(link: str | os.PathLike, target: str) -> None:

@@ -402,10 +402,9 @@ def cmd_import_legacy(args, default_root):
 
 def cmd_export(args, default_root):
     repo = _repo(args, default_root)
-    out = repo.export(args.model, args.version, args.output)
-    manifest, version = repo.show(args.model, args.version)
-    _emit(args, {"model": manifest.model, "version": version.version, "output": str(out)},
-          f"exported {manifest.model} {version.version} to {out}")
+    model, version, out = repo.export(args.model, args.version, args.output)
+    _emit(args, {"model": model, "version": version.version, "output": str(out)},
+          f"exported {model} {version.version} to {out}")
 
 
 def cmd_import(args, default_root):

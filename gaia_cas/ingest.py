@@ -50,7 +50,6 @@ class Built:
     name: str | None  # the file's name for a file artifact
     size: int
     file_count: int
-    new_objects: int = 0
 
 
 def _describe(mode: int) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CorruptionError, NotFoundError
+from .ingest import artifact_path
 from .layout import Layout, find_root
 from .manifest import Manifests, file_token
 
@@ -83,7 +84,7 @@ def resolve(model: str, root: str | os.PathLike | None = None, channel: str = "c
         from .objects import ObjectStore
 
         tree_dir = materialize(layout, ObjectStore(layout), version.tree)
-    path = tree_dir / version.name if version.name else tree_dir
+    path = artifact_path(tree_dir, version.name)
     return Resolved(
         model=name, version=version.version, hash=version.tree, path=path,
         metadata=dict(version.metadata), format=version.format, generation=manifest.generation,

@@ -51,7 +51,6 @@ class DeployResult:
     previous: str | None
     new_objects: int = 0
     dry_run: bool = False
-    created_model: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -322,8 +321,7 @@ class Repository:
             else:
                 number, unchanged = request.explicit or bump(snapshot.highest if snapshot else None, bump_kind), False
             return DeployResult(request.model, number, built.tree, unchanged, None, built.size, fmt,
-                                built.file_count, snapshot.current if snapshot else None, dry_run=True,
-                                created_model=snapshot is None)
+                                built.file_count, snapshot.current if snapshot else None, dry_run=True)
 
         with _translate_store_errors(self.layout), self.objects.staging() as staging:
             built = ingest.stage(staging, request.source, cache)  # the long part: no lock held
@@ -356,7 +354,7 @@ class Repository:
                 + (f" reason={reason!r}" if reason else ""),
             )
         return DeployResult(model, number, built.tree, unchanged, str(ingest.artifact_path(tree_dir, built.name)),
-                            built.size, fmt, built.file_count, previous, new_objects, created_model=snapshot is None)
+                            built.size, fmt, built.file_count, previous, new_objects)
 
     def _deploy_request(self, name, path, bump_kind, version, reason, metadata, force) -> "_DeployRequest":
         """Validate everything a deploy was given, before a single byte is written."""
@@ -741,15 +739,18 @@ class Repository:
         check_text(reason, "--reason")
         return import_legacy(self, path, mapping=mapping, dry_run=dry_run, reason=reason)
 
-    def export(self, name: str, selector: str | None, output) -> Path:
-        """Write one version (default: current) as a tar: the artifact plus metadata.json."""
+    def export(self, name: str, selector: str | None, output) -> tuple[str, Version, Path]:
+        """Write one version (default: current) as a tar: the artifact plus metadata.json.
+
+        Returns the model, the version exported and the archive's path.
+        """
         from .archive import export_version
 
         manifest, version = self.show(name, selector)
         if version.broken:
             raise CorruptionError(f"version {version.version} of '{manifest.model}' is marked broken; not exported")
         with _translate_store_errors(self.layout):
-            return export_version(self, manifest.model, version, output)
+            return manifest.model, version, export_version(self, manifest.model, version, output)
 
     def import_archive(self, path, name: str, **options) -> DeployResult:
         """Validate an exported tar, then deploy its artifact as the model's next version."""

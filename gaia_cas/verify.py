@@ -27,6 +27,7 @@ from datetime import date
 from pathlib import Path
 
 from .errors import GaiaCasError
+from .ingest import artifact_path
 from .objects import hash_file
 from .trees import DIR, MAX_DEPTH, TreeReader
 
@@ -286,7 +287,7 @@ def _check_links(repo, manifest) -> list[Problem]:
                                         "nothing to serve", path=str(link), versions=label))
             continue
         tree = repo.layout.tree_path(version.tree)
-        expected = tree / version.name if version.name else tree
+        expected = artifact_path(tree, version.name)
         if target is None:
             what = "is not a symlink" if os.path.lexists(link) else "is missing"
             problems.append(Problem("link", f"{relative} {what}; it should point at {version.version}",
