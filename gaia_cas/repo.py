@@ -627,16 +627,19 @@ class Repository:
                 old = manifest.channels.get(channel)
                 before = old["version"] if old else None
                 new_link = wanted_link if wanted_link is not None else (old["link"] if old else None)
-                if before != chosen.version or (old and old["link"] != new_link):
+                changed = before != chosen.version or bool(old and old["link"] != new_link)
+                if changed:
                     manifest.channels[channel] = {"version": chosen.version, "link": new_link}
                     record(manifest, "promote", version=chosen.version, before=before, after=chosen.version,
                            at=_now().isoformat(timespec="seconds"), user=user, host=host, reason=reason,
                            details={"channel": channel})
         path = str(ingest.artifact_path(self.layout.tree_path(chosen.tree), chosen.name))
-        if before != chosen.version:
+        if changed:
+            moved = f", link {old_link} -> {links.model_links(self.layout, manifest)[channel]}" \
+                if old_link != links.model_links(self.layout, manifest)[channel] else ""
             self.oplog.write("gaia_cas.channel", f"promoted {model} {chosen.version} to {channel} "
-                             f"(was {before or '-'}) by {user}@{host}" + (f" reason={reason!r}" if reason else ""))
-        return RollbackResult(model, chosen.version, before, before == chosen.version, path)
+                             f"(was {before or '-'}{moved}) by {user}@{host}" + (f" reason={reason!r}" if reason else ""))
+        return RollbackResult(model, chosen.version, before, not changed, path)
 
     def _check_link_free(self, model: str, channel: str, link: str) -> None:
         """The link location is valid and no other model or channel owns it."""

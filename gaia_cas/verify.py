@@ -366,9 +366,10 @@ def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_pr
                 problem.action = "versions marked broken"
     for problem in link_problems:
         problem.action, problem.resolved = "regenerated", True
-    if corrupt or missing or bad_trees:
-        repo.oplog.write("gaia_cas.verify", f"verify --repair: quarantined {len(corrupt)} corrupt objects; "
-                         f"{len(missing)} missing, {len(bad_trees)} unusable trees; affected versions marked broken"
+    actions = [p for p in report.problems if p.action]
+    if actions:
+        repo.oplog.write("gaia_cas.verify", f"verify --repair: {len(actions)} problem(s) acted on: "
+                         + "; ".join(f"{p.kind} {p.oid or p.path or ''} -> {p.action}" for p in actions[:20])
                          + (f" reason={reason!r}" if reason else ""))
 
 

@@ -190,3 +190,20 @@ def test_history_is_stored_as_a_stream_and_decoded_only_when_read(repo, root, tm
         assert "history does not decode" in str(exc)
     run = cli("history", "m")
     assert run.code == 1 and run.err.startswith("gaia-cas: error:") and "history" in run.err
+
+
+def test_moving_only_a_channel_link_is_a_change_and_is_logged(repo, root, tmp_path, cli):
+    repo.deploy("m", make_savedmodel(tmp_path / "s"))
+    assert cli("promote", "m", "1.0", "--to", "staging").code == 0
+    run = cli("promote", "m", "1.0", "--to", "staging", "--link", "srv/staging", "--json")
+    assert run.code == 0 and run.json()["unchanged"] is False
+    assert (root / "srv" / "staging" / "saved_model.pb").is_file()
+    assert any("link models/m/staging -> srv/staging" in line for line in repo.logs(10))
+
+
+def test_verify_repair_logs_what_it_did_even_for_links_only(repo, root, tmp_path, cli):
+    repo.deploy("m", make_savedmodel(tmp_path / "s"))
+    os.unlink(root / "models" / "m" / "current")
+    assert cli("verify", "--repair", "--reason", "after the outage").code == 0
+    line = [l for l in repo.logs(10) if "gaia_cas.verify" in l][-1]
+    assert "link" in line and "regenerated" in line and "after the outage" in line
