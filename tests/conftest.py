@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import signal
 import stat
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,3 +148,34 @@ def snapshot(root: Path) -> dict[str, tuple]:
                     digest = hashlib.sha256(f.read()).hexdigest()
                 result[rel] = ("file", stat.S_IMODE(st.st_mode), digest)
     return result
+
+
+# -- real processes and safety nets ----------------------------------------------------------
+
+@contextmanager
+def lock_held_elsewhere(lock_path: Path):
+    """Another real process holds the filelock at ``lock_path`` for the duration of the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire();"
+         "print('held', flush=True); time.sleep(60)", str(lock_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+@pytest.fixture
+def no_hang():
+    """Safety net for FIFO cases: a regression that blocks on a FIFO fails instead of hanging."""
+
+    def hung(signum, frame):
+        raise AssertionError("blocked (on a FIFO?) for 30 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import CHECKOUT, assert_one_line_error, make_savedmodel, snapshot
+from conftest import CHECKOUT, assert_one_line_error, lock_held_elsewhere, make_savedmodel, snapshot
 
 ZERO = timedelta(0)
 
@@ -235,16 +235,8 @@ def test_nightly_script_fails_when_one_model_cannot_be_cleaned(repo, root, tmp_p
     for variant in range(5):
         make_savedmodel(src, variant)
         repo.deploy("m", src)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire();"
-         "print('held', flush=True); time.sleep(60)", str(root / "manifests" / "m.lock")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(root / "manifests" / "m.lock"):
         proc = subprocess.run([sys.executable, str(CHECKOUT / "bin" / "gaia-cas-nightly"), "--root", str(root),
                                "--lock-timeout", "0.3"], capture_output=True, text=True, timeout=120,
                               stdin=subprocess.DEVNULL)
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
     assert proc.returncode == 1 and "Retention FAILED for m" in proc.stdout

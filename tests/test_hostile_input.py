@@ -67,18 +67,6 @@ NOBODY = 65534
 
 # -- helpers ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def no_hang():
-    """Safety net for FIFO cases: a regression that opens a FIFO fails instead of hanging."""
-
-    def hung(signum, frame):
-        raise AssertionError("blocked (on a FIFO?) for 30 s")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(30)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

@@ -32,18 +32,6 @@ OID_B = "fedcba9876543210fedcba9876543210"
 
 # -- helpers ----------------------------------------------------------------------------------
 
-@pytest.fixture
-def no_hang():
-    """Safety net for FIFO tests: a regression that blocks on a FIFO fails instead of hanging."""
-
-    def hung(signum, frame):
-        raise AssertionError("blocked (on a FIFO?) for 30 s")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(30)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def objects_under(root: Path) -> dict[str, Path]:

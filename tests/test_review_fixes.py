@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tarfile
 
-from conftest import make_savedmodel
+from conftest import lock_held_elsewhere, make_savedmodel
 import gaia_cas
 
 
@@ -101,24 +101,13 @@ def test_deploy_all_reports_each_failure_and_still_deploys_the_others(cli, tmp_p
 
 
 def test_cleanup_all_reports_a_locked_model_and_cleans_the_others(cli, repo, root, tmp_path):
-    import subprocess
-    import sys
-
     for model in ("a", "b"):
         src = tmp_path / f"src-{model}"
         for variant in range(3):
             make_savedmodel(src, variant)
             repo.deploy(model, src)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire();"
-         "print('held', flush=True); time.sleep(60)", str(root / "manifests" / "a.lock")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(root / "manifests" / "a.lock"):
         run = cli("--lock-timeout", "0.3", "cleanup", "all", "--keep", "1")
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
     assert run.code == 1 and "cleanup of a failed" in run.err and "a.lock" in run.err
     assert [v.version for v in repo.manifest("b").versions] == ["1.2.0"]
     assert len(repo.manifest("a").versions) == 3
