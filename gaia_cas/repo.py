@@ -375,12 +375,10 @@ class Repository:
                 raise InvalidInputError(f"model '{model}' has no default source: give a PATH or set one with "
                                         f"'gaia-cas model set {model} --source PATH'")
             path = snapshot.config.source
-        config = snapshot.config if snapshot else ModelConfig()
-        if snapshot is not None:
-            snapshot.versions  # decoded and checked in full now: a bad manifest fails before any write
         if snapshot is None:
             self._check_link_free(model, "current", self.layout.default_link(model))
         else:
+            snapshot.versions  # decoded and checked in full now: a bad manifest fails before any write
             self._check_link_locations(snapshot)
         if explicit is not None and snapshot is not None and explicit in snapshot.assigned():
             raise InvalidInputError(f"version {explicit} of '{model}' was already assigned; "
@@ -530,8 +528,6 @@ class Repository:
         that both plans remove go: a version that became current or pinned meanwhile, or a new
         deploy, is never removed by a plan made before it. Objects are left to gc.
         """
-        from .retention import plan_model
-
         check_text(reason, "--reason")
         now = _now()
         plans = self.plan_cleanup(names, keep=keep, older_than=older_than, now=now)
