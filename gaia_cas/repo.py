@@ -308,11 +308,11 @@ class Repository:
         if source_label is not None:
             request = replace(request, label=source_label)
         snapshot = request.snapshot
-        from . import formats  # zipfile and friends: only deploys pay for them
-
         # A temporary extraction (source_label set) would only fill the cache with dead entries.
         cache = StatCache(self.layout.store / "statcache.msgpack") if source_label is None else None
         if dry_run:
+            from . import formats
+
             built = ingest.hash_only(request.source, cache)
             fmt = formats.detect(request.source)
             current = snapshot.current_version() if snapshot else None
@@ -325,15 +325,17 @@ class Repository:
 
         with _translate_store_errors(self.layout), self.objects.staging() as staging:
             built = ingest.stage(staging, request.source, cache)  # the long part: no lock held
-            fmt = formats.detect(request.source)
             current = snapshot.current_version() if snapshot else None
             if (current is not None and current.tree == built.tree and not force and not current.broken
                     and self.manifests.token(request.model) == request.token):
                 # Identical to the current version of a manifest that has not changed since it
                 # was read: a true answer as of that read, with no lock, barrier or install.
                 number, unchanged, previous, new_objects = current.version, True, current.version, 0
-                tree_dir = self.layout.tree_path(built.tree)
+                tree_dir, fmt = self.layout.tree_path(built.tree), current.format
             else:
+                from . import formats  # zipfile and friends: only deploys that commit pay for them
+
+                fmt = formats.detect(request.source)
                 with self._writing():  # from here to the commit, gc waits (the store barrier)
                     new_objects = staging.install()
                     tree_dir = self._materialize(built.tree)
