@@ -28,7 +28,7 @@ from .atomic import TMP_MARK
 from .errors import CorruptionError, GaiaCasError
 from .layout import Layout
 from .locking import try_flock_dir
-from .manifest import Manifest, Manifests
+from .manifest import Manifest, Manifests, moment
 from .materialize import links_objects, remove_tree, retire_tree
 from .names import is_oid
 from .oplog import log_files
@@ -141,13 +141,7 @@ def protected_trees(manifests: list[Manifest], now: datetime, grace: timedelta) 
     for manifest in manifests:
         names = set(manifest.channel_versions().values())  # current and every channel
         for event in (manifest.events_newest_first() if grace > timedelta(0) else ()):
-            try:
-                at = datetime.fromisoformat(event.at)
-            except ValueError:
-                at = now
-            if at.tzinfo is None:
-                at = at.astimezone()
-            if at < cutoff:
+            if moment(event.at) < cutoff:
                 break
             names.update(v for v in (event.before, event.after) if v)
         for name in names:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import formats, ingest
 from .errors import InvalidInputError, SourceError
-from .manifest import Version, record
+from .manifest import Version, moment, record
 from .names import check_model_name, check_text
 from .versions import format_version, version_key
 
@@ -254,7 +254,7 @@ def _commit(repo, plan, built, user, host, reason, now) -> None:
                 manifest.highest = v.assigned
             record(manifest, "import", version=v.assigned, before=manifest.current, at=at, user=user, host=host,
                    reason=reason, details={"legacy_folder": str(v.folder), "legacy": v.label, "notes": v.notes})
-        manifest.versions.sort(key=lambda x: datetime.fromisoformat(x.created_at))
+        manifest.versions.sort(key=lambda x: moment(x.created_at))
         if had_current is None:
             chosen = labels[current_label].assigned if current_label else (plan.versions[-1].assigned if plan.versions else None)
             if current_label is None and plan.versions:

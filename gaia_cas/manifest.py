@@ -16,6 +16,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from .atomic import NotDurableError, write_atomic
@@ -206,6 +207,16 @@ class Manifest:
         numbers = set(self.version_numbers())
         numbers.update(e.version for e in self.history if e.version and e.action in ("deploy", "import"))
         return numbers
+
+
+def moment(text: str) -> datetime:
+    """A stored ISO time as an aware datetime. An unreadable one counts as the newest possible,
+    so every age rule (retention, gc's grace) errs on the side of keeping."""
+    try:
+        value = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return datetime.max.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo is not None else value.astimezone()
 
 
 # -- codec -----------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from .errors import InvalidInputError
-from .manifest import Manifest
+from .manifest import Manifest, moment
 
 DEFAULT_KEEP = 3
 _AGE_RE = re.compile(r"(\d+)\s*([smhdw])")
@@ -109,17 +109,7 @@ def plan_model(manifest: Manifest, policy: Policy, now: datetime) -> ModelPlan:
             reasons.append("pinned")
         if rank < policy.keep:
             reasons.append(f"newest {policy.keep}")
-        if cutoff is not None and _created(version.created_at) > cutoff:
+        if cutoff is not None and moment(version.created_at) > cutoff:
             reasons.append(f"younger than {policy.keep_within}")
         decisions.append(VersionDecision(version.version, version.created_at, version.size_bytes, reasons))
     return ModelPlan(manifest.model, policy, decisions)
-
-
-def _created(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return datetime.max.replace(tzinfo=timezone.utc)  # unreadable time: treat as new, keep it
-    if moment.tzinfo is None:
-        moment = moment.astimezone()
-    return moment

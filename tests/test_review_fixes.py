@@ -196,3 +196,20 @@ def test_verify_repair_logs_what_it_did_even_for_links_only(repo, root, tmp_path
     assert cli("verify", "--repair", "--reason", "after the outage").code == 0
     line = [l for l in repo.logs(10) if "gaia_cas.verify" in l][-1]
     assert "link" in line and "regenerated" in line and "after the outage" in line
+
+
+def test_an_unreadable_timestamp_is_kept_by_every_age_rule(repo, tmp_path):
+    from datetime import datetime, timedelta
+
+    src = tmp_path / "s"
+    for variant in range(3):
+        make_savedmodel(src, variant)
+        repo.deploy("m", src)
+    with repo.manifests.edit("m") as manifest:
+        from gaia_cas.manifest import record
+
+        manifest.versions[0].created_at = "not a time"
+        record(manifest, "model-set", version=None, before=manifest.current, at="x", user="t", host="t", reason=None)
+    later = datetime.now().astimezone() + timedelta(days=10)
+    plan = repo.plan_cleanup(["m"], keep=0, older_than="1d", now=later)[0]
+    assert plan.remove == ["1.1.0"]  # 1.0.0's age is unknown: kept; 1.2.0 is current
