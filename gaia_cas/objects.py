@@ -17,7 +17,7 @@ from pathlib import Path
 
 import xxhash
 
-from .atomic import fsync_dir, sync_filesystem, tmp_name, write_all
+from .atomic import fsync_dir, start_writeback, sync_filesystem, tmp_name, write_all
 from .errors import CorruptionError, SourceError, StoreError
 from .names import check_oid
 from .layout import Layout
@@ -25,6 +25,7 @@ from .locking import try_flock_dir
 
 CHUNK = 1 << 20  # 1 MiB: large enough for ~6 GiB/s hashing, small enough to bound memory
 READ_ONLY = 0o444
+WRITEBACK_STEP = 8 << 20  # start the disk on every 8 MiB a large file stages, not only at its end
 
 
 def new_hasher():
@@ -144,11 +145,17 @@ class Staging:
         hasher = new_hasher()
         size = 0
         path, fd = self._new_tmp()
+        flushed = 0
         try:
             while n := _read_source(src, self._buffer, label):
                 hasher.update(view[:n])
                 write_all(fd, view[:n])
                 size += n
+                if size - flushed >= WRITEBACK_STEP:
+                    start_writeback(fd, flushed, size - flushed)
+                    flushed = size
+            if size > flushed:
+                start_writeback(fd, flushed, size - flushed)
             oid = hasher.hexdigest()
         finally:
             os.close(fd)
