@@ -7,16 +7,16 @@ imported by the commands that need them, so ``gaia-cas --version`` starts fast.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from .errors import GaiaCasError
-from .parser import PROG, build_parser
+from .parser import PROG, build_parser, command_in
 
 
 def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=command_in(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
@@ -73,9 +73,15 @@ def _repo(args, default_root):
     return repo
 
 
+def _dumps(value, **options) -> str:
+    import json  # only output that shows JSON pays for it
+
+    return json.dumps(value, **options)
+
+
 def _emit(args, document, text: str) -> None:
     if args.json:
-        print(json.dumps(document, indent=2, sort_keys=False))
+        print(_dumps(document, indent=2, sort_keys=False))
     elif text:
         print(text)
 
@@ -136,7 +142,7 @@ def cmd_model(args, default_root):
            "metadata": config.metadata, "retention": config.retention}
     lines = [f"model    {model}", f"aliases  {', '.join(config.aliases) or '-'}",
              f"source   {config.source or '-'}", f"link     {link}"]
-    lines += [f"meta     {k} = {json.dumps(v)}" for k, v in config.metadata.items()]
+    lines += [f"meta     {k} = {_dumps(v)}" for k, v in config.metadata.items()]
     if config.retention:
         lines.append(f"keep     newest {config.retention.get('keep', 3)}"
                      + (f", younger than {config.retention['keep_within']}" if config.retention.get("keep_within") else ""))
@@ -243,7 +249,7 @@ def cmd_show(args, default_root):
     manifest, version = repo.show(args.model, args.version)
     doc = {"model": manifest.model, **_version_json(manifest, version)}
     rows = [[k, "" if v is None else str(v)] for k, v in doc.items() if k != "metadata"]
-    rows += [[f"metadata.{k}", json.dumps(v)] for k, v in version.metadata.items()]
+    rows += [[f"metadata.{k}", _dumps(v)] for k, v in version.metadata.items()]
     _emit(args, doc, _table(rows))
 
 
@@ -374,7 +380,7 @@ def cmd_diff(args, default_root):
     lines += [f"  + {p}  ({s} bytes)" for p, s in d.added]
     lines += [f"  - {p}  ({s} bytes)" for p, s in d.removed]
     lines += [f"  ~ {p}  ({sa} -> {sb} bytes)" for p, sa, sb in d.changed]
-    lines += [f"  metadata.{k}: {json.dumps(va)} -> {json.dumps(vb)}" for k, (va, vb) in d.metadata.items()]
+    lines += [f"  metadata.{k}: {_dumps(va)} -> {_dumps(vb)}" for k, (va, vb) in d.metadata.items()]
     if len(lines) == 1:
         lines.append("  identical")
     _emit(args, d.to_json(), "\n".join(lines))

@@ -49,7 +49,48 @@ def _common(parser, top):
                              "(default $GAIA_CAS_LOCK_TIMEOUT, else 30)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unused:
+    """Stands in for the parser of a command this run does not use: argparse's set-up of twenty
+    subcommands costs more than everything an unchanged redeploy does with its files."""
+
+    required = False
+
+    def add_argument(self, *args, **kwargs):
+        return None
+
+    def add_subparsers(self, *args, **kwargs):
+        return self
+
+    def add_parser(self, *args, **kwargs):
+        return self
+
+
+_TOP_FLAGS = {"--version", "--json", "-v", "--verbose", "-h", "--help"}
+_TOP_VALUED = {"--root", "--lock-timeout"}
+
+
+def command_in(argv) -> str | None:
+    """The subcommand named by ``argv`` when that is certain, else None (then build them all).
+
+    Only the exact spellings of the top-level options are skipped; anything else before the
+    command (an abbreviation, a typo) leaves the decision, and its error message, to the full parser.
+    """
+    args = iter(argv)
+    for arg in args:
+        if arg in _TOP_FLAGS or any(arg.startswith(flag + "=") for flag in _TOP_VALUED):
+            if arg in ("-h", "--help", "--version"):
+                return None
+            continue
+        if arg in _TOP_VALUED:
+            next(args, None)
+            continue
+        return None if arg.startswith("-") else arg
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (``only``) the top level plus one subcommand, which parses that
+    subcommand's arguments exactly as the whole one would."""
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_LazyVersion, help="print the version and exit")
@@ -57,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name, help, **kwargs):
+        if only is not None and name != only:
+            return _Unused()
         p = sub.add_parser(name, help=help, description=help, **kwargs)
         _common(p, top=False)
         return p
@@ -188,4 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")
 
     command("demo", "deploy the bundled sample models (a SavedModel folder and a joblib file) and show them")
+    if only is not None and only not in sub.choices:
+        return build_parser()  # not a command: the full parser lists the choices in its error
     return parser

@@ -138,13 +138,12 @@ def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
 
 def _who() -> tuple[str, str]:
     import getpass
-    import socket
 
     try:
         user = getpass.getuser()
     except Exception:  # no passwd entry and no $USER: fall back to the uid
         user = str(os.getuid())
-    return user, socket.gethostname()
+    return user, os.uname().nodename  # gethostname(), without the 3 ms import of socket
 
 
 def _now() -> datetime:

@@ -238,3 +238,45 @@ def test_model_add_set_show(cli, tmp_path, root):
     assert cli("model", "set", "ssd", "--link", "srv/ssd").code == 0
     assert (root / "srv" / "ssd" / "saved_model.pb").is_file()
     assert not os.path.lexists(root / "api" / "models" / "dl_model" / "current")
+
+
+LAZY_PARSE_CASES = [
+    ["deploy", "ssd", "/x", "--reason", "r", "--meta", "a=1", "--json"],
+    ["--json", "--root", "deploy", "list"],  # "deploy" is --root's value: the command is list
+    ["--root=/r", "-v", "rollback", "ssd", "previous"],
+    ["--lock-timeout", "3", "model", "set", "ssd", "--keep", "4"],
+    ["gc", "--grace", "0s", "--dry-run"],
+    ["status"],
+    ["verify", "--sample", "5", "ssd"],
+]
+
+
+@pytest.mark.parametrize("argv", LAZY_PARSE_CASES, ids=lambda a: " ".join(a))
+def test_one_command_parser_parses_exactly_like_the_full_one(argv):
+    from gaia_cas.parser import build_parser, command_in
+
+    only = command_in(argv)
+    assert only is not None and only == build_parser().parse_args(argv).command
+    assert vars(build_parser(only=only).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [["--ro", "/r", "list"], ["-x", "list"], ["--help"], ["--version"], [],
+                                  ["--root"], ["--json"]])
+def test_unsure_command_lines_get_the_full_parser(argv):
+    from gaia_cas.parser import command_in
+
+    assert command_in(argv) is None
+
+
+@pytest.mark.parametrize("argv", [["deploy"], ["deploy", "ssd", "--bogus"], ["rollback", "ssd"], ["lst"]])
+def test_one_command_parser_rejects_like_the_full_one(argv, capsys):
+    from gaia_cas.parser import build_parser, command_in
+
+    outcomes = []
+    for parser in (build_parser(only=command_in(argv)), build_parser()):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(argv)
+        outcomes.append((exc.value.code, capsys.readouterr().err))
+    assert outcomes[0] == outcomes[1] and outcomes[0][0] == 2
+    if argv == ["lst"]:
+        assert "invalid choice" in outcomes[0][1] and "deploy" in outcomes[0][1]  # every choice listed
