@@ -156,11 +156,20 @@ def _deploy_text(result) -> str:
         return (f"{result.model}: would deploy {result.version} ({_files(result.file_count)}, "
                 f"{_mb(result.size_bytes)}, {result.format}, hash {result.hash}); nothing written (dry run)")
     if result.unchanged:
-        return (f"{result.model}: unchanged (identical to current version {result.version}, hash {result.hash[:12]}); "
+        text = (f"{result.model}: unchanged (identical to current version {result.version}, hash {result.hash[:12]}); "
                 "nothing deployed (--force deploys it anyway)")
-    return (f"deployed {result.model} {result.version}  hash {result.hash[:12]}  {result.file_count} files  "
-            f"{_mb(result.size_bytes)}  {result.format}  {result.new_objects} new objects\n"
-            f"  current: {result.previous or '-'} -> {result.version}")
+    else:
+        text = (f"deployed {result.model} {result.version}  hash {result.hash[:12]}  {result.file_count} files  "
+                f"{_mb(result.size_bytes)}  {result.format}  {result.new_objects} new objects\n"
+                f"  current: {result.previous or '-'} -> {result.version}")
+    if result.consumed is not None:
+        c = result.consumed
+        text += (f"\n  source consumed: {c['linked']} of {result.file_count} files linked into the store "
+                 f"(the rest copied), {c['removed']} removed")
+        if c["left"]:
+            text += f"; kept (added or changed during the deploy): {', '.join(c['left'][:5])}"
+            text += f" and {len(c['left']) - 5} more" if len(c["left"]) > 5 else ""
+    return text
 
 
 def cmd_deploy(args, default_root):
@@ -168,7 +177,7 @@ def cmd_deploy(args, default_root):
 
     repo = _repo(args, default_root)
     options = dict(bump_kind=args.bump, version=args.set_version, reason=args.reason,
-                   metadata=parse_meta(args.meta), force=args.force, dry_run=args.dry_run)
+                   metadata=parse_meta(args.meta), force=args.force, dry_run=args.dry_run, consume=args.consume)
     if args.model in ("all", "both"):
         if args.path is not None:
             from .errors import InvalidInputError

@@ -146,15 +146,30 @@ def _open_regular(path: str):
 
 
 class _Builder:
-    """Builds the tree bottom-up, either storing (staging given) or only hashing (dry run)."""
+    """Builds the tree bottom-up, either storing (staging given) or only hashing (dry run).
 
-    def __init__(self, stage=None, cache=None):
+    With ``consume``, files are taken into staging by hard link where possible (no bytes copied),
+    and :attr:`taken` records the identity of every source file, for :func:`consume_source`.
+    """
+
+    def __init__(self, stage=None, cache=None, consume=False):
         self.stage = stage
         self.cache = cache
+        self.consume = consume
         self.buffer = bytearray(CHUNK)
         self.file_count = 0
+        self.taken: dict[str, tuple] = {}
+        self.linked = 0
 
     def file(self, node: _File) -> tuple[str, int]:
+        if self.consume and self.stage is not None and node.stat is not None:
+            linked = self.stage.add_link(node.path, node.stat)
+            if linked is not None:
+                oid, size, st = linked
+                self.taken[node.path] = _identity(st)
+                self.linked += 1
+                self.file_count += 1
+                return oid, size
         if self.cache is not None and node.stat is not None:
             oid = self.cache.lookup(node.path, node.stat)
             if oid is not None:
@@ -168,6 +183,8 @@ class _Builder:
                 oid, size = self.stage.add_stream(src, node.path)
             else:
                 oid, size = hash_stream(src, self.buffer)
+            if self.consume:
+                self.taken[node.path] = _identity(os.fstat(src.fileno()))
         if size != node.size:
             raise SourceError(f"{node.path} changed while it was being deployed ({node.size} bytes, then {size})")
         if self.cache is not None and node.stat is not None:
@@ -201,14 +218,114 @@ class _Builder:
         return Built(tree, DIRECTORY_ARTIFACT, None, size, self.file_count)
 
 
-def stage(staging, source: str | os.PathLike, cache=None) -> Built:
+def stage(staging, source: str | os.PathLike, cache=None, consume: "Consumption | None" = None) -> Built:
     """Scan ``source`` and stream it into ``staging``; nothing reaches store/objects yet.
 
     With a stat cache, files whose stat is unchanged are not read again: their oid comes from
     the cache, and the staging area checks at install time that the object is still stored.
+    With ``consume`` (from :func:`plan_consumption`), files are linked rather than copied where
+    the filesystem allows, and ``consume`` learns which source files to delete after the commit.
     """
     node = scan(source)
-    return _Builder(staging, cache).artifact(node)
+    builder = _Builder(staging, cache, consume is not None)
+    built = builder.artifact(node)
+    if consume is not None:
+        consume.taken, consume.linked = builder.taken, builder.linked
+    return built
+
+
+# -- deploy --consume: the source is handed over to the store ------------------------------------
+
+def _identity(st: os.stat_result) -> tuple:
+    """What must still match for a source file to be the one whose bytes were stored."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass
+class Consumption:
+    """A source to be deleted once its content is committed: its path, and what was taken."""
+    source: str
+    taken: dict[str, tuple] = field(default_factory=dict)
+    linked: int = 0
+    removed: int = 0
+    left: list[str] = field(default_factory=list)
+
+
+def plan_consumption(source: str | os.PathLike, store_dir: str | os.PathLike) -> Consumption:
+    """Check, before anything is written, that ``source`` can be handed over and deleted.
+
+    Refused: a source inside the store (its files are objects and materialized trees), and a
+    source whose folders (or whose parent) this user cannot modify -- deleting it afterwards
+    would fail half way.
+    """
+    path = os.path.abspath(source)
+    real, store = os.path.realpath(path), os.path.realpath(store_dir)
+    if real == store or real.startswith(store + os.sep) or store.startswith(real + os.sep):
+        raise SourceError(f"cannot consume {path}: it is or holds the store itself; deploy it without --consume")
+    node = scan(path)
+    folders = [os.path.dirname(path)]
+    if isinstance(node, _Dir):
+        stack = [node]
+        while stack:
+            folder = stack.pop()
+            folders.append(folder.path)
+            stack.extend(c for c in folder.children.values() if isinstance(c, _Dir))
+    for folder in folders:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SourceError(f"cannot consume {path}: no permission to delete files in {folder}")
+    return Consumption(path)
+
+
+def consume_source(consumption: Consumption) -> Consumption:
+    """Delete the source of a committed deploy: every file whose bytes were stored, then the
+    folders left empty. A file added or changed since it was read is kept and listed in
+    ``left``, and so is every folder that still holds something.
+
+    The source folder is first renamed to a hidden sibling, so that an interrupted deletion
+    leaves no half-deleted model under the original name to be deployed again by mistake.
+    """
+    path = consumption.source
+    if not os.path.isdir(path) or os.path.islink(path):
+        if _same(path, consumption.taken.get(path)):
+            os.unlink(path)
+            consumption.removed += 1
+        elif os.path.lexists(path):
+            consumption.left.append(path)
+        return consumption
+    parent, name = os.path.split(path)
+    doomed = os.path.join(parent, f".{name}.gaia-cas-consumed-{os.urandom(4).hex()}")
+    os.rename(path, doomed)
+    for dirpath, dirnames, filenames in os.walk(doomed, topdown=False):
+        for file_name in filenames:
+            full = os.path.join(dirpath, file_name)
+            original = path + full[len(doomed):]
+            if _same(full, consumption.taken.get(original)):
+                os.unlink(full)
+                consumption.removed += 1
+            else:
+                consumption.left.append(original)
+        for dir_name in dirnames:
+            try:
+                os.rmdir(os.path.join(dirpath, dir_name))
+            except OSError:
+                pass  # still holds something kept above
+    try:
+        os.rmdir(doomed)
+    except OSError:
+        try:
+            os.rename(doomed, path)  # something was kept: give it back under its own name
+        except OSError:  # the name was taken again meanwhile: leave the rest where it is
+            consumption.left.append(doomed)
+    return consumption
+
+
+def _same(path: str, identity: tuple | None) -> bool:
+    if identity is None:
+        return False
+    try:
+        return _identity(os.lstat(path)) == identity
+    except FileNotFoundError:
+        return False
 
 
 def hash_only(source: str | os.PathLike, cache=None) -> Built:

@@ -134,10 +134,55 @@ class Staging:
     def __exit__(self, *exc) -> None:
         self.discard()
 
-    def _new_tmp(self) -> tuple[str, int]:
+    def _new_name(self) -> str:
         self._counter += 1
-        path = f"{self.dir}/{self._counter}"
+        return f"{self.dir}/{self._counter}"
+
+    def _new_tmp(self) -> tuple[str, int]:
+        path = self._new_name()
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def add_link(self, source: str, scanned: os.stat_result) -> tuple[str, int, os.stat_result] | None:
+        """Take ``source`` into staging by hard link instead of a copy (``deploy --consume``).
+
+        The staged name and the source then share one inode, which is hashed through the staged
+        name. Returns (oid, size, the file's stat after hashing), or None when the file cannot
+        be taken without a copy: another filesystem, another owner, or a file with other names
+        already (a second name could rewrite the object later). The caller copies those.
+        """
+        if scanned.st_nlink != 1 or (scanned.st_uid != os.geteuid() and os.geteuid() != 0):
+            return None
+        path = self._new_name()
+        try:
+            os.link(source, path)  # link() does not follow a symlink swapped in since the scan
+        except FileNotFoundError:
+            raise SourceError(f"{source} vanished while it was being deployed") from None
+        except OSError as exc:
+            if exc.errno in _NO_HARD_LINKS:
+                return None
+            raise SourceError(f"cannot take {source} into the store: {exc.strerror}") from None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            os.unlink(path)
+            raise SourceError(f"{source} changed while it was being deployed (no longer a regular file)") from None
+        try:
+            before = os.fstat(fd)
+            if (not stat.S_ISREG(before.st_mode) or (before.st_dev, before.st_ino) != (scanned.st_dev, scanned.st_ino)
+                    or before.st_nlink != 2):
+                os.unlink(path)
+                raise SourceError(f"{source} changed while it was being deployed (replaced by another file)")
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as src:
+                oid, size = hash_stream(src, self._buffer)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (size, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (before.st_size, before.st_size,
+                                                                          before.st_mtime_ns, before.st_ctime_ns):
+            os.unlink(path)
+            raise SourceError(f"{source} changed while it was being deployed (written to while it was hashed)")
+        self._keep(oid, path)
+        return oid, size, after
 
     def add_stream(self, src, label: str = "the source") -> tuple[str, int]:
         """Copy an open binary file into staging while hashing it: one read, one write."""

@@ -143,6 +143,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--meta", action="append", metavar="K=V", help="metadata for this version (repeatable)")
     p.add_argument("--force", action="store_true", help="deploy even if identical to the current version")
     p.add_argument("--dry-run", action="store_true", help="report what would happen; write nothing")
+    p.add_argument("--consume", action="store_true",
+                   help="hand the source over: hard-link its files into the store instead of copying them "
+                        "(same filesystem), then delete the source once the deploy has committed")
     reason(p)
 
     p = command("list", "list versions, newest first, the current one marked")

@@ -51,13 +51,14 @@ class DeployResult:
     previous: str | None
     new_objects: int = 0
     dry_run: bool = False
+    consumed: dict | None = None  # deploy --consume: {"linked", "removed", "left"}
 
     def to_json(self) -> dict:
         return {
             "model": self.model, "version": self.version, "hash": self.hash,
             "unchanged": self.unchanged, "path": self.path, "size_bytes": self.size_bytes,
             "format": self.format, "file_count": self.file_count, "previous": self.previous,
-            "new_objects": self.new_objects, "dry_run": self.dry_run,
+            "new_objects": self.new_objects, "dry_run": self.dry_run, "consumed": self.consumed,
         }
 
 
@@ -297,18 +298,23 @@ class Repository:
 
     def deploy(self, name: str, path: str | os.PathLike | None = None, *, bump_kind: str = "minor",
                version: str | None = None, reason: str | None = None, metadata: dict | None = None,
-               force: bool = False, dry_run: bool = False, source_label: str | None = None) -> DeployResult:
+               force: bool = False, dry_run: bool = False, source_label: str | None = None,
+               consume: bool = False) -> DeployResult:
         """Deploy a file or folder as the model's next version and make it current.
 
         ``source_label`` is what the version records as its source when ``path`` is only a
-        temporary extraction (import of an archive).
+        temporary extraction (import of an archive). ``consume`` hands the source over: its
+        files are hard-linked into the store instead of copied where the filesystem allows,
+        and the source is deleted once the deploy has committed (see README, deploy --consume).
         """
         request = self._deploy_request(name, path, bump_kind, version, reason, metadata, force)
         if source_label is not None:
             request = replace(request, label=source_label)
         snapshot = request.snapshot
-        # A temporary extraction (source_label set) would only fill the cache with dead entries.
-        cache = StatCache(self.layout.store / "statcache.msgpack") if source_label is None else None
+        consumption = ingest.plan_consumption(request.source, self.layout.store) if consume else None
+        # A temporary extraction (source_label set) would only fill the cache with dead entries,
+        # and so would a consumed source, which is gone after the deploy.
+        cache = StatCache(self.layout.store / "statcache.msgpack") if source_label is None and not consume else None
         if dry_run:
             from . import formats
 
@@ -323,7 +329,7 @@ class Repository:
                                 built.file_count, snapshot.current if snapshot else None, dry_run=True)
 
         with _translate_store_errors(self.layout), self.objects.staging() as staging:
-            built = ingest.stage(staging, request.source, cache)  # the long part: no lock held
+            built = ingest.stage(staging, request.source, cache, consumption)  # the long part: no lock held
             current = snapshot.current_version() if snapshot else None
             if (current is not None and current.tree == built.tree and not force and not current.broken
                     and self.manifests.token(request.model) == request.token):
@@ -341,8 +347,14 @@ class Repository:
                     number, unchanged, previous = self._commit_deploy(request, built, fmt)
         if cache is not None:
             cache.save(str(request.source))
-
         model, source = request.model, request.source
+        consumed = None
+        if consumption is not None:  # committed (or already current): the store holds every byte
+            ingest.consume_source(consumption)
+            consumed = {"linked": consumption.linked, "removed": consumption.removed, "left": consumption.left}
+            self.oplog.write("gaia_cas.deploy", f"consumed {source} for {model}: {consumption.linked} files linked "
+                             f"into the store, {consumption.removed} removed, {len(consumption.left)} left")
+
         if unchanged:
             self.oplog.write("gaia_cas.deploy", f"{model}: {source} is identical to current version {number} "
                              f"({built.tree}); nothing deployed")
@@ -355,7 +367,7 @@ class Repository:
                 + (f" reason={reason!r}" if reason else ""),
             )
         return DeployResult(model, number, built.tree, unchanged, str(ingest.artifact_path(tree_dir, built.name)),
-                            built.size, fmt, built.file_count, previous, new_objects)
+                            built.size, fmt, built.file_count, previous, new_objects, consumed=consumed)
 
     def _deploy_request(self, name, path, bump_kind, version, reason, metadata, force) -> "_DeployRequest":
         """Validate everything a deploy was given, before a single byte is written."""
