@@ -16,7 +16,7 @@ import pytest
 from conftest import CHECKOUT
 
 MEASURED = ("cp", "cp_sync", "deploy_new", "redeploy_unchanged", "redeploy_small", "redeploy_large",
-            "rollback_base", "rollback", "list", "status", "gc", "python_startup", "cli_startup")
+            "rollback_base", "rollback", "list", "status", "gc", "python_startup", "cli_startup", "deploy_consume")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_bench_prints_the_table_with_ratios_to_cp_and_the_targets(tiny_run):
     out = proc.stdout
     header = next(line for line in out.splitlines() if line.startswith("operation"))
     assert "median" in header and "vs cp -r" in header
-    for label in ("cp -r && sync", "deploy, new content", "redeploy, unchanged", "rollback at 300 versions",
+    for label in ("cp -r && sync", "deploy, new content", "deploy --consume, new content", "redeploy, unchanged", "rollback at 300 versions",
                   "rollback at 100 versions", "list at 300 versions", "gaia-cas --version", "deploy peak RSS"):
         assert label in out, label
     assert "scaling" in out and "4x" in out
@@ -65,3 +65,30 @@ def test_bench_writes_json_with_every_measurement_and_cleans_up(tiny_run):
     assert [row["factor"] for row in doc["scaling"]] == [1, 2, 4]
     assert all(isinstance(t["pass"], bool) and {"target", "value", "limit"} <= set(t) for t in doc["targets"])
     assert list(work.iterdir()) == []  # the scratch folder it made inside --workdir is gone
+
+
+def test_targets_use_run_by_run_ratios_and_compare_dvc_mode_for_mode(tmp_path):
+    """The arithmetic behind the verdicts, on made-up samples (no timing involved)."""
+    import argparse
+
+    from gaia_cas.bench import Bench, FileSpec, targets
+
+    b = Bench(argparse.Namespace(size=1, repeat=3), tmp_path, tmp_path, [FileSpec("f", 1 << 30)])
+    b.extra.update(small_changed_bytes=1 << 16, deploy_peak_rss_mib=40)
+    # Per run, deploy / (cp -r && sync) is 1.1, 1.2 and 1.3: the median of run ratios is 1.2,
+    # where the ratio of the medians (1.1 / 1.0) would be 1.1.
+    for key, values in {"cp": [1, 1, 1], "cp_sync": [1.0, 5.0, 0.5], "deploy_new": [1.1, 6.0, 0.65],
+                        "redeploy_unchanged": [0.04, 0.05, 0.06], "redeploy_small": [0.1] * 3,
+                        "rollback": [0.1] * 3, "rollback_base": [0.1] * 3, "list": [0.1] * 3, "status": [0.1] * 3,
+                        "python_startup": [0.03] * 3, "cli_startup": [0.05] * 3,
+                        "deploy_consume": [0.4] * 3, "dvc_hardlink_first": [1.0] * 3,
+                        "dvc_default_first": [3.0] * 3}.items():
+        for value in values:
+            b.add(key, key, value)
+    verdicts = {c["target"]: c for c in targets(b)}
+    deploy = verdicts["deploy (new content) <= 1.25 x cp -r && sync"]
+    assert deploy["value"] == pytest.approx(1.2) and deploy["pass"]
+    hardlink = verdicts["deploy --consume >= 2 x faster than dvc add (hardlink), first"]
+    assert hardlink["value"] == pytest.approx(0.4) and hardlink["pass"]
+    default = verdicts["deploy >= 3 x faster than dvc add (default), first"]
+    assert default["value"] == pytest.approx(1.1 / 3.0) and not default["pass"]
