@@ -286,24 +286,19 @@ def consume_source(consumption: Consumption) -> Consumption:
     """
     path = consumption.source
     if not os.path.isdir(path) or os.path.islink(path):
-        if _same(path, consumption.taken.get(path)):
-            os.unlink(path)
-            consumption.removed += 1
-        elif os.path.lexists(path):
-            consumption.left.append(path)
+        _remove_taken(consumption, path, path)
         return consumption
     parent, name = os.path.split(path)
     doomed = os.path.join(parent, f".{name}.gaia-cas-consumed-{os.urandom(4).hex()}")
-    os.rename(path, doomed)
+    try:
+        os.rename(path, doomed)
+    except OSError:  # the deploy has committed: report the source as kept rather than fail it
+        consumption.left.append(path)
+        return consumption
     for dirpath, dirnames, filenames in os.walk(doomed, topdown=False):
         for file_name in filenames:
             full = os.path.join(dirpath, file_name)
-            original = path + full[len(doomed):]
-            if _same(full, consumption.taken.get(original)):
-                os.unlink(full)
-                consumption.removed += 1
-            else:
-                consumption.left.append(original)
+            _remove_taken(consumption, full, path + full[len(doomed):])
         for dir_name in dirnames:
             try:
                 os.rmdir(os.path.join(dirpath, dir_name))
@@ -317,6 +312,19 @@ def consume_source(consumption: Consumption) -> Consumption:
         except OSError:  # the name was taken again meanwhile: leave the rest where it is
             consumption.left.append(doomed)
     return consumption
+
+
+def _remove_taken(consumption: Consumption, current: str, original: str) -> None:
+    """Delete one source file if it is still the one stored; otherwise list it as kept."""
+    if _same(current, consumption.taken.get(original)):
+        try:
+            os.unlink(current)
+            consumption.removed += 1
+            return
+        except OSError:
+            pass
+    if os.path.lexists(current):
+        consumption.left.append(original)
 
 
 def _same(path: str, identity: tuple | None) -> bool:

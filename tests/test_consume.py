@@ -209,3 +209,28 @@ def test_cli_reports_what_was_consumed(cli, tmp_path):
 
 def test_cli_refuses_to_consume_the_store(cli, root):
     assert_one_line_error(cli("deploy", "ssd", str(root / "store"), "--consume"), "store itself")
+
+
+def test_a_file_of_another_owner_is_copied(repo, root, tmp_path, monkeypatch):
+    """Not ours to make read-only: such a file is copied, and the object is the store's own."""
+    source = make_savedmodel(tmp_path / "ssd")
+    monkeypatch.setattr(objects.os, "geteuid", lambda: os.getuid() + 4242)
+    result = repo.deploy("ssd", source, consume=True)
+    assert result.consumed["linked"] == 0 and result.consumed["removed"] == result.file_count
+    assert repo.verify().problems == []
+
+
+def test_a_deletion_that_fails_after_the_commit_keeps_the_files_and_the_version(repo, root, tmp_path, monkeypatch):
+    source = make_savedmodel(tmp_path / "ssd")
+    real_unlink = os.unlink
+
+    def stubborn(path, *args, **kwargs):
+        if str(path).endswith("saved_model.pb") and "gaia-cas-consumed" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(ingest.os, "unlink", stubborn)
+    result = repo.deploy("ssd", source, consume=True)
+    assert result.version == "1.0.0" and result.consumed["left"] == [str(source / "saved_model.pb")]
+    assert sorted(contents(source)) == ["saved_model.pb"]  # given back under its own name
+    assert resolve("ssd", root).version == "1.0.0"
