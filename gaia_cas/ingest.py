@@ -226,7 +226,7 @@ def stage(staging, source: str | os.PathLike, cache=None, consume: "Consumption 
     With ``consume`` (from :func:`plan_consumption`), files are linked rather than copied where
     the filesystem allows, and ``consume`` learns which source files to delete after the commit.
     """
-    node = scan(source)
+    node = consume.node if consume is not None else scan(source)  # checked by plan_consumption
     builder = _Builder(staging, cache, consume is not None)
     built = builder.artifact(node)
     if consume is not None:
@@ -245,6 +245,7 @@ def _identity(st: os.stat_result) -> tuple:
 class Consumption:
     """A source to be deleted once its content is committed: its path, and what was taken."""
     source: str
+    node: "_File | _Dir"  # the scan whose folders were checked, deployed as it is
     taken: dict[str, tuple] = field(default_factory=dict)
     linked: int = 0
     removed: int = 0
@@ -273,7 +274,7 @@ def plan_consumption(source: str | os.PathLike, store_dir: str | os.PathLike) ->
     for folder in folders:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise SourceError(f"cannot consume {path}: no permission to delete files in {folder}")
-    return Consumption(path)
+    return Consumption(path, node)
 
 
 def consume_source(consumption: Consumption) -> Consumption:
