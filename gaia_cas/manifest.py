@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from .atomic import NotDurableError, write_atomic
-from .codec import pack, unpack
+from .codec import array_offsets, pack, unpack
 from .errors import CorruptionError, InvalidInputError, StoreError
 from .layout import MANIFEST_SUFFIX, Layout, check_link
 from .locking import hold_lock, lock_timeout_from_env
@@ -101,6 +101,10 @@ class Manifest:
         self._versions: list[Version] | None = list(versions or [])
         self._versions_stored: bytes | None = None  # the stored rows, until someone needs objects
         self._version_rows: list | None = None  # those rows unpacked, checked only in outline
+        # The stored index: every version's number, and where its row starts in the stored bytes
+        # (one more offset marks the end). With it, a lookup unpacks one row, not 10,000.
+        self._version_index: list[str] | None = None
+        self._version_offsets: list[int] | None = None
         self.current = current
         self.highest = highest
         self.generation = generation
@@ -120,14 +124,20 @@ class Manifest:
             origin = self._history_origin
             values = _records(self._unpacked_versions(), list(_VERSION_FIELDS), _VERSION_FIELDS,
                               f"{origin} versions", ("pinned", "broken"))  # one pass, signature cache
-            self._versions = [_version_from_values(v, i, origin) for i, v in enumerate(values)]
-            self._versions_stored = self._version_rows = None  # objects may change now: re-encode
+            versions = [_version_from_values(v, i, origin) for i, v in enumerate(values)]
+            if self._version_index is not None and [v.version for v in versions] != self._version_index:
+                raise CorruptionError(f"{origin} versions disagree with its index of version numbers")
+            self._versions = versions
+            self._drop_stored_versions()  # objects may change now: re-encode
         return self._versions
 
     @versions.setter
     def versions(self, value: list[Version]) -> None:
         self._versions = list(value)
-        self._versions_stored = self._version_rows = None
+        self._drop_stored_versions()
+
+    def _drop_stored_versions(self) -> None:
+        self._versions_stored = self._version_rows = self._version_index = self._version_offsets = None
 
     def _unpacked_versions(self) -> list:
         if self._version_rows is None:
@@ -178,6 +188,13 @@ class Manifest:
         """The version numbered ``version``. Without decoding every version when they are still
         stored: the one found is then a copy -- change versions through ``versions``."""
         if self._versions is None:
+            if self._version_offsets is not None and self._version_rows is None:
+                try:
+                    i = self._version_index.index(version)
+                except ValueError:
+                    return None
+                return _indexed_version(self._versions_stored, self._version_offsets, i, version,
+                                        self._history_origin)
             for i, row in enumerate(self._unpacked_versions()):
                 if row[0] == version:
                     return _version_from_row(row, i, self._history_origin)
@@ -189,6 +206,8 @@ class Manifest:
 
     def version_numbers(self) -> list[str]:
         if self._versions is None:
+            if self._version_index is not None:
+                return list(self._version_index)
             return [row[0] for row in self._unpacked_versions()]
         return [v.version for v in self._versions]
 
@@ -256,6 +275,9 @@ def encode(manifest: Manifest) -> bytes:
         # One byte string holding the array of rows: a rollback neither decodes every version
         # into objects nor re-encodes them; it reads the row it needs and writes the bytes back.
         "versions": manifest.stored_versions(),
+        # The index of those rows: numbers in row order. A reader that wants one version (a
+        # rollback, a server resolving current) finds it here and unpacks that row alone.
+        "version_numbers": manifest.version_numbers(),
         "event_fields": list(_EVENT_FIELDS),
         # The history is one byte string holding a stream of rows: appending an event appends
         # its bytes, and no reader of current or versions has to decode it.
@@ -350,9 +372,18 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
     if not all(isinstance(a, str) for a in cfg["aliases"]):
         raise CorruptionError(f"{origin} config has a non-text alias")
     lazy = isinstance(top["versions"], bytes) and doc.get("version_fields") == list(_VERSION_FIELDS)
-    if lazy:
-        # Our own layout: unpack the rows now (cheap, in C) but validate and build objects only
-        # for the versions someone reads. Numbers are checked here: they are the index.
+    index = doc.get("version_numbers")
+    offsets = rows = None
+    if lazy and isinstance(index, list) and all(isinstance(n, str) for n in index):
+        # Our own layout with its index: check that the stored array holds exactly one
+        # well-formed row per indexed number (a skip in C, no objects built), and unpack a row
+        # only when someone reads that version.
+        offsets = array_offsets(top["versions"], f"{origin} versions", len(index), **_ROW_LIMITS)
+        numbers = index
+        versions = None
+    elif lazy:
+        # Our layout without an index (written before the index existed): unpack the rows now
+        # but validate and build objects only for the versions someone reads.
         rows = _version_stream(top["versions"], origin)
         width = len(_VERSION_FIELDS)
         for i, row in enumerate(rows):
@@ -381,6 +412,8 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
     )
     if lazy:
         manifest._versions, manifest._versions_stored, manifest._version_rows = None, top["versions"], rows
+        if offsets is not None:
+            manifest._version_index, manifest._version_offsets = list(numbers), offsets
     header = doc.get("event_fields")
     if isinstance(top["history"], bytes) and header == list(_EVENT_FIELDS):
         manifest._history, manifest._history_stored = None, top["history"]  # decoded when read
@@ -395,11 +428,25 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
     return manifest
 
 
+_ROW_LIMITS = {"max_str": 1 << 20, "max_array": 10_000_000, "max_map": 1_000_000}
+
+
 def _version_stream(data: bytes, origin: str) -> list:
-    rows = unpack(data, f"{origin} versions", max_str=1 << 20, max_array=10_000_000, max_map=1_000_000)
+    rows = unpack(data, f"{origin} versions", **_ROW_LIMITS)
     if not isinstance(rows, list):
         raise CorruptionError(f"{origin} versions are not a list")
     return rows
+
+
+def _indexed_version(data: bytes, offsets: list[int], i: int, number: str, origin: str) -> Version:
+    """Version ``i`` of stored rows, unpacked alone; it must carry the number the index gave it."""
+    row = unpack(data[offsets[i]:offsets[i + 1]], f"{origin} versions #{i}", **_ROW_LIMITS)
+    width = len(_VERSION_FIELDS)
+    if not (isinstance(row, list) and len(row) == width):
+        raise CorruptionError(f"{origin} versions #{i} is not a row of {width} fields")
+    if row[0] != number:
+        raise CorruptionError(f"{origin} versions disagree with its index of version numbers at #{i}")
+    return _version_from_row(row, i, origin)
 
 
 def _version_from_row(row: list, i: int, origin: str) -> Version:

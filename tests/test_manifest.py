@@ -163,14 +163,19 @@ def test_random_garbage_is_corruption():
 
 
 def test_flipped_bytes_never_escape_as_other_errors():
-    """Any single-byte change either still decodes to a valid manifest or is a CorruptionError."""
+    """Any single-byte change either still decodes to a valid manifest or is a CorruptionError --
+    also when the rows decoded lazily (one version, every version, the history) are read."""
     data = mf.encode(sample_manifest())
     rng = random.Random(7)
     for i in range(len(data)):
         mutated = bytearray(data)
         mutated[i] = (mutated[i] + rng.randrange(1, 256)) % 256
         try:
-            mf.decode(bytes(mutated))
+            manifest = mf.decode(bytes(mutated))
+            manifest.current_version()
+            manifest.find("1.1.0")
+            manifest.versions
+            manifest.history
         except CorruptionError:
             pass
 
@@ -228,6 +233,76 @@ def test_duplicate_key_in_a_nested_version_map_is_rejected():
     good_version = map_bytes(list(raw_version("1.1.0", OID_B).items()))
     pairs[-1] = ("versions", array_bytes([raw_version("1.0.0", OID_A), good_version]))
     assert mf.decode(bytes(map_bytes(pairs))).versions[1].tree == OID_B
+
+
+# -- the version index: one row unpacked per lookup ---------------------------------------------
+
+def stored_doc(manifest: Manifest | None = None) -> dict:
+    """A manifest as gaia-cas stores it (rows in one byte string, plus the index of numbers)."""
+    return msgpack.unpackb(mf.encode(manifest or sample_manifest()))
+
+
+def stored_rows(doc: dict) -> list:
+    return msgpack.unpackb(doc["versions"])
+
+
+def test_stored_manifest_indexes_version_numbers_in_row_order():
+    doc = stored_doc()
+    assert doc["version_numbers"] == ["1.0.0", "1.1.0"]
+    assert [row[0] for row in stored_rows(doc)] == doc["version_numbers"]
+
+
+def test_a_lookup_reads_only_its_own_row_and_a_full_read_stays_strict():
+    """Row 0 carries a repeated key: looking up 1.1.0 (a rollback, a server resolving current)
+    does not unpack row 0, but reading every version still refuses it."""
+    doc = stored_doc()
+    rows = stored_rows(doc)
+    bad_row = array_bytes(rows[0][:9] + [map_bytes([("map", 0.7), ("map", 0.9)])] + rows[0][10:])
+    doc["versions"] = bytes(array_bytes([bad_row, rows[1]]))
+    manifest = mf.decode(pack(doc))
+    assert manifest.find("1.1.0").name == "model_catboost_best.joblib"
+    assert manifest.find("9.9.9") is None
+    assert manifest.version_numbers() == ["1.0.0", "1.1.0"]
+    with pytest.raises(CorruptionError, match="duplicate"):
+        manifest.find("1.0.0")
+    with pytest.raises(CorruptionError, match="duplicate"):
+        manifest.versions
+    # control: the same rows without the repeated key read in full
+    doc["versions"] = pack(rows)
+    assert [v.version for v in mf.decode(pack(doc)).versions] == ["1.0.0", "1.1.0"]
+
+
+def test_an_index_that_disagrees_with_the_rows_is_corruption():
+    doc = stored_doc()
+    doc["version_numbers"] = ["1.1.0", "1.0.0"]  # both numbers exist, in the wrong rows
+    manifest = mf.decode(pack(doc))
+    with pytest.raises(CorruptionError, match="disagree"):
+        manifest.find("1.1.0")
+    with pytest.raises(CorruptionError, match="disagree"):
+        mf.decode(pack(doc)).versions
+
+
+@pytest.mark.parametrize("change", [
+    lambda doc: doc.update(version_numbers=["1.0.0"]),                        # one row not indexed
+    lambda doc: doc.update(version_numbers=["1.0.0", "1.1.0", "1.2.0"]),      # an index without its row
+    lambda doc: doc.update(versions=doc["versions"] + b"\xc0"),               # bytes after the rows
+    lambda doc: doc.update(versions=doc["versions"][:-3]),                    # the last row cut short
+    lambda doc: doc.update(version_numbers=["1.0.0", "1.0.0"]),               # a number indexed twice
+], ids=["unindexed-row", "missing-row", "trailing-bytes", "truncated-row", "duplicate-number"])
+def test_rows_and_index_out_of_step_are_corruption_at_once(change):
+    doc = stored_doc()
+    change(doc)
+    with pytest.raises(CorruptionError):
+        mf.decode(pack(doc))
+
+
+def test_a_manifest_written_before_the_index_still_reads_and_gains_it_on_the_next_commit():
+    doc = stored_doc()
+    del doc["version_numbers"]
+    manifest = mf.decode(pack(doc))
+    assert manifest.find("1.1.0").tree == OID_B
+    assert manifest == sample_manifest()
+    assert msgpack.unpackb(mf.encode(manifest))["version_numbers"] == ["1.0.0", "1.1.0"]
 
 
 @pytest.mark.parametrize("data", [
@@ -463,10 +538,9 @@ def test_commit_is_an_atomic_replace(repo, root, tmp_path):
 # -- the model lock, held by a real second process --------------------------------------------
 
 HOLDER = """
-import sys, time
-import filelock
-lock = filelock.FileLock(sys.argv[1])
-lock.acquire()
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
 print("locked", flush=True)
 for _ in range(600):
     time.sleep(0.1)
