@@ -154,10 +154,10 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 @contextmanager
 def lock_held_elsewhere(lock_path: Path):
-    """Another real process holds the filelock at ``lock_path`` for the duration of the block."""
+    """Another real process holds the flock on ``lock_path`` for the duration of the block."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire();"
-         "print('held', flush=True); time.sleep(60)", str(lock_path)],
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lock_path)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

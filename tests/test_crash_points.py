@@ -5,8 +5,8 @@ processes at random moments (seeded, 15 kills).
 
 How it works
 ------------
-A counting injector replaces the ``os`` functions through which gaia-cas (and shutil, pathlib,
-filelock underneath it) changes the filesystem -- write, fsync, replace, rename, link, symlink,
+A counting injector replaces the ``os`` functions through which gaia-cas (and shutil and pathlib
+underneath it) changes the filesystem -- write, fsync, replace, rename, link, symlink,
 unlink, remove, mkdir, rmdir, chmod, fchmod, utime, truncate, ftruncate, and ``os.open`` with a
 writing or creating flag. An uninterrupted run of each operation on a copy of a prepared store
 learns its mutation sequence (M calls). Then for every N in 1..M, on a fresh copy of the store:

@@ -159,7 +159,7 @@ def _import_everything() -> None:
     for info in pkgutil.walk_packages(gaia_cas.__path__, "gaia_cas."):
         if not info.name.endswith("__main__"):  # importing it would run the CLI
             importlib.import_module(info.name)
-    for name in ("filelock", "json", "traceback", "getpass", "socket", "secrets", "fcntl", "shutil",
+    for name in ("json", "traceback", "getpass", "socket", "secrets", "fcntl", "shutil",
                  "pickle", "zipfile", "gzip", "bz2", "lzma", "zlib", "datetime", "argparse",
                  "importlib.metadata", "encodings.utf_8", "encodings.latin_1", "encodings.ascii"):
         try:
