@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import dataclasses
 import json
 import math
 import os
@@ -336,8 +335,8 @@ def grow_history(root: Path, total: int) -> None:
         for i in range(missing):
             at = start + timedelta(minutes=i)
             number = bump(manifest.highest)
-            manifest.versions.append(dataclasses.replace(
-                templates[i % len(templates)], version=number, deployment_id=at.strftime("%Y%m%d_%H%M%S"),
+            manifest.versions.append(templates[i % len(templates)].replace(
+                version=number, deployment_id=at.strftime("%Y%m%d_%H%M%S"),
                 created_at=at.isoformat(timespec="seconds"), reason=f"synthetic version {i}", pinned=False))
             before, manifest.current, manifest.highest = manifest.current, number, number
             record(manifest, "deploy", version=number, before=before, at=at.isoformat(timespec="seconds"),

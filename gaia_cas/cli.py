@@ -14,6 +14,22 @@ from .errors import GaiaCasError
 from .parser import PROG, build_parser, command_in
 
 
+def run(argv: list[str] | None = None, default_root: str | None = None):
+    """The process entry point (the installed script, ``bin/gaia-cas``, ``python -m gaia_cas``):
+    :func:`main`, then exit.
+
+    Before exiting, every object is frozen out of the garbage collector's reach: the
+    interpreter's final collection at shutdown would otherwise walk every object the command
+    left behind, about 4 ms of an unchanged redeploy's ~55 ms, to free memory the exit frees
+    anyway. Output is still flushed and ``atexit`` still runs, as in any normal exit.
+    """
+    code = main(argv, default_root)
+    import gc
+
+    gc.freeze()
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(only=command_in(argv))

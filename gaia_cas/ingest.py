@@ -18,11 +18,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
+from typing import NamedTuple
 
 from .errors import SourceError
-from .names import entry_name_problem
+from .names import MAX_NAME_BYTES, entry_name_problem
 from .objects import CHUNK, hash_bytes, hash_stream
 from .trees import DIR, FILE, MAX_DEPTH, Entry, encode_tree
 
@@ -30,21 +31,26 @@ DIRECTORY_ARTIFACT = "directory"
 FILE_ARTIFACT = "file"
 
 
-@dataclass
+# Plain classes and NamedTuples rather than dataclasses: see manifest._Record for the cost.
+
 class _File:
-    path: str
-    size: int
-    stat: os.stat_result | None = None
+    __slots__ = ("path", "size", "stat")
+
+    def __init__(self, path: str, size: int, stat: os.stat_result | None = None):
+        self.path = path
+        self.size = size
+        self.stat = stat
 
 
-@dataclass
 class _Dir:
-    path: str
-    children: dict[str, "_File | _Dir"] = field(default_factory=dict)
+    __slots__ = ("path", "children")
+
+    def __init__(self, path: str):
+        self.path = path
+        self.children: dict[str, _File | _Dir] = {}
 
 
-@dataclass(frozen=True)
-class Built:
+class Built(NamedTuple):
     tree: str
     artifact: str  # "directory" or "file"
     name: str | None  # the file's name for a file artifact
@@ -104,16 +110,21 @@ def _scan_dir(path: str, depth: int) -> _Dir:
             items = list(it)
     except OSError as exc:
         raise SourceError(f"cannot read folder {path}: {exc.strerror}") from None
+    children = node.children
     for item in items:
-        _check_name(item.name, item.path)
+        name = item.name
+        # The kernel never lists '', '.', '..', '/' or NUL; a short ASCII name needs no more
+        # checking (the common case, a few thousand times per deploy), anything else does.
+        if not (name.isascii() and len(name) <= MAX_NAME_BYTES):
+            _check_name(name, item.path)
         try:
             st = item.stat(follow_symlinks=False)
         except OSError as exc:
             raise SourceError(f"cannot read {item.path}: {exc.strerror}") from None
-        if stat.S_ISREG(st.st_mode):
-            node.children[item.name] = _File(item.path, st.st_size, st)
+        if S_ISREG(st.st_mode):
+            children[name] = _File(item.path, st.st_size, st)
         elif stat.S_ISDIR(st.st_mode):
-            node.children[item.name] = _scan_dir(item.path, depth + 1)
+            children[name] = _scan_dir(item.path, depth + 1)
         else:
             extra = ""
             if stat.S_ISLNK(st.st_mode):
@@ -241,15 +252,18 @@ def _identity(st: os.stat_result) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-@dataclass
 class Consumption:
     """A source to be deleted once its content is committed: its path, and what was taken."""
-    source: str
-    node: "_File | _Dir"  # the scan whose folders were checked, deployed as it is
-    taken: dict[str, tuple] = field(default_factory=dict)
-    linked: int = 0
-    removed: int = 0
-    left: list[str] = field(default_factory=list)
+
+    __slots__ = ("source", "node", "taken", "linked", "removed", "left")
+
+    def __init__(self, source: str, node: _File | _Dir):
+        self.source = source
+        self.node = node  # the scan whose folders were checked, deployed as it is
+        self.taken: dict[str, tuple] = {}
+        self.linked = 0
+        self.removed = 0
+        self.left: list[str] = []
 
 
 def plan_consumption(source: str | os.PathLike, store_dir: str | os.PathLike) -> Consumption:

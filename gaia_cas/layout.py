@@ -20,8 +20,8 @@ directory holding both ``store/`` and ``manifests/``, else (only for the checkou
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import InvalidInputError, RootNotFoundError
 from .names import check_model_name, check_oid
@@ -29,8 +29,7 @@ from .names import check_model_name, check_oid
 MANIFEST_SUFFIX = ".msgpack"
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     root: Path
 
     @property

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import ingest, links
 from .errors import (
@@ -38,8 +37,7 @@ from .trees import TreeReader
 from .versions import BUMPS, bump, format_version, parse_selector, parse_version, version_key
 
 
-@dataclass(frozen=True)
-class DeployResult:
+class DeployResult(NamedTuple):
     model: str
     version: str | None
     hash: str
@@ -62,8 +60,7 @@ class DeployResult:
         }
 
 
-@dataclass(frozen=True)
-class RollbackResult:
+class RollbackResult(NamedTuple):
     model: str
     version: str
     previous: str | None
@@ -75,8 +72,7 @@ class RollbackResult:
                 "unchanged": self.unchanged, "path": self.path}
 
 
-@dataclass(frozen=True)
-class ModelStatus:
+class ModelStatus(NamedTuple):
     model: str
     current: str | None
     versions: int
@@ -84,28 +80,25 @@ class ModelStatus:
     logical_bytes: int
 
 
-@dataclass(frozen=True)
-class StoreStatus:
+class StoreStatus(NamedTuple):
     objects: int
     bytes_on_disk: int
     logical_bytes: int
     reclaimable_bytes: int | None = 0  # None when a manifest or tree cannot be read
 
 
-@dataclass(frozen=True)
-class Status:
-    models: list[ModelStatus] = field(default_factory=list)
-    store: StoreStatus = StoreStatus(0, 0, 0)
+class Status(NamedTuple):
+    models: list[ModelStatus]
+    store: StoreStatus
 
     def to_json(self) -> dict:
         return {
-            "models": [m.__dict__ for m in self.models],
-            "store": self.store.__dict__,
+            "models": [m._asdict() for m in self.models],
+            "store": self.store._asdict(),
         }
 
 
-@dataclass(frozen=True)
-class _DeployRequest:
+class _DeployRequest(NamedTuple):
     model: str
     source: Path
     snapshot: Manifest | None
@@ -123,10 +116,12 @@ class _DeployRequest:
 
 def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
     """``K=V`` pairs; V is read as JSON when it parses (numbers, lists), else kept as text."""
+    result: dict[str, Any] = {}
+    if not pairs:
+        return result  # most deploys: not even json is imported
     import json
 
-    result: dict[str, Any] = {}
-    for pair in pairs or ():
+    for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise InvalidInputError(f"invalid metadata {pair!r}: expected KEY=VALUE")
@@ -138,12 +133,16 @@ def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _who() -> tuple[str, str]:
-    import getpass
+    # getpass.getuser()'s own order, without importing getpass (and termios) when the
+    # environment answers, as it almost always does.
+    user = next(filter(None, map(os.environ.get, ("LOGNAME", "USER", "LNAME", "USERNAME"))), None)
+    if user is None:
+        import getpass
 
-    try:
-        user = getpass.getuser()
-    except Exception:  # no passwd entry and no $USER: fall back to the uid
-        user = str(os.getuid())
+        try:
+            user = getpass.getuser()
+        except Exception:  # no passwd entry and no $USER: fall back to the uid
+            user = str(os.getuid())
     return user, os.uname().nodename  # gethostname(), without the 3 ms import of socket
 
 
@@ -309,7 +308,7 @@ class Repository:
         """
         request = self._deploy_request(name, path, bump_kind, version, reason, metadata, force)
         if source_label is not None:
-            request = replace(request, label=source_label)
+            request = request._replace(label=source_label)
         snapshot = request.snapshot
         consumption = ingest.plan_consumption(request.source, self.layout.store) if consume else None
         # A temporary extraction (source_label set) would only fill the cache with dead entries,

@@ -10,7 +10,7 @@ nesting depth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 from typing import Iterator
 
 from .codec import pack, unpack
@@ -25,8 +25,7 @@ MAX_TREE_BYTES = 64 << 20
 MAX_ENTRIES = 1_000_000
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     name: str
     kind: str
     oid: str

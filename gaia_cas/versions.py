@@ -11,7 +11,7 @@ Selectors accepted wherever a version is named (rollback, show, ...):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import InvalidInputError
 
@@ -52,8 +52,7 @@ def version_key(text: str) -> tuple[int, int, int]:
     return parse_version(text)
 
 
-@dataclass(frozen=True)
-class Selector:
+class Selector(NamedTuple):
     kind: str  # "version", "oid", "previous"
     version: str | None = None
     deployment_id: str | None = None

@@ -221,6 +221,23 @@ def test_no_command_pays_for_a_lock_library(root, savedmodel):
     assert proc.stdout.strip() == "[]"
 
 
+def test_the_process_entry_point_exits_with_the_status_main_returns(root, savedmodel, capsys):
+    """run() is what the installed script, bin/gaia-cas and ``python -m gaia_cas`` call."""
+    import gc
+
+    from gaia_cas.cli import run
+
+    try:
+        with pytest.raises(SystemExit) as ok:
+            run(["--root", str(root), "deploy", "ssd", str(savedmodel)])
+        assert ok.value.code == 0 and "deployed ssd 1.0.0" in capsys.readouterr().out
+        with pytest.raises(SystemExit) as failed:
+            run(["--root", str(root), "rollback", "ssd", "9.9.9"])
+        assert failed.value.code == 1 and capsys.readouterr().err.startswith("gaia-cas: error: ")
+    finally:
+        gc.unfreeze()  # run() freezes the collector for the exit that never came here
+
+
 def test_demo_deploys_both_sample_models(cli, root):
     run = cli("demo")
     assert run.code == 0, run.err

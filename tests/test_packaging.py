@@ -32,7 +32,7 @@ def test_setup_cfg_declares_the_package_the_script_and_the_manpage():
     assert cfg["metadata"]["name"] == "gaia-cas"
     requires = cfg["options"]["install_requires"].split()
     assert {r.split(">")[0] for r in requires} == {"xxhash", "msgpack"}
-    assert "gaia-cas = gaia_cas.cli:main" in cfg["options.entry_points"]["console_scripts"]
+    assert "gaia-cas = gaia_cas.cli:run" in cfg["options.entry_points"]["console_scripts"]
     assert "pyfile=gaia_cas/parser.py" in cfg["build_manpages"]["manpages"]
     test_extra = cfg["options.extras_require"]["test"].split()
     assert any(r.startswith("pytest") for r in test_extra) and any(r.startswith("pyfakefs") for r in test_extra)
