@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator, NamedTuple
 
 from .atomic import NotDurableError, write_atomic
-from .codec import array_offsets, pack, unpack
+from .codec import array_header_size, array_offsets, pack, pack_map, pack_rows, unpack
 from .errors import CorruptionError, InvalidInputError, StoreError
 from .layout import MANIFEST_SUFFIX, Layout, check_link
 from .locking import hold_lock, lock_timeout_from_env
@@ -176,6 +176,10 @@ class Manifest:
             versions = [_version_from_values(v, i, origin) for i, v in enumerate(values)]
             if self._version_index is not None and [v.version for v in versions] != self._version_index:
                 raise CorruptionError(f"{origin} versions disagree with its index of version numbers")
+            if self._version_offsets is not None:
+                actual = array_offsets(self._versions_stored, f"{origin} versions", len(versions), **_ROW_LIMITS)
+                if actual != self._version_offsets:
+                    raise CorruptionError(f"{origin} versions disagree with its index of row offsets")
             self._versions = versions
             self._drop_stored_versions()  # objects may change now: re-encode
         return self._versions
@@ -193,10 +197,11 @@ class Manifest:
             self._version_rows = _version_stream(self._versions_stored, self._history_origin)
         return self._version_rows
 
-    def stored_versions(self) -> bytes:
+    def stored_versions(self) -> tuple[bytes, list[int] | None]:
+        """The versions as stored -- the array of rows -- and where each row starts in it."""
         if self._versions is None:
-            return self._versions_stored
-        return pack(list(map(_version_row, self._versions)))
+            return self._versions_stored, self._version_offsets
+        return pack_rows(list(map(_version_row, self._versions)))
 
     @property
     def history(self) -> list[Event]:
@@ -311,6 +316,9 @@ _event_row = operator.attrgetter(*_EVENT_FIELDS)
 
 
 def encode(manifest: Manifest) -> bytes:
+    rows, offsets = manifest.stored_versions()
+    if offsets is None:  # rows read from a manifest written before offsets were stored
+        offsets = array_offsets(rows, "versions", len(manifest.version_numbers()), **_ROW_LIMITS)
     doc = {
         "schema": SCHEMA,
         "model": manifest.model,
@@ -323,17 +331,19 @@ def encode(manifest: Manifest) -> bytes:
         "version_fields": list(_VERSION_FIELDS),
         # One byte string holding the array of rows: a rollback neither decodes every version
         # into objects nor re-encodes them; it reads the row it needs and writes the bytes back.
-        "versions": manifest.stored_versions(),
-        # The index of those rows: numbers in row order. A reader that wants one version (a
-        # rollback, a server resolving current) finds it here and unpacks that row alone.
+        "versions": rows,
+        # The index of those rows: numbers in row order, and where each row starts in the byte
+        # string (plus where the last ends). A reader that wants one version (a rollback, a
+        # server resolving current) finds it here and unpacks that row alone.
         "version_numbers": manifest.version_numbers(),
+        "version_offsets": offsets,
         "event_fields": list(_EVENT_FIELDS),
         # The history is one byte string holding a stream of rows: appending an event appends
         # its bytes, and no reader of current or versions has to decode it.
         "history": manifest.stored_history() + b"".join(pack(_event_row(e)) for e in manifest.new_events),
         "channels": manifest.channels,
     }
-    return pack(doc)
+    return pack_map(doc)
 
 
 def _records(raw: list, header, spec: dict, where: str, optional: tuple) -> list[list]:
@@ -423,11 +433,10 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
     lazy = isinstance(top["versions"], bytes) and doc.get("version_fields") == list(_VERSION_FIELDS)
     index = doc.get("version_numbers")
     offsets = rows = None
-    if lazy and isinstance(index, list) and all(isinstance(n, str) for n in index):
-        # Our own layout with its index: check that the stored array holds exactly one
-        # well-formed row per indexed number (a skip in C, no objects built), and unpack a row
-        # only when someone reads that version.
-        offsets = array_offsets(top["versions"], f"{origin} versions", len(index), **_ROW_LIMITS)
+    if lazy and isinstance(index, list) and _only(index, str):
+        # Our own layout with its index: a row is unpacked (and checked in full) only when
+        # someone reads that version; reading every version checks the index against the rows.
+        offsets = _row_offsets(doc.get("version_offsets", _MISSING), top["versions"], len(index), origin)
         numbers = index
         versions = None
     elif lazy:
@@ -478,6 +487,25 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
 
 
 _ROW_LIMITS = {"max_str": 1 << 20, "max_array": 10_000_000, "max_map": 1_000_000}
+_MISSING = object()
+
+
+def _only(values: list, kind: type) -> bool:
+    """Every value is exactly of ``kind`` (so no bool passes for an int); one pass in C."""
+    return set(map(type, values)) <= {kind}
+
+
+def _row_offsets(stored, rows: bytes, count: int, origin: str) -> list[int]:
+    """The stored offsets of ``count`` rows, checked in outline: one per row plus the end, from
+    just after the array header to the end of ``rows``. A wrong offset in between shows when
+    its row is unpacked, or when every version is read. Without stored offsets (manifests
+    written before them), they are found by skipping through the rows."""
+    if stored is _MISSING:
+        return array_offsets(rows, f"{origin} versions", count, **_ROW_LIMITS)
+    if not (isinstance(stored, list) and len(stored) == count + 1 and _only(stored, int)
+            and stored[0] == array_header_size(count) and stored[-1] == len(rows)):
+        raise CorruptionError(f"{origin} version offsets do not fit its {count} version rows")
+    return stored
 
 
 def _version_stream(data: bytes, origin: str) -> list:

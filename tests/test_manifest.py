@@ -246,10 +246,44 @@ def stored_rows(doc: dict) -> list:
     return msgpack.unpackb(doc["versions"])
 
 
-def test_stored_manifest_indexes_version_numbers_in_row_order():
+def test_stored_manifest_indexes_version_numbers_and_row_offsets_in_row_order():
     doc = stored_doc()
     assert doc["version_numbers"] == ["1.0.0", "1.1.0"]
     assert [row[0] for row in stored_rows(doc)] == doc["version_numbers"]
+    offsets = doc["version_offsets"]
+    rows = doc["versions"]
+    assert [msgpack.unpackb(rows[a:b])[0] for a, b in zip(offsets, offsets[1:])] == ["1.0.0", "1.1.0"]
+    assert offsets[-1] == len(rows)
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 300])
+def test_rows_packed_with_offsets_match_msgpack_and_the_offsets_a_skip_finds(count):
+    from gaia_cas import codec
+
+    rows = [[f"1.{i}.0", "x" * (i % 40), i, None, {"k": [i]}] for i in range(count)]
+    data, offsets = codec.pack_rows(rows)
+    assert data == msgpack.packb(rows, use_bin_type=True)
+    assert offsets == codec.array_offsets(data, "rows", count, max_str=1 << 20, max_array=1000, max_map=1000)
+    assert offsets[0] == codec.array_header_size(count)
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70000])
+def test_pack_map_writes_the_bytes_packb_writes(size):
+    from gaia_cas import codec
+
+    doc = {"schema": 1, "blob": bytes(range(256)) * (size // 256) + b"x" * (size % 256), "list": [1, "a", None],
+           "map": {"k": b"v"}, "empty": b""}
+    assert codec.pack_map(doc) == msgpack.packb(doc, use_bin_type=True)
+
+
+def test_a_wrong_offset_between_rows_is_corruption_when_its_row_is_read():
+    doc = stored_doc()
+    doc["version_offsets"][1] += 1  # the boundary between the two rows, one byte off
+    manifest = mf.decode(pack(doc))  # the ends still fit: found out on use
+    with pytest.raises(CorruptionError):
+        manifest.find("1.1.0")
+    with pytest.raises(CorruptionError, match="row offsets"):
+        mf.decode(pack(doc)).versions
 
 
 def test_a_lookup_reads_only_its_own_row_and_a_full_read_stays_strict():
@@ -288,7 +322,13 @@ def test_an_index_that_disagrees_with_the_rows_is_corruption():
     lambda doc: doc.update(versions=doc["versions"] + b"\xc0"),               # bytes after the rows
     lambda doc: doc.update(versions=doc["versions"][:-3]),                    # the last row cut short
     lambda doc: doc.update(version_numbers=["1.0.0", "1.0.0"]),               # a number indexed twice
-], ids=["unindexed-row", "missing-row", "trailing-bytes", "truncated-row", "duplicate-number"])
+    lambda doc: doc["version_offsets"].pop(),                                 # an offset missing
+    lambda doc: doc["version_offsets"].__setitem__(0, 0),                     # rows start in the header
+    lambda doc: doc["version_offsets"].__setitem__(-1, 10**6),                # rows end past the bytes
+    lambda doc: doc["version_offsets"].__setitem__(1, True),                  # an offset that is no number
+    lambda doc: doc.update(version_offsets="0,1,2"),                          # offsets that are no list
+], ids=["unindexed-row", "missing-row", "trailing-bytes", "truncated-row", "duplicate-number", "offset-missing",
+        "offset-in-header", "offset-past-end", "offset-not-int", "offsets-not-list"])
 def test_rows_and_index_out_of_step_are_corruption_at_once(change):
     doc = stored_doc()
     change(doc)
@@ -298,11 +338,17 @@ def test_rows_and_index_out_of_step_are_corruption_at_once(change):
 
 def test_a_manifest_written_before_the_index_still_reads_and_gains_it_on_the_next_commit():
     doc = stored_doc()
-    del doc["version_numbers"]
+    del doc["version_numbers"], doc["version_offsets"]
     manifest = mf.decode(pack(doc))
     assert manifest.find("1.1.0").tree == OID_B
     assert manifest == sample_manifest()
     assert msgpack.unpackb(mf.encode(manifest))["version_numbers"] == ["1.0.0", "1.1.0"]
+    # one written with the numbers but not the offsets: they are found by skipping the rows
+    doc = stored_doc()
+    offsets = doc.pop("version_offsets")
+    manifest = mf.decode(pack(doc))
+    assert manifest.find("1.1.0").tree == OID_B
+    assert msgpack.unpackb(mf.encode(manifest))["version_offsets"] == offsets
 
 
 @pytest.mark.parametrize("data", [
