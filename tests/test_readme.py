@@ -20,3 +20,15 @@ def test_python_api_example_runs(root, tmp_path, capsys):
     manifest = repo.manifest("ssd")
     assert manifest.current == "1.0.0" and manifest.channels["staging"]["version"] == "1.1.0"
     assert scope["report"].ok and '"changed"' in capsys.readouterr().out.replace("'", '"')
+
+
+def test_manifest_schema_table_lists_exactly_the_keys_a_manifest_holds(repo, savedmodel):
+    """Readers in other languages code against that table: it must not drift from the encoder."""
+    import msgpack
+
+    readme = (CHECKOUT / "README.md").read_text()
+    section = readme.split("## The manifest schema", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+    repo.deploy("ssd", savedmodel)
+    stored = msgpack.unpackb((repo.layout.manifests / "ssd.msgpack").read_bytes())
+    assert documented == set(stored)
