@@ -193,6 +193,7 @@ class Bench:
     samples: dict[str, list[float]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    ratios: dict[str, list[float]] = field(default_factory=dict)  # run by run: see bracketed()
 
     @property
     def tree_bytes(self) -> int:
@@ -206,9 +207,15 @@ class Bench:
         values = self.samples.get(key)
         return statistics.median(values) if values else None
 
+    def bracketed(self, key: str, base: str, value: float, before: float, after: float) -> None:
+        """One run's ratio of ``key`` to ``base``, with ``base`` measured just before and just
+        after ``key``: their mean cancels a drift of the machine (a disk that slows down as it is
+        written to, say) instead of charging it to whichever side happens to run second."""
+        self.ratios.setdefault(f"{key}/{base}", []).append(value / ((before + after) / 2))
+
     def paired(self, key: str, base: str) -> float:
-        """The median of run-by-run ratios ``key / base`` (both measured once in each run)."""
-        return statistics.median(a / c for a, c in zip(self.samples[key], self.samples[base]))
+        """The median of the run-by-run ratios ``key / base``."""
+        return statistics.median(self.ratios[f"{key}/{base}"])
 
     def fresh_root(self, name: str) -> Path:
         root = self.work / name
@@ -233,18 +240,21 @@ def progress(text: str) -> None:
 
 # -- measurements ----------------------------------------------------------------------------
 
-def copy_once(b: Bench) -> None:
-    """The old system's cost per version: a full copy, with and without making it durable."""
+def copy_once(b: Bench) -> dict[str, float]:
+    """The old system's cost per version: a full copy, and the same copy made durable.
+
+    ``cp -r && sync`` is timed as the shell runs it, one process after the other; the copy's
+    own time is the ``cp -r`` figure.
+    """
     dest = b.work / "copy"
     settle()
-    b.add("cp", "cp -r", run(["cp", "-r", b.source, dest]).seconds)
+    copied = run(["cp", "-r", b.source, dest]).seconds
+    synced = copied + run(["sync"]).seconds
+    b.add("cp", "cp -r", copied)
+    b.add("cp_sync", "cp -r && sync", synced)
     remove(dest)
     settle()
-    start = time.perf_counter()
-    run(["cp", "-r", b.source, dest])
-    run(["sync"])
-    b.add("cp_sync", "cp -r && sync", time.perf_counter() - start)
-    remove(dest)
+    return {"cp": copied, "cp_sync": synced}
 
 
 def deploy(root: Path, source: Path, expect_unchanged: bool) -> Finished:
@@ -256,21 +266,26 @@ def deploy(root: Path, source: Path, expect_unchanged: bool) -> Finished:
 
 
 def bench_deploy(b: Bench) -> Path:
-    """`cp -r`, then a deploy into a fresh root and an unchanged redeploy, in each repetition.
+    """A deploy into a fresh root and an unchanged redeploy, between two copies, in each run.
 
-    Copy and deploy alternate, so a slow spell of the (shared) machine hits both sides of the
-    ratio alike. Returns the last root, deployed once, for the change and version benchmarks.
+    Each run is copy, deploy, copy: the deploy is compared with the mean of the copies around
+    it, so a slow spell of the (shared) machine or disk hits both sides of the ratio alike.
+    Returns the last root, deployed once, for the change and version benchmarks.
     """
     rss = []
     for rep in range(b.opts.repeat):
-        copy_once(b)
+        before = copy_once(b)
         root = b.fresh_root(f"deploy-{rep}")
         settle()
         first = deploy(root, b.source, False)
         b.add("deploy_new", "deploy, new content (fresh root)", first.seconds)
         rss.append(first.max_rss_kib)
         settle()
-        b.add("redeploy_unchanged", "redeploy, unchanged", deploy(root, b.source, True).seconds)
+        unchanged = deploy(root, b.source, True)
+        b.add("redeploy_unchanged", "redeploy, unchanged", unchanged.seconds)
+        after = copy_once(b)
+        b.bracketed("deploy_new", "cp_sync", first.seconds, before["cp_sync"], after["cp_sync"])
+        b.bracketed("redeploy_unchanged", "cp", unchanged.seconds, before["cp"], after["cp"])
         if rep + 1 < b.opts.repeat:
             remove(root)
     b.extra["deploy_peak_rss_mib"] = max(rss) / 1024
@@ -509,7 +524,7 @@ def targets(b: Bench) -> list[dict]:
             result.append({"target": name, "value": value, "limit": limit, "unit": unit, "pass": value <= limit})
 
     new, unchanged = m("deploy_new"), m("redeploy_unchanged")
-    # Copy and deploy alternate within each run, so each run's ratio compares the two under the
+    # Each run's deploy is bracketed by copies, so each run's ratio compares the two under the
     # same disk weather; the median of those ratios is steadier than a ratio of two medians.
     check("deploy (new content) <= 1.25 x cp -r && sync", b.paired("deploy_new", "cp_sync"), 1.25, "x")
     check("unchanged redeploy <= 0.05 x cp -r", b.paired("redeploy_unchanged", "cp"), 0.05, "x")
@@ -587,6 +602,7 @@ def to_json(b: Bench, checks: list[dict]) -> dict:
         "labels": b.labels,
         "medians": {k: b.median(k) for k in b.samples},
         "ratios": {k: b.median(k) / cp for k in b.samples},
+        "run_ratios": b.ratios,  # per run, against the copies measured just before and after
         "samples": b.samples,
         "deploy_peak_rss_mib": b.extra["deploy_peak_rss_mib"],
         "manifest_bytes_per_version": b.extra.get("manifest_bytes_per_version", {}),

@@ -61,6 +61,9 @@ def test_bench_writes_json_with_every_measurement_and_cleans_up(tiny_run):
         assert doc["medians"][key] > 0, key
         assert doc["ratios"][key] > 0, key
     assert doc["ratios"]["cp"] == 1
+    # one bracketed ratio per run for each copy comparison
+    assert {k: len(v) for k, v in doc["run_ratios"].items()} == {"deploy_new/cp_sync": doc["config"]["repeat"],
+                                                                  "redeploy_unchanged/cp": doc["config"]["repeat"]}
     assert set(doc["manifest_bytes_per_version"]) == {"100", "300"}
     assert [row["factor"] for row in doc["scaling"]] == [1, 2, 4]
     assert all(isinstance(t["pass"], bool) and {"target", "value", "limit"} <= set(t) for t in doc["targets"])
@@ -75,8 +78,12 @@ def test_targets_use_run_by_run_ratios_and_compare_dvc_mode_for_mode(tmp_path):
 
     b = Bench(argparse.Namespace(size=1, repeat=3), tmp_path, tmp_path, [FileSpec("f", 1 << 30)])
     b.extra.update(small_changed_bytes=1 << 16, deploy_peak_rss_mib=40)
-    # Per run, deploy / (cp -r && sync) is 1.1, 1.2 and 1.3: the median of run ratios is 1.2,
-    # where the ratio of the medians (1.1 / 1.0) would be 1.1.
+    # Per run, deploy / (mean of the cp -r && sync before and after it) is 1.1, 1.2 and 1.3: the
+    # median of run ratios is 1.2, where the ratio of the medians (1.1 / 1.0) would be 1.1.
+    for value, before, after in ((1.1, 0.9, 1.1), (6.0, 5.0, 5.0), (0.65, 0.4, 0.6)):
+        b.bracketed("deploy_new", "cp_sync", value, before, after)
+    for value in (0.04, 0.05, 0.06):
+        b.bracketed("redeploy_unchanged", "cp", value, 1, 1)
     for key, values in {"cp": [1, 1, 1], "cp_sync": [1.0, 5.0, 0.5], "deploy_new": [1.1, 6.0, 0.65],
                         "redeploy_unchanged": [0.04, 0.05, 0.06], "redeploy_small": [0.1] * 3,
                         "rollback": [0.1] * 3, "rollback_base": [0.1] * 3, "list": [0.1] * 3, "status": [0.1] * 3,
@@ -88,6 +95,8 @@ def test_targets_use_run_by_run_ratios_and_compare_dvc_mode_for_mode(tmp_path):
     verdicts = {c["target"]: c for c in targets(b)}
     deploy = verdicts["deploy (new content) <= 1.25 x cp -r && sync"]
     assert deploy["value"] == pytest.approx(1.2) and deploy["pass"]
+    unchanged = verdicts["unchanged redeploy <= 0.05 x cp -r"]
+    assert unchanged["value"] == pytest.approx(0.05) and unchanged["pass"]
     hardlink = verdicts["deploy --consume >= 2 x faster than dvc add (hardlink), first"]
     assert hardlink["value"] == pytest.approx(0.4) and hardlink["pass"]
     default = verdicts["deploy >= 3 x faster than dvc add (default), first"]
