@@ -261,7 +261,17 @@ def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
         if item.kind == "tree":
             retire_tree(layout, item.path)
         elif stat.S_ISDIR(st.st_mode):
-            remove_tree(item.path)
+            # A working folder of store/tmp is only ever removed under its lock: one a deploy
+            # locked since the plan was made is in use (its owner checks, after locking, that
+            # the folder it holds is still there).
+            fd = try_flock_dir(item.path)
+            if fd is None:
+                skipped += 1
+                continue
+            try:
+                remove_tree(item.path)
+            finally:
+                os.close(fd)
         else:
             os.unlink(item.path)
         touched_dirs.add(item.path.parent)

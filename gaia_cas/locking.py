@@ -91,6 +91,35 @@ def try_flock_dir(path: Path) -> int | None:
     return fd
 
 
+def make_locked_dir(parent: str | os.PathLike, prefix: str) -> tuple[str, int]:
+    """A new private folder in ``parent`` (store/tmp), already flocked: (path, fd).
+
+    gc removes unlocked folders of store/tmp, so between ``mkdir`` and the lock a gc with no
+    grace period can take the new folder: gone before the lock (the open fails), locked by gc
+    (busy), or removed while our lock waited (we then hold a deleted folder). Each case is
+    detected -- the path must still name the very folder we locked -- and a fresh folder made.
+    """
+    from .atomic import tmp_name
+
+    for _ in range(100):
+        path = os.path.join(parent, tmp_name(prefix))
+        os.mkdir(path)
+        try:
+            fd = try_flock_dir(path)
+        except FileNotFoundError:
+            continue
+        if fd is None:
+            continue
+        try:
+            here, held = os.stat(path), os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino):
+                return path, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise StoreError(f"cannot keep a working folder in {parent}: something keeps removing them")
+
+
 @contextmanager
 def store_barrier(store: Path, timeout: float, *, exclusive: bool):
     """The store-wide barrier between writers (shared) and gc (exclusive).

@@ -17,7 +17,7 @@ from pathlib import Path
 from .atomic import fsync_dir, tmp_name
 from .errors import CorruptionError
 from .layout import Layout
-from .locking import try_flock_dir
+from .locking import make_locked_dir
 from .objects import READ_ONLY, ObjectStore
 from .trees import DIR, MAX_DEPTH, TreeReader
 
@@ -32,9 +32,8 @@ def materialize(layout: Layout, store: ObjectStore, tree_oid: str) -> Path:
         return final
     layout.trees.mkdir(parents=True, exist_ok=True)
     layout.tmp.mkdir(parents=True, exist_ok=True)
-    build = layout.tmp / tmp_name("tree-" + tree_oid)
-    os.mkdir(build)
-    liveness = try_flock_dir(build)  # gc leaves a build folder alone while we hold this
+    path, liveness = make_locked_dir(layout.tmp, "tree-" + tree_oid)  # gc leaves it alone while locked
+    build = Path(path)
     try:
         _checkout(TreeReader(store), store, tree_oid, build, 0)
         os.rename(build, final)
@@ -50,8 +49,7 @@ def materialize(layout: Layout, store: ObjectStore, tree_oid: str) -> Path:
         remove_tree(build)
         raise
     finally:
-        if liveness is not None:
-            os.close(liveness)
+        os.close(liveness)
     fsync_dir(layout.trees)
     return final
 

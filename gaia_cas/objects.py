@@ -10,6 +10,7 @@ reading the source therefore discards the staging folder and leaves the store as
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import stat
@@ -17,11 +18,11 @@ from pathlib import Path
 
 import xxhash
 
-from .atomic import fsync_dir, start_writeback, sync_filesystem, tmp_name, write_all
+from .atomic import fsync_dir, start_writeback, sync_filesystem, write_all
 from .errors import CorruptionError, SourceError, StoreError
 from .names import check_oid
 from .layout import Layout
-from .locking import try_flock_dir
+from .locking import make_locked_dir
 
 CHUNK = 1 << 20  # 1 MiB: large enough for ~6 GiB/s hashing, small enough to bound memory
 READ_ONLY = 0o444
@@ -117,26 +118,23 @@ class Staging:
         self.dir: str | None = None
         self._staged: dict[str, str] = {}
         self._buffer = bytearray(CHUNK)
-        self._counter = 0
+        self._names = itertools.count(1)  # next() on it is atomic: staging may run on two threads
         self._liveness: int | None = None
         self.new_bytes = 0  # bytes of objects the store did not have, counted by install()
         self._reused: dict[str, str | bytes] = {}  # oid -> source path, or a tree's bytes
 
     def __enter__(self) -> "Staging":
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
-        self.dir = os.path.join(self.layout.tmp, tmp_name("stage"))
-        os.mkdir(self.dir)
-        # Held while this process lives: gc never removes a staging folder someone still holds,
+        # Locked while this process lives: gc never removes a staging folder someone still holds,
         # however long a big deploy takes.
-        self._liveness = try_flock_dir(self.dir)
+        self.dir, self._liveness = make_locked_dir(self.layout.tmp, "stage")
         return self
 
     def __exit__(self, *exc) -> None:
         self.discard()
 
     def _new_name(self) -> str:
-        self._counter += 1
-        return f"{self.dir}/{self._counter}"
+        return f"{self.dir}/{next(self._names)}"
 
     def _new_tmp(self) -> tuple[str, int]:
         path = self._new_name()
@@ -184,15 +182,19 @@ class Staging:
         self._keep(oid, path)
         return oid, size, after
 
-    def add_stream(self, src, label: str = "the source") -> tuple[str, int]:
-        """Copy an open binary file into staging while hashing it: one read, one write."""
-        view = memoryview(self._buffer)
+    def add_stream(self, src, label: str = "the source", buffer: bytearray | None = None) -> tuple[str, int]:
+        """Copy an open binary file into staging while hashing it: one read, one write.
+
+        Safe to call from several threads at once, each with its own ``buffer``.
+        """
+        buffer = self._buffer if buffer is None else buffer
+        view = memoryview(buffer)
         hasher = new_hasher()
         size = 0
         path, fd = self._new_tmp()
         flushed = 0
         try:
-            while n := _read_source(src, self._buffer, label):
+            while n := _read_source(src, buffer, label):
                 hasher.update(view[:n])
                 write_all(fd, view[:n])
                 size += n
@@ -248,10 +250,9 @@ class Staging:
                 os.close(fd)
 
     def _keep(self, oid: str, path: str) -> None:
-        if oid in self._staged:
+        # setdefault is one atomic step: two threads staging the same content keep one copy.
+        if self._staged.setdefault(oid, path) != path:
             os.unlink(path)
-        else:
-            self._staged[oid] = path
 
     def install(self) -> int:
         """Give every staged object its final name. Returns how many were new to the store.

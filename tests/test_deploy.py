@@ -185,3 +185,80 @@ def test_same_content_in_two_models_is_stored_once(repo, tmp_path, root):
     result = repo.deploy("two", b)
     assert result.new_objects == 0
     assert sorted(p for p in (root / "store" / "objects").rglob("*") if p.is_file()) == objects
+
+
+# -- staging on two threads -------------------------------------------------------------------
+
+def _many_files(path, count: int = 40):
+    """A tree with large and small files, two of them identical."""
+    for i in range(count):
+        folder = path / f"part{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{i:03d}.bin").write_bytes(os.urandom(100_000 if i % 10 == 0 else 3_000 + i))
+    (path / "copy-a.bin").write_bytes(b"same bytes" * 1000)
+    (path / "copy-b.bin").write_bytes(b"same bytes" * 1000)
+    return path
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Stage on two threads from the first byte, and prove both really ran: each thread's first
+    file waits at a barrier until the other thread arrives (it fails after 30 s if none does)."""
+    import threading
+
+    from gaia_cas import ingest
+    from gaia_cas.objects import Staging
+
+    monkeypatch.setattr(ingest, "STAGING_THREADS", 2)
+    monkeypatch.setattr(ingest, "PARALLEL_MIN_BYTES", 0)
+    barrier = threading.Barrier(2, timeout=30)
+    seen: set[str] = set()
+    real = Staging.add_stream
+
+    def add_stream(self, src, label="the source", buffer=None):
+        name = threading.current_thread().name
+        if name.startswith("gaia-cas-stage") and name not in seen:
+            seen.add(name)
+            barrier.wait()
+        return real(self, src, label, buffer)
+
+    monkeypatch.setattr(Staging, "add_stream", add_stream)
+    return seen
+
+
+def test_a_deploy_stages_on_two_threads_and_builds_the_tree_one_thread_builds(tmp_path, two_threads, root):
+    from gaia_cas.repo import Repository
+
+    src = _many_files(tmp_path / "model")
+    expected = Repository(root).deploy("ssd", src, dry_run=True).hash  # hashed on this thread only
+    assert two_threads == set()
+    result = Repository(root).deploy("ssd", src)
+    assert len(two_threads) == 2
+    assert result.hash == expected
+    assert result.new_objects == 41 + 5  # 42 files, two identical, in 5 folders: one object each
+    report = Repository(root).verify()
+    assert report.ok
+    assert os.listdir(root / "store" / "tmp") == []  # no staged copy left behind, the duplicate neither
+
+
+def test_an_error_on_a_staging_thread_fails_the_deploy_and_changes_nothing(tmp_path, two_threads, root, cli,
+                                                                            monkeypatch):
+    from gaia_cas import ingest
+    from gaia_cas.repo import Repository
+
+    Repository(root).deploy("ssd", make_savedmodel(tmp_path / "first"))
+    src = _many_files(tmp_path / "model")
+    real_open = ingest._open_regular
+
+    def open_regular(path):
+        if path.endswith("f017.bin"):
+            raise SourceError(f"cannot read {path}: Input/output error")
+        return real_open(path)
+
+    monkeypatch.setattr(ingest, "_open_regular", open_regular)
+    before = snapshot(root)
+    run = cli("deploy", "ssd", str(src))
+    assert run.code == 1 and run.err.startswith("gaia-cas: error: cannot read ") and "f017.bin" in run.err
+    assert len(run.err.strip().splitlines()) == 1
+    assert len(two_threads) == 2
+    assert snapshot(root) == before

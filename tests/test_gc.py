@@ -240,3 +240,67 @@ def test_nightly_script_fails_when_one_model_cannot_be_cleaned(repo, root, tmp_p
                                "--lock-timeout", "0.3"], capture_output=True, text=True, timeout=120,
                               stdin=subprocess.DEVNULL)
     assert proc.returncode == 1 and "Retention FAILED for m" in proc.stdout
+
+
+def test_a_working_folder_locked_after_gc_planned_is_not_removed(repo, root):
+    """The race between gc's plan and its sweep: a deploy that locks a folder of store/tmp in
+    between keeps it (gc takes the folder's lock itself before removing it)."""
+    from gaia_cas import gc as gc_module
+    from gaia_cas.layout import Layout
+    from gaia_cas.locking import try_flock_dir
+    from gaia_cas.manifest import Manifests
+    from gaia_cas.trees import TreeReader
+
+    layout = Layout(root)
+    tmp = root / "store" / "tmp"
+    idle, taken = tmp / ".stage.tmp-idle", tmp / ".stage.tmp-taken"
+    for folder in (idle, taken):
+        folder.mkdir(parents=True)
+        (folder / "1").write_bytes(b"staged")
+        age(folder / "1")
+        age(folder)
+    plan = gc_module.plan_gc(layout, Manifests(layout), TreeReader(repo.objects), grace=timedelta(0))
+    assert {d.path for d in plan.doomed} >= {idle, taken}  # both unlocked when planned
+    fd = try_flock_dir(taken)  # a deploy takes this one now
+    try:
+        result = gc_module.execute(layout, plan, timedelta(0))
+        assert not idle.exists()
+        assert (taken / "1").read_bytes() == b"staged"
+        assert result.skipped == 1
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("race", ["gone-before-the-lock", "locked-by-gc", "removed-while-locking"])
+def test_a_new_working_folder_taken_by_gc_before_it_is_locked_is_replaced(tmp_path, monkeypatch, race):
+    """gc (with no grace period) may take a folder between its mkdir and its lock: the folder
+    handed out is always one that exists and is locked by us."""
+    from gaia_cas import locking
+
+    real = locking.try_flock_dir
+    calls = []
+
+    def racing(path):
+        calls.append(path)
+        if len(calls) > 1:
+            return real(path)
+        if race == "gone-before-the-lock":
+            os.rmdir(path)
+            return real(path)  # FileNotFoundError
+        if race == "locked-by-gc":
+            return None
+        fd = real(path)
+        os.rmdir(path)  # gc removed it just before our lock was granted
+        return fd
+
+    monkeypatch.setattr(locking, "try_flock_dir", racing)
+    parent = tmp_path / "store-tmp"
+    parent.mkdir()
+    path, fd = locking.make_locked_dir(parent, "stage")
+    try:
+        assert len(calls) == 2 and path == calls[1] and os.path.isdir(path)
+        assert real(path) is None  # held by us
+        left = {os.path.basename(p) for p in calls} if race == "locked-by-gc" else {os.path.basename(path)}
+        assert set(os.listdir(parent)) == left  # gc's own sweep removes the one it held
+    finally:
+        os.close(fd)
