@@ -617,7 +617,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m gaia_cas.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=float, default=1.0, help="tree size in GiB; files scale with it (default 1)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; medians are reported (default 3)")
+    p.add_argument("--repeat", type=int, default=5, help="runs per measurement; medians are reported (default 5)")
     p.add_argument("--versions", type=int, default=10_000, help="versions for list/status/rollback (default 10000)")
     p.add_argument("--gc-objects", type=int, default=100_000, help="objects in the gc store (default 100000)")
     p.add_argument("--scaling", action="store_true", help="also deploy at 1x, 2x and 4x the file count")
