@@ -15,7 +15,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from .atomic import atomic_file, tmp_name
+from .atomic import atomic_file
+from .locking import make_locked_dir
 from .errors import InvalidInputError, SourceError
 from .names import entry_name_problem
 
@@ -141,8 +142,8 @@ def import_archive(repo, path: str | os.PathLike, model: str, *, reason: str | N
         meta.pop(key, None)
     meta.update(metadata or {})
     repo.layout.tmp.mkdir(parents=True, exist_ok=True)
-    workdir = repo.layout.tmp / tmp_name("import")
-    os.mkdir(workdir)
+    folder, liveness = make_locked_dir(repo.layout.tmp, "import")  # gc leaves it alone while locked
+    workdir = Path(folder)
     try:
         with tarfile.open(path, "r:*") as tar:
             tar.extractall(workdir, members=[m for m in members if m.name != "metadata.json"], filter="data")
@@ -150,3 +151,4 @@ def import_archive(repo, path: str | os.PathLike, model: str, *, reason: str | N
                            force=force, source_label=f"{path}!/{top}")  # keeps the artifact's own name
     finally:
         remove_tree(workdir)
+        os.close(liveness)

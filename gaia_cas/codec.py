@@ -99,6 +99,16 @@ def pack_rows(rows) -> tuple[bytes, list[int]]:
     return b"".join(parts), offsets
 
 
+def array_length(data: bytes) -> int | None:
+    """The element count a msgpack array declares at the start of ``data``; None if it is none."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    unpacker.feed(data[:5])
+    try:
+        return unpacker.read_array_header()
+    except Exception:  # not an array, or a header cut short
+        return None
+
+
 def array_header_size(count: int) -> int:
     """Bytes of the header msgpack writes before an array of ``count`` elements."""
     return 1 if count < 16 else 3 if count < 1 << 16 else 5

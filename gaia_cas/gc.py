@@ -264,7 +264,10 @@ def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
             # A working folder of store/tmp is only ever removed under its lock: one a deploy
             # locked since the plan was made is in use (its owner checks, after locking, that
             # the folder it holds is still there).
-            fd = try_flock_dir(item.path)
+            try:
+                fd = try_flock_dir(item.path)
+            except FileNotFoundError:
+                continue  # its owner finished and removed it meanwhile
             if fd is None:
                 skipped += 1
                 continue

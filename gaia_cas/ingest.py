@@ -229,8 +229,9 @@ class _Builder:
         Reading, hashing (xxhash releases the GIL) and writing all run outside the GIL, so two
         threads stage about 1.6x as fast as one where the disk keeps up (measured: 1 GiB, 2003
         files, on tmpfs: 410 ms on one thread, 257 ms on two). The biggest files go first, so
-        the threads finish together. The first error stops the rest and is raised here, after
-        the threads in flight have finished; the staging area is then discarded as usual.
+        the threads finish together. The first error (or a Ctrl-C) halts the other thread within
+        one chunk and is raised here once it has stopped; the staging area is then discarded as
+        usual.
         """
         if self.stage is None or self.consume or STAGING_THREADS < 2 or isinstance(root, _File):
             return
@@ -239,7 +240,7 @@ class _Builder:
             return
         todo.sort(key=lambda f: f.size, reverse=True)
         import threading
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
         local = threading.local()
 
@@ -251,8 +252,16 @@ class _Builder:
 
         pool = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="gaia-cas-stage")
         try:
-            for node, result in zip(todo, pool.map(store, todo)):
-                self.stored[node.path] = result
+            futures = [pool.submit(store, node) for node in todo]
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                if future.exception() is not None:
+                    raise future.exception()
+            for node, future in zip(todo, futures):
+                self.stored[node.path] = future.result()
+        except BaseException:
+            self.stage.halt()  # the files still being read stop at their next chunk
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -50,8 +50,9 @@ def hold_flock(path: Path, timeout: float, *, shared: bool, holder: str):
 
     The model lock is one, exclusive. The store-wide gc barrier is built of two (see
     :func:`store_barrier`): every writer holds it shared from the moment it installs objects
-    until its manifest is committed; gc holds it exclusive while it marks and sweeps. So gc never sees an object that is installed but not yet referenced, and writers
-    never lose an object to a sweep in progress. Released by the kernel if the holder dies.
+    until its manifest is committed; gc holds it exclusive while it marks and sweeps. So gc
+    never sees an object that is installed but not yet referenced, and writers never lose an
+    object to a sweep in progress. Released by the kernel if the holder dies.
     """
     import fcntl
     import time
@@ -73,6 +74,8 @@ def hold_flock(path: Path, timeout: float, *, shared: bool, holder: str):
                     raise LockTimeoutError(str(path), timeout, holder) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
+            except OSError as exc:  # e.g. ENOLCK: a filesystem without locks
+                raise StoreError(f"cannot lock {path}: {exc.strerror or exc}") from exc
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock

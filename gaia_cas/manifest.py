@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator, NamedTuple
 
 from .atomic import NotDurableError, write_atomic
-from .codec import array_header_size, array_offsets, pack, pack_map, pack_rows, unpack
+from .codec import array_header_size, array_length, array_offsets, pack, pack_map, pack_rows, unpack
 from .errors import CorruptionError, InvalidInputError, StoreError
 from .layout import MANIFEST_SUFFIX, Layout, check_link
 from .locking import hold_lock, lock_timeout_from_env
@@ -503,7 +503,8 @@ def _row_offsets(stored, rows: bytes, count: int, origin: str) -> list[int]:
     if stored is _MISSING:
         return array_offsets(rows, f"{origin} versions", count, **_ROW_LIMITS)
     if not (isinstance(stored, list) and len(stored) == count + 1 and _only(stored, int)
-            and stored[0] == array_header_size(count) and stored[-1] == len(rows)):
+            and stored[0] == array_header_size(count) and stored[-1] == len(rows)
+            and array_length(rows) == count):
         raise CorruptionError(f"{origin} version offsets do not fit its {count} version rows")
     return stored
 

@@ -29,6 +29,11 @@ READ_ONLY = 0o444
 WRITEBACK_STEP = 8 << 20  # start the disk on every 8 MiB a large file stages, not only at its end
 
 
+class Halted(Exception):
+    """A stream stopped because its staging area was halted; never seen by users (the error
+    or interrupt that halted it is what propagates)."""
+
+
 def new_hasher():
     return xxhash.xxh3_128()
 
@@ -119,6 +124,7 @@ class Staging:
         self._staged: dict[str, str] = {}
         self._buffer = bytearray(CHUNK)
         self._names = itertools.count(1)  # next() on it is atomic: staging may run on two threads
+        self.halted = False  # set by halt(): streams still running stop at their next chunk
         self._liveness: int | None = None
         self.new_bytes = 0  # bytes of objects the store did not have, counted by install()
         self._reused: dict[str, str | bytes] = {}  # oid -> source path, or a tree's bytes
@@ -195,6 +201,8 @@ class Staging:
         flushed = 0
         try:
             while n := _read_source(src, buffer, label):
+                if self.halted:
+                    raise Halted(label)
                 hasher.update(view[:n])
                 write_all(fd, view[:n])
                 size += n
@@ -208,6 +216,11 @@ class Staging:
             os.close(fd)
         self._keep(oid, path)
         return oid, size
+
+    def halt(self) -> None:
+        """Make streams running on other threads stop within one chunk (the deploy failed or
+        was interrupted): a 20 GB file then does not keep a Ctrl-C waiting until it is copied."""
+        self.halted = True
 
     def add_bytes(self, data: bytes) -> str:
         oid = hash_bytes(data)

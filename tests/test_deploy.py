@@ -262,3 +262,41 @@ def test_an_error_on_a_staging_thread_fails_the_deploy_and_changes_nothing(tmp_p
     assert len(run.err.strip().splitlines()) == 1
     assert len(two_threads) == 2
     assert snapshot(root) == before
+
+
+def test_a_failing_file_halts_the_other_staging_thread_within_a_chunk(tmp_path, root, monkeypatch):
+    """The large file being staged on the other thread stops at its next chunk instead of being
+    copied to the end (a 20 GB shard would otherwise keep the error -- or a Ctrl-C -- waiting)."""
+    import threading
+
+    from gaia_cas import ingest, objects
+    from gaia_cas.repo import Repository
+
+    monkeypatch.setattr(ingest, "STAGING_THREADS", 2)
+    monkeypatch.setattr(ingest, "PARALLEL_MIN_BYTES", 0)
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "big.bin").write_bytes(b"\1" * (16 * objects.CHUNK))
+    (src / "bad.bin").write_bytes(b"bad")
+    failed = threading.Event()
+    chunks = []
+    real_read, real_open = objects._read_source, ingest._open_regular
+
+    def read_source(f, buffer, label):
+        if label.endswith("big.bin") and chunks:
+            assert failed.wait(30)  # the other thread's failure comes while this file is mid-way
+        chunks.append(label)
+        return real_read(f, buffer, label)
+
+    def open_regular(path):
+        if path.endswith("bad.bin"):
+            failed.set()
+            raise SourceError(f"cannot read {path}: Input/output error")
+        return real_open(path)
+
+    monkeypatch.setattr(objects, "_read_source", read_source)
+    monkeypatch.setattr(ingest, "_open_regular", open_regular)
+    with pytest.raises(SourceError, match="bad.bin"):
+        Repository(root).deploy("ssd", src)
+    assert 1 <= len(chunks) <= 3  # of 16: it stopped at the first chunk after the failure
+    assert os.listdir(root / "store" / "tmp") == []

@@ -327,8 +327,10 @@ def test_an_index_that_disagrees_with_the_rows_is_corruption():
     lambda doc: doc["version_offsets"].__setitem__(-1, 10**6),                # rows end past the bytes
     lambda doc: doc["version_offsets"].__setitem__(1, True),                  # an offset that is no number
     lambda doc: doc.update(version_offsets="0,1,2"),                          # offsets that are no list
+    # index and offsets agree with each other but skip a row: 1.1.0 would silently vanish
+    lambda doc: doc.update(version_numbers=["1.0.0"], version_offsets=doc["version_offsets"][::2]),
 ], ids=["unindexed-row", "missing-row", "trailing-bytes", "truncated-row", "duplicate-number", "offset-missing",
-        "offset-in-header", "offset-past-end", "offset-not-int", "offsets-not-list"])
+        "offset-in-header", "offset-past-end", "offset-not-int", "offsets-not-list", "index-skips-a-row"])
 def test_rows_and_index_out_of_step_are_corruption_at_once(change):
     doc = stored_doc()
     change(doc)
@@ -669,6 +671,20 @@ def test_library_lock_timeout_raises_lock_timeout_error(two_versions, root):
             Repository(root, lock_timeout=0.3).rollback("ssd", "1.0.0")
     assert isinstance(info.value, GaiaCasError)
     assert info.value.lock_path == str(two_versions["lock"])
+
+
+def test_a_filesystem_without_locks_is_a_one_line_error_naming_the_lock(two_versions, cli, root, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    before = snapshot(root)
+    run = cli("rollback", "ssd", "1.0.0")
+    assert_one_line_error(run, "cannot lock", f"{root}/", "No locks available")  # whichever lock came first
+    assert snapshot(root) == before
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "nan", "1s"])
