@@ -182,6 +182,7 @@ class _Builder:
         self.taken: dict[str, tuple] = {}
         self.linked = 0
         self.stored: dict[str, tuple[str, int]] = {}  # path -> (oid, size), staged ahead on threads
+        self.known: dict[str, str] = {}  # path -> oid, found in the stat cache by store_ahead
 
     def file(self, node: _File) -> tuple[str, int]:
         if self.consume and self.stage is not None and node.stat is not None:
@@ -197,7 +198,7 @@ class _Builder:
             self.file_count += 1
             return stored
         if self.cache is not None and node.stat is not None:
-            oid = self.cache.lookup(node.path, node.stat)
+            oid = self.known.pop(node.path, None) or self.cache.lookup(node.path, node.stat)
             if oid is not None:
                 if self.stage is not None:
                     self.stage.reuse(oid, node.path, node.size)
@@ -266,7 +267,14 @@ class _Builder:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _cached(self, node: _File) -> bool:
-        return self.cache is not None and node.stat is not None and self.cache.lookup(node.path, node.stat) is not None
+        """Whether the stat cache knows the file; the answer is kept, so it is asked only once."""
+        if self.cache is None or node.stat is None:
+            return False
+        oid = self.cache.lookup(node.path, node.stat)
+        if oid is None:
+            return False
+        self.known[node.path] = oid
+        return True
 
     def tree(self, node: _Dir) -> tuple[str, int]:
         entries = []

@@ -153,11 +153,14 @@ def snapshot(root: Path) -> dict[str, tuple]:
 # -- real processes and safety nets ----------------------------------------------------------
 
 @contextmanager
-def lock_held_elsewhere(lock_path: Path):
-    """Another real process holds the flock on ``lock_path`` for the duration of the block."""
+def lock_held_elsewhere(lock_path: Path, shared: bool = False):
+    """Another real process holds the flock on ``lock_path`` (a lock file, created if missing, or a
+    working folder), exclusive or shared, for the duration of the block."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
-         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lock_path)],
+        [sys.executable, "-c", "import fcntl, os, sys, time; p = sys.argv[1];"
+         "fd = os.open(p, os.O_RDONLY if os.path.isdir(p) else os.O_RDWR | os.O_CREAT);"
+         "fcntl.flock(fd, getattr(fcntl, sys.argv[2])); print('held', flush=True); time.sleep(60)", str(lock_path),
+         "LOCK_SH" if shared else "LOCK_EX"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

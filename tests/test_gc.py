@@ -139,19 +139,11 @@ def test_stale_temp_files_go_and_live_staging_stays(repo, root, tmp_path):
     live = tmp / ".stage.tmp-live"
     live.mkdir()
     age(live)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY);"
-         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(live)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(live):
         _, result = repo.gc()
         assert not stale.exists() and not manifest_tmp.exists()
         assert live.is_dir()  # a live deploy's staging folder is never removed, however old
         assert result.deleted == {"tmp": 1, "manifest-tmp": 1}
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
     repo.gc()
     assert not live.exists()
 
@@ -187,18 +179,10 @@ def test_old_logs_are_deleted(repo, root, savedmodel, cli):
 def test_gc_waits_for_a_writer_holding_the_barrier(repo, root, savedmodel, cli):
     """A writer between installing objects and committing holds the barrier; gc times out, deletes nothing."""
     repo.deploy("m", savedmodel)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
-         "fcntl.flock(fd, fcntl.LOCK_SH); print('held', flush=True); time.sleep(60)",
-         str(root / "store" / "gc.lock")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(root / "store" / "gc.lock", shared=True):
         before = snapshot(root)
         assert_one_line_error(cli("gc", "--grace", "0", "--lock-timeout", "0.3"), "gc.lock")
         assert snapshot(root) == before
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
     assert cli("gc", "--grace", "0").code == 0
 
 
