@@ -22,9 +22,11 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import NamedTuple
 
+from .codec import pack
 from .errors import SourceError
 from .names import MAX_NAME_BYTES, entry_name_problem
 from .objects import CHUNK, hash_bytes, hash_stream
+from .statcache import stat_key
 from .trees import DIR, FILE, MAX_DEPTH, Entry, encode_tree
 
 DIRECTORY_ARTIFACT = "directory"
@@ -183,6 +185,7 @@ class _Builder:
         self.linked = 0
         self.stored: dict[str, tuple[str, int]] = {}  # path -> (oid, size), staged ahead on threads
         self.known: dict[str, str] = {}  # path -> oid, found in the stat cache by store_ahead
+        self.trusted = cache is not None  # every file's oid would be trusted again from its stat
 
     def file(self, node: _File) -> tuple[str, int]:
         if self.consume and self.stage is not None and node.stat is not None:
@@ -219,8 +222,8 @@ class _Builder:
                 self.taken[node.path] = _identity(os.fstat(src.fileno()))
         if size != node.size:
             raise SourceError(f"{node.path} changed while it was being deployed ({node.size} bytes, then {size})")
-        if self.cache is not None and node.stat is not None:
-            self.cache.remember(node.path, node.stat, oid)
+        if self.cache is not None and (node.stat is None or not self.cache.remember(node.path, node.stat, oid)):
+            self.trusted = False
         return oid, size
 
     def store_ahead(self, root: _File | _Dir) -> None:
@@ -302,7 +305,8 @@ class _Builder:
         return Built(tree, DIRECTORY_ARTIFACT, None, size, self.file_count)
 
 
-def stage(staging, source: str | os.PathLike, cache=None, consume: "Consumption | None" = None) -> Built:
+def stage(staging, source: str | os.PathLike, cache=None, consume: "Consumption | None" = None,
+          node: "_File | _Dir | None" = None) -> Built:
     """Scan ``source`` and stream it into ``staging``; nothing reaches store/objects yet.
 
     With a stat cache, files whose stat is unchanged are not read again: their oid comes from
@@ -310,13 +314,58 @@ def stage(staging, source: str | os.PathLike, cache=None, consume: "Consumption 
     With ``consume`` (from :func:`plan_consumption`), files are linked rather than copied where
     the filesystem allows, and ``consume`` learns which source files to delete after the commit.
     """
-    node = consume.node if consume is not None else scan(source)  # checked by plan_consumption
+    if consume is not None:
+        node = consume.node  # checked by plan_consumption
+    elif node is None:
+        node = scan(source)
     builder = _Builder(staging, cache, consume is not None)
     builder.store_ahead(node)
     built = builder.artifact(node)
     if consume is not None:
         consume.taken, consume.linked = builder.taken, builder.linked
+    elif builder.trusted and isinstance(node, _Dir):
+        cache.remember_tree(node.path, fingerprint(node), built.tree, built.size, built.file_count)
     return built
+
+
+# -- a folder whose every file is as it was: its tree without building it --------------------
+
+def fingerprint(node: _Dir) -> str:
+    """A digest of a scanned folder: every path below it in scan order, and each file's stat key.
+
+    Equal digests mean every file has the stat key it had before, so each would be a stat cache
+    hit and the folder would build the same tree. Folders are part of it (an empty one is a tree
+    entry), and paths are absolute, so the structure is in it too. A directory that lists its
+    entries in another order gives another digest: a miss, which costs only the slower path.
+    """
+    rows: list = [node.path]
+    add = rows.append
+
+    def walk(folder: _Dir) -> None:
+        for child in folder.children.values():
+            if child.__class__ is _Dir:
+                add(child.path)
+                walk(child)
+            else:
+                add((child.path, *stat_key(child.stat)))
+
+    walk(node)
+    return hash_bytes(pack(rows))
+
+
+def recall(source: str | os.PathLike, cache) -> "tuple[_File | _Dir, Built | None]":
+    """Scan ``source``; if it is a folder the stat cache remembers with this very scan, also
+    return its Built, known without looking at a single file's content or building a tree."""
+    node = scan(source)
+    if cache is None or not isinstance(node, _Dir):
+        return node, None
+    remembered = cache.recall_tree(node.path, fingerprint(node))
+    if remembered is None or len(remembered) != 3:
+        return node, None
+    tree, size, file_count = remembered
+    if not (isinstance(size, int) and isinstance(file_count, int)):
+        return node, None
+    return node, Built(tree, DIRECTORY_ARTIFACT, None, size, file_count)
 
 
 # -- deploy --consume: the source is handed over to the store ------------------------------------
@@ -425,9 +474,11 @@ def _same(path: str, identity: tuple | None) -> bool:
         return False
 
 
-def hash_only(source: str | os.PathLike, cache=None) -> Built:
-    """The tree oid ``source`` would get, computed without writing anything (dry runs)."""
-    return _Builder(None, cache).artifact(scan(source))
+def hash_only(source: "str | os.PathLike | _File | _Dir", cache=None) -> Built:
+    """The tree oid ``source`` (a path, or what :func:`scan` made of one) would get, computed
+    without writing anything (dry runs)."""
+    node = source if isinstance(source, (_File, _Dir)) else scan(source)
+    return _Builder(None, cache).artifact(node)
 
 
 def artifact_path(tree_dir: Path, name: str | None) -> Path:

@@ -310,16 +310,20 @@ class Repository:
         if source_label is not None:
             request = request._replace(label=source_label)
         snapshot = request.snapshot
+        current = snapshot.current_version() if snapshot else None
         consumption = ingest.plan_consumption(request.source, self.layout.store) if consume else None
         # A temporary extraction (source_label set) would only fill the cache with dead entries,
         # and so would a consumed source, which is gone after the deploy.
         cache = StatCache(self.layout.store / "statcache.msgpack") if source_label is None and not consume else None
+        if consumption is not None:
+            node, remembered = consumption.node, None
+        else:
+            node, remembered = ingest.recall(request.source, cache)
         if dry_run:
             from . import formats
 
-            built = ingest.hash_only(request.source, cache)
+            built = remembered or ingest.hash_only(node, cache)
             fmt = formats.detect(request.source)
-            current = snapshot.current_version() if snapshot else None
             if current and current.tree == built.tree and not force:
                 number, unchanged = current.version, True
             else:
@@ -327,25 +331,28 @@ class Repository:
             return DeployResult(request.model, number, built.tree, unchanged, None, built.size, fmt,
                                 built.file_count, snapshot.current if snapshot else None, dry_run=True)
 
-        with _translate_store_errors(self.layout), self.objects.staging() as staging:
-            built = ingest.stage(staging, request.source, cache, consumption)  # the long part: no lock held
-            current = snapshot.current_version() if snapshot else None
-            if (current is not None and current.tree == built.tree and not force and not current.broken
-                    and self.manifests.token(request.model) == request.token):
-                # Identical to the current version of a manifest that has not changed since it
-                # was read: a true answer as of that read, with no lock, barrier or install.
-                number, unchanged, previous, new_objects = current.version, True, current.version, 0
-                tree_dir, fmt = self.layout.tree_path(built.tree), current.format
-            else:
-                from . import formats  # zipfile and friends: only deploys that commit pay for them
+        if remembered is not None and self._still_current(request, remembered, current):
+            # Every file has the stat it had when this tree was deployed: nothing to read, stage
+            # or write, not even the stat cache.
+            built = remembered
+            number, unchanged, previous, new_objects = current.version, True, current.version, 0
+            tree_dir, fmt = self.layout.tree_path(built.tree), current.format
+        else:
+            with _translate_store_errors(self.layout), self.objects.staging() as staging:
+                built = ingest.stage(staging, request.source, cache, consumption, node)  # the long part: no lock held
+                if self._still_current(request, built, current):
+                    number, unchanged, previous, new_objects = current.version, True, current.version, 0
+                    tree_dir, fmt = self.layout.tree_path(built.tree), current.format
+                else:
+                    from . import formats  # zipfile and friends: only deploys that commit pay for them
 
-                fmt = formats.detect(request.source)
-                with self._writing():  # from here to the commit, gc waits (the store barrier)
-                    new_objects = staging.install()
-                    tree_dir = self._materialize(built.tree)
-                    number, unchanged, previous = self._commit_deploy(request, built, fmt)
-        if cache is not None:
-            cache.save(str(request.source))
+                    fmt = formats.detect(request.source)
+                    with self._writing():  # from here to the commit, gc waits (the store barrier)
+                        new_objects = staging.install()
+                        tree_dir = self._materialize(built.tree)
+                        number, unchanged, previous = self._commit_deploy(request, built, fmt)
+            if cache is not None:
+                cache.save(str(request.source))
         model, source = request.model, request.source
         consumed = None
         if consumption is not None:  # committed (or already current): the store holds every byte
@@ -367,6 +374,12 @@ class Repository:
             )
         return DeployResult(model, number, built.tree, unchanged, str(ingest.artifact_path(tree_dir, built.name)),
                             built.size, fmt, built.file_count, previous, new_objects, consumed=consumed)
+
+    def _still_current(self, request: "_DeployRequest", built: ingest.Built, current) -> bool:
+        """Whether ``built`` is the current version of a manifest that has not changed since the
+        request read it: a true 'unchanged' as of that read, with no lock, barrier or install."""
+        return (current is not None and current.tree == built.tree and not request.force and not current.broken
+                and self.manifests.token(request.model) == request.token)
 
     def _deploy_request(self, name, path, bump_kind, version, reason, metadata, force) -> "_DeployRequest":
         """Validate everything a deploy was given, before a single byte is written."""
