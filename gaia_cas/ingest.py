@@ -20,7 +20,7 @@ import os
 import stat
 from pathlib import Path
 from stat import S_ISREG
-from typing import NamedTuple
+from collections import namedtuple
 
 from .codec import pack
 from .errors import SourceError
@@ -54,12 +54,8 @@ class _Dir:
         self.children: dict[str, _File | _Dir] = {}
 
 
-class Built(NamedTuple):
-    tree: str
-    artifact: str  # "directory" or "file"
-    name: str | None  # the file's name for a file artifact
-    size: int
-    file_count: int
+# artifact: "directory" or "file"; name: the file's name for a file artifact, else None
+Built = namedtuple("Built", "tree artifact name size file_count")
 
 
 def _describe(mode: int) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
+from collections import namedtuple
 
 from .errors import InvalidInputError, RootNotFoundError
 from .names import check_model_name, check_oid
@@ -29,8 +29,8 @@ from .names import check_model_name, check_oid
 MANIFEST_SUFFIX = ".msgpack"
 
 
-class Layout(NamedTuple):
-    root: Path
+class Layout(namedtuple("Layout", "root")):
+    __slots__ = ()
 
     @property
     def store(self) -> Path:

@@ -15,8 +15,7 @@ import operator
 import os
 import re
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Any, Iterator, NamedTuple
+from collections import namedtuple
 
 from .atomic import NotDurableError, write_atomic
 from .codec import array_header_size, array_length, array_offsets, pack, pack_map, pack_rows, unpack
@@ -25,6 +24,11 @@ from .layout import MANIFEST_SUFFIX, Layout, check_link
 from .locking import hold_lock, lock_timeout_from_env
 from .names import check_model_name, is_oid
 from .versions import parse_version
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the import typing costs at start-up
+if TYPE_CHECKING:
+    from typing import Any, Iterator
+    from datetime import datetime
 
 SCHEMA = 1
 _VERSION_NUMBER = re.compile(r"(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})")  # as stored: X.Y.Z
@@ -286,6 +290,8 @@ def moment(text: str) -> datetime:
     """A stored ISO time as an aware datetime. An unreadable one counts as the newest possible,
     so every age rule (retention, gc's grace) errs on the side of keeping."""
     try:
+        from datetime import datetime, timezone  # only listing and retention compare times
+
         value = datetime.fromisoformat(text)
     except (TypeError, ValueError):
         return datetime.max.replace(tzinfo=timezone.utc)
@@ -594,15 +600,14 @@ def check_channel_name(name: str) -> str:
 
 # -- storage ---------------------------------------------------------------------------------
 
-class Snapshot(NamedTuple):
+class Snapshot(namedtuple("Snapshot", "manifest token")):
     """A manifest as read, plus the identity of the file it came from.
 
     ``token`` changes whenever the manifest is replaced (each commit is a new inode), so a
     server can tell with one ``stat`` whether anything changed since it last read.
     """
 
-    manifest: Manifest
-    token: tuple[int, int, int]
+    __slots__ = ()
 
 
 def file_token(st: os.stat_result) -> tuple[int, int, int]:

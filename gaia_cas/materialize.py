@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -71,6 +70,8 @@ def _checkout(reader: TreeReader, store: ObjectStore, oid: str, dest: Path, dept
         except OSError as exc:
             if exc.errno not in _COPY_INSTEAD:
                 raise
+            import shutil
+
             shutil.copyfile(source, target)
             os.chmod(target, READ_ONLY)
     # Durable before the rename publishes it: after a crash a published tree is complete.
@@ -117,6 +118,8 @@ def remove_tree(path: Path) -> None:
             full = os.path.join(dirpath, name)
             if not os.path.islink(full):
                 os.chmod(full, 0o755)
+    import shutil
+
     shutil.rmtree(path)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -317,6 +316,8 @@ class Staging:
 
     def discard(self) -> None:
         if self.dir is not None and os.path.exists(self.dir):
+            import shutil  # not at import time (bz2, lzma...): an unchanged redeploy stages nothing
+
             shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
         if self._liveness is not None:

@@ -10,12 +10,15 @@ nesting depth.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-from typing import Iterator
+from collections import namedtuple
 
 from .codec import pack, unpack
 from .errors import CorruptionError
 from .names import entry_name_problem, is_oid
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the import typing costs at start-up
+if TYPE_CHECKING:
+    from typing import Iterator
 
 FILE = "file"
 DIR = "dir"
@@ -25,11 +28,7 @@ MAX_TREE_BYTES = 64 << 20
 MAX_ENTRIES = 1_000_000
 
 
-class Entry(NamedTuple):
-    name: str
-    kind: str
-    oid: str
-    size: int
+Entry = namedtuple("Entry", "name kind oid size")
 
 
 def _sort_key(entry: Entry) -> bytes:

@@ -11,7 +11,7 @@ Selectors accepted wherever a version is named (rollback, show, ...):
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from collections import namedtuple
 
 from .errors import InvalidInputError
 
@@ -52,11 +52,8 @@ def version_key(text: str) -> tuple[int, int, int]:
     return parse_version(text)
 
 
-class Selector(NamedTuple):
-    kind: str  # "version", "oid", "previous"
-    version: str | None = None
-    deployment_id: str | None = None
-    oid_prefix: str | None = None
+# kind: "version", "oid" or "previous"
+Selector = namedtuple("Selector", "kind version deployment_id oid_prefix", defaults=(None, None, None))
 
 
 def parse_selector(text: str) -> Selector:

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -221,6 +222,43 @@ def test_no_command_pays_for_a_lock_library_nor_the_hot_ones_for_dataclasses(roo
                            "import gaia_cas.parser; print(sorted(m for m in ('msgpack', 'xxhash', 'filelock')"
                            " if m in sys.modules))"], capture_output=True, text=True, timeout=60, env=env)
     assert proc.stdout.strip() == "[]"
+
+
+def test_an_unchanged_redeploy_imports_no_typing_shutil_or_getpass(root, savedmodel):
+    """Each costs 0.3-1.5 ms at start-up. Run without site, whose .pth hooks may import them
+    first, so this process's own imports are what is checked."""
+    import msgpack
+    import xxhash
+
+    from gaia_cas.repo import Repository
+
+    past = 1_000_000_000  # the files are old: the stat cache trusts them, so the folder is recalled
+    for path in savedmodel.rglob("*"):
+        os.utime(path, (past, past))
+    repo = Repository(root)
+    repo.deploy("ssd", savedmodel)
+    deps = {str(Path(m.__file__).parent.parent) for m in (msgpack, xxhash)}
+    env = {k: v for k, v in os.environ.items() if k not in ("LOGNAME", "USER", "LNAME", "USERNAME")}
+    env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT), *deps])
+    code = ("import sys; from gaia_cas.cli import main; rc = main(['--root', sys.argv[1], *sys.argv[2:]]);"
+            "print(sorted(m for m in ('typing', 'shutil', 'getpass', 'dataclasses') if m in sys.modules), rc)")
+    for command in (["deploy", "ssd", str(savedmodel)], ["list"], ["rollback", "ssd", "1.0.0"]):
+        proc = subprocess.run([sys.executable, "-S", "-c", code, str(root), *command], capture_output=True,
+                              text=True, timeout=60, env=env)
+        assert proc.stdout.strip().splitlines()[-1] == "[] 0", (command, proc.stdout, proc.stderr)
+
+
+def test_help_fits_the_terminal_width_given_by_columns(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(CHECKOUT)}
+    shown = {}
+    for columns in (50, 120):
+        proc = subprocess.run([sys.executable, "-m", "gaia_cas", "deploy", "--help"], capture_output=True,
+                              text=True, timeout=60, env={**env, "COLUMNS": str(columns)})
+        assert proc.returncode == 0
+        shown[columns] = proc.stdout.splitlines()
+    # argparse never breaks a single token such as {major,minor,patch}: most lines, not all, fit
+    assert sum(len(line) <= 50 for line in shown[50]) >= 0.9 * len(shown[50])
+    assert len(shown[50]) > len(shown[120]) and max(map(len, shown[120])) > 80
 
 
 def test_the_process_entry_point_exits_with_the_status_main_returns(root, savedmodel, capsys):
