@@ -57,6 +57,8 @@ def test_bench_writes_json_with_every_measurement_and_cleans_up(tiny_run):
     assert {"config", "medians", "ratios", "samples", "targets", "deploy_peak_rss_mib",
             "manifest_bytes_per_version", "scaling"} <= set(doc)
     assert doc["config"]["files"] >= 20 + 3 and doc["config"]["versions"] == 300
+    kind = "virtualenv" if sys.prefix != sys.base_prefix else "system site-packages"
+    assert doc["config"]["interpreter"] == f"{sys.executable}, {kind}"  # python -c pass depends on it
     for key in MEASURED:
         assert doc["medians"][key] > 0, key
         assert doc["ratios"][key] > 0, key
