@@ -47,11 +47,12 @@ class _File:
 
 
 class _Dir:
-    __slots__ = ("path", "children")
+    __slots__ = ("path", "children", "digest")
 
     def __init__(self, path: str):
         self.path = path
         self.children: dict[str, _File | _Dir] = {}
+        self.digest: str | None = None  # fingerprint(), computed once per scan
 
 
 # artifact: "directory" or "file"; name: the file's name for a file artifact, else None
@@ -333,7 +334,10 @@ def fingerprint(node: _Dir) -> str:
     hit and the folder would build the same tree. Folders are part of it (an empty one is a tree
     entry), and paths are absolute, so the structure is in it too. A directory that lists its
     entries in another order gives another digest: a miss, which costs only the slower path.
+    It is kept on the node: a deploy asks for it before staging and again to remember the tree.
     """
+    if node.digest is not None:
+        return node.digest
     rows: list = [node.path]
     add = rows.append
 
@@ -346,7 +350,8 @@ def fingerprint(node: _Dir) -> str:
                 add((child.path, *stat_key(child.stat)))
 
     walk(node)
-    return hash_bytes(pack(rows))
+    node.digest = hash_bytes(pack(rows))
+    return node.digest
 
 
 def recall(source: str | os.PathLike, cache) -> "tuple[_File | _Dir, Built | None]":
