@@ -307,19 +307,15 @@ class Repository:
             return DeployResult(request.model, number, built.tree, unchanged, None, built.size, fmt,
                                 built.file_count, snapshot.current if snapshot else None, dry_run=True)
 
+        committed = False
         if remembered is not None and self._still_current(request, remembered, current):
             # Every file has the stat it had when this tree was deployed: nothing to read, stage
             # or write, not even the stat cache.
             built = remembered
-            number, unchanged, previous, new_objects = current.version, True, current.version, 0
-            tree_dir, fmt = self.layout.tree_path(built.tree), current.format
         else:
             with _translate_store_errors(self.layout), self.objects.staging() as staging:
                 built = ingest.stage(staging, request.source, cache, consumption, node)  # the long part: no lock held
-                if self._still_current(request, built, current):
-                    number, unchanged, previous, new_objects = current.version, True, current.version, 0
-                    tree_dir, fmt = self.layout.tree_path(built.tree), current.format
-                else:
+                if not self._still_current(request, built, current):
                     from . import formats  # zipfile and friends: only deploys that commit pay for them
 
                     fmt = formats.detect(request.source)
@@ -327,8 +323,12 @@ class Repository:
                         new_objects = staging.install()
                         tree_dir = self._materialize(built.tree)
                         number, unchanged, previous = self._commit_deploy(request, built, fmt)
+                    committed = True
             if cache is not None:
                 cache.save(str(request.source))
+        if not committed:
+            number, unchanged, previous, new_objects = current.version, True, current.version, 0
+            tree_dir, fmt = self.layout.tree_path(built.tree), current.format
         model, source = request.model, request.source
         consumed = None
         if consumption is not None:  # committed (or already current): the store holds every byte

@@ -126,5 +126,5 @@ class StatCache:
         try:
             write_atomic(self.trees_path, pack([TREES_FORMAT, self._trees]))
         except OSError:
-            pass
+            pass  # as above: the next unchanged redeploy only takes the per-file path
         self._trees_changed = False
