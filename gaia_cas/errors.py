@@ -41,6 +41,30 @@ class SourceError(GaiaCasError):
     """The artifact being deployed cannot be read as a model (missing, unreadable, odd files)."""
 
 
+class RolledBackContentError(InvalidInputError):
+    """A deploy would make current again the content a rollback moved production away from.
+
+    ``version`` is the version that was rolled back from, ``event`` the history event of that
+    rollback (who, when, why). ``--force`` deploys it anyway.
+    """
+
+    def __init__(self, model: str, version: str, event, message: str):
+        self.model = model
+        self.version = version
+        self.event = event
+        super().__init__(message)
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM, SIGHUP): unwinds like Ctrl-C, so every staging
+    folder is removed on the way out and the store is left as it was."""
+
+    def __init__(self, signum: int, name: str):
+        self.signum = signum
+        self.name = name
+        super().__init__(name)
+
+
 class LockTimeoutError(GaiaCasError, TimeoutError):
     def __init__(self, lock_path: str, timeout: float, holder: str = "another gaia-cas process is changing this model"):
         self.lock_path = lock_path

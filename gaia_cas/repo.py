@@ -13,13 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from collections import namedtuple
 
-from . import ingest, links
+from . import history, ingest, links
 from .errors import (
     CorruptionError,
     GaiaCasError,
     InvalidInputError,
     ModelNotFoundError,
     NotFoundError,
+    RolledBackContentError,
     SourceError,
     StoreError,
     VersionNotFoundError,
@@ -303,6 +304,7 @@ class Repository:
             if current and current.tree == built.tree and not force:
                 number, unchanged = current.version, True
             else:
+                self._refuse_rolled_back(request, snapshot, built.tree)
                 number, unchanged = request.explicit or bump(snapshot.highest if snapshot else None, bump_kind), False
             return DeployResult(request.model, number, built.tree, unchanged, None, built.size, fmt,
                                 built.file_count, snapshot.current if snapshot else None, dry_run=True)
@@ -316,6 +318,8 @@ class Repository:
             with _translate_store_errors(self.layout), self.objects.staging() as staging:
                 built = ingest.stage(staging, request.source, cache, consumption, node)  # the long part: no lock held
                 if not self._still_current(request, built, current):
+                    # Decided before anything is installed, and again under the lock at the commit.
+                    self._refuse_rolled_back(request, snapshot, built.tree)
                     from . import formats  # zipfile and friends: only deploys that commit pay for them
 
                     fmt = formats.detect(request.source)
@@ -356,6 +360,20 @@ class Repository:
         request read it: a true 'unchanged' as of that read, with no lock, barrier or install."""
         return (current is not None and current.tree == built.tree and not request.force and not current.broken
                 and self.manifests.token(request.model) == request.token)
+
+    def _refuse_rolled_back(self, request: "_DeployRequest", manifest: Manifest | None, tree: str):
+        """Raise when ``tree`` is content a rollback moved away from (see :mod:`gaia_cas.history`);
+        with --force, return what the deploy overrides, so its history event can say so."""
+        if manifest is None:
+            return None
+        found = history.rolled_back_from(manifest, tree)
+        if found is None:
+            return None
+        version, event = found
+        if request.force:
+            return {"version": version, "generation": event.generation}
+        raise RolledBackContentError(manifest.model, version, event,
+                                     history.describe_rollback(manifest.model, version, event))
 
     def _deploy_request(self, name, path, bump_kind, version, reason, metadata, force) -> "_DeployRequest":
         """Validate everything a deploy was given, before a single byte is written."""
@@ -401,6 +419,7 @@ class Repository:
             current = manifest.current_version()
             if current is not None and current.tree == built.tree and not request.force and not current.broken:
                 return current.version, True, previous
+            overrides = self._refuse_rolled_back(request, manifest, built.tree)
             assigned = manifest.assigned()
             if request.explicit is not None:
                 if request.explicit in assigned:
@@ -422,8 +441,11 @@ class Repository:
                 manifest.highest = number
             manifest.current = number
             manifest.new_trees.add(built.tree)
+            # A forced deploy over a rollback says so, with its tree: the decision it overrides
+            # stays visible in the history, and stays overridden after this version is cleaned up.
+            details = {"overrides_rollback": overrides, "tree": built.tree} if overrides else None
             record(manifest, "deploy", version=number, before=previous, at=at, user=request.user,
-                   host=request.host, reason=request.reason)
+                   host=request.host, reason=request.reason, details=details)
         return number, False, previous
 
     def deploy_all(self, **options) -> tuple[list[DeployResult], list[str], list[tuple[str, str]]]:
@@ -478,8 +500,10 @@ class Repository:
                     if chosen.tree != target.tree:
                         self._materialize(chosen.tree)
                     manifest.current = chosen.version
+                    left = manifest.find(previous) if previous else None
                     record(manifest, "rollback", version=chosen.version, before=previous, at=now,
-                           user=user, host=host, reason=reason)
+                           user=user, host=host, reason=reason,
+                           details={"from_tree": left.tree} if left is not None else None)
                     outcome["unchanged"] = False
         path = str(ingest.artifact_path(self.layout.tree_path(outcome["tree"]), outcome["name"]))
         if not outcome["unchanged"]:
