@@ -49,26 +49,43 @@ def collector(root, stop_file, max_rounds):
     emit(event="done", rounds=rounds)
 
 
+def rollbacker(root, model, stop_file, max_rounds):
+    """Moves current back and forth while everything else runs; a version cleaned up under it is
+    a refusal (a GaiaCasError), never a crash."""
+    repo = Repository(root, lock_timeout=60)
+    rounds = refused = 0
+    while rounds < int(max_rounds) and not os.path.exists(stop_file):
+        rounds += 1
+        try:
+            repo.rollback(model, "previous", reason="stress")
+        except GaiaCasError:
+            refused += 1
+        time.sleep(0.01)
+    emit(event="done", rounds=rounds, refused=refused)
+
+
 def reader(root, model, stop_file, max_rounds):
-    rounds = errors = 0
+    rounds = errors = mismatches = 0
     while rounds < int(max_rounds) and not os.path.exists(stop_file):
         rounds += 1
         active = resolve(model, root=root)
         try:
             seen = hash_only(active.path)  # reads every file of the active version
-            if seen.tree != active.hash:
+            if seen.tree != active.hash:  # never allowed: a served version's bytes are its own
                 emit(event="error", what="content does not match the resolved hash", version=active.version)
                 errors += 1
+                mismatches += 1
         except (OSError, GaiaCasError) as exc:
-            # Allowed only if the version stopped being current while we read it.
+            # Allowed only if the manifest moved on while we read (the version stopped being
+            # current and gc took its checkout).
             still = resolve(model, root=root)
-            if still.hash == active.hash:
+            if still.generation == active.generation:
                 emit(event="error", what=repr(exc), version=active.version)
                 errors += 1
-    emit(event="done", rounds=rounds, errors=errors)
+    emit(event="done", rounds=rounds, errors=errors, mismatches=mismatches)
     sys.exit(1 if errors else 0)
 
 
 if __name__ == "__main__":
     role, *args = sys.argv[1:]
-    {"deployer": deployer, "collector": collector, "reader": reader}[role](*args)
+    {"deployer": deployer, "collector": collector, "reader": reader, "rollbacker": rollbacker}[role](*args)
