@@ -248,6 +248,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--map", action="append", metavar="FOLDER=MODEL",
                    help="model name for a legacy folder (default dl_model=ssd, ml_model=catboost, x_model=x)")
     p.add_argument("--dry-run", action="store_true", help="report what would be imported; write nothing")
+    p.add_argument("--keep-links", action="store_true",
+                   help="leave each legacy current link as it is (default: a link inside the root becomes the "
+                        "model's link, swapped atomically to the same bytes in the store)")
+    p.add_argument("--timezone", metavar="ZONE",
+                   help="the zone the legacy naive timestamps were written in: a name (Europe/Paris), UTC or "
+                        "an offset (+02:00); default: this machine's local zone")
     reason(p)
 
     p = command("export", "write one version as a tar: the artifact under its own name plus metadata.json")
