@@ -452,7 +452,7 @@ def cmd_import(args, default_root):
 
     repo = _repo(args, default_root)
     result = repo.import_archive(args.archive, args.model, reason=args.reason, metadata=parse_meta(args.meta),
-                                 force=args.force)
+                                 force=args.force, max_expansion=args.max_expansion)
     _emit(args, result.to_json(), _deploy_text(result))
 
 

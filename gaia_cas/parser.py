@@ -266,6 +266,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--meta", action="append", metavar="K=V", help="extra metadata (repeatable)")
     p.add_argument("--force", action="store_true", help="import even if identical to the current version")
+    p.add_argument("--max-expansion", type=float, default=100, metavar="RATIO",
+                   help="refuse a member that decompresses to more than RATIO times its share of the archive "
+                        "(default 100: model weights barely compress; a bomb does)")
     reason(p)
 
     p = command("verify", "re-hash stored objects, check trees and links; --repair fixes or isolates problems")
