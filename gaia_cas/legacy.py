@@ -353,7 +353,9 @@ def _plan_link(repo, plan: ModelImport, existing, keep_links: bool) -> None:
     except InvalidInputError as exc:
         plan.problems.append(f"{plan.folder}/current cannot become {plan.model}'s link ({exc}); left as it is")
         return
-    if existing is not None and (existing.config.link or repo.layout.default_link(plan.model)) != relative:
+    theirs = existing.config.link if existing is not None else None
+    if existing is not None and (theirs not in (None, relative) or (theirs is None and existing.current is not None)):
+        # The model already serves through a link of its own: moving it is the user's call.
         plan.problems.append(
             f"{plan.folder}/current left as it is: {plan.model} already serves through {plan.link}; "
             f"'gaia-cas model set {plan.model} --link {relative}' moves it")
@@ -454,7 +456,6 @@ def _assign_numbers(plan: ModelImport, existing) -> None:
 def _commit(repo, plan, built, user, host, reason, now):
     with repo.manifests.edit(plan.model, create=True, check_tree=repo._check_complete,
                              on_commit=repo._sync_link) as manifest:
-        created = manifest.generation == 0
         if not manifest.config.aliases and plan.aliases:
             taken = {a for m in repo.models() if m != plan.model for a in repo.manifest(m).config.aliases}
             manifest.config.aliases = [a for a in plan.aliases if a not in taken and a not in repo.models()]
@@ -503,7 +504,7 @@ def _commit(repo, plan, built, user, host, reason, now):
                     manifest.config.metadata = {**seeded, **manifest.config.metadata}
                     plan.default_metadata = sorted(seeded)
                     details["default_metadata_from"] = source.label
-                if current_label and plan.take_over and (created or manifest.config.link == plan.take_over):
+                if current_label and plan.take_over and manifest.config.link in (None, plan.take_over):
                     # The legacy current is the version made current: the link keeps serving
                     # the same bytes, now from the store (replaced by rename in _sync_link).
                     manifest.config.link = plan.take_over
@@ -517,6 +518,14 @@ def _commit(repo, plan, built, user, host, reason, now):
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes of the regular files of an artifact, for a dry run's report; symlinks are not followed."""
+    st = os.lstat(path)
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total

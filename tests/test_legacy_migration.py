@@ -339,3 +339,26 @@ def test_an_oversized_metadata_json_skips_its_version(cli, root, tmp_path):
     ml = {m["model"]: m for m in run.json()["models"]}["catboost"]
     (skipped,) = [s for s in ml["skipped"] if s["legacy"] == "v1.1_20250712_101020"]
     assert str(MAX_METADATA_BYTES) in skipped["why"]
+
+
+def test_a_model_added_beforehand_without_versions_takes_the_link_over_too(cli, root, inside):
+    assert cli("model", "add", "ssd", "--alias", "dl", "--meta", "detection_threshold=0.7").code == 0
+    before = _served(inside / "dl_model" / "current")
+    assert cli("import-legacy", inside).code == 0
+    manifest = gaia_cas.Repository(root).manifest("ssd")
+    assert manifest.config.link == "api/models/dl_model/current"
+    assert _served(inside / "dl_model" / "current") == before
+    assert os.path.realpath(inside / "dl_model" / "current").startswith(str((root / "store").resolve()))
+    # the model's own default wins over the legacy one; the others are seeded
+    assert manifest.config.metadata["detection_threshold"] == 0.7
+    assert manifest.config.metadata["architecture"] == "SSD MobileNet V2"
+
+
+def test_a_model_already_serving_elsewhere_keeps_its_link_and_is_told_how_to_move(cli, root, inside, tmp_path):
+    src = make_savedmodel(tmp_path / "s" / "saved_model", variant=5)
+    assert cli("deploy", "ssd", src).code == 0
+    legacy_before = os.readlink(inside / "dl_model" / "current")
+    run = cli("import-legacy", inside)
+    assert run.code == 0, run.err
+    assert os.readlink(inside / "dl_model" / "current") == legacy_before
+    assert "gaia-cas model set ssd --link api/models/dl_model/current" in run.out
