@@ -281,14 +281,20 @@ def import_archive(repo, path: str | os.PathLike, model: str, *, reason: str | N
         try:
             raw.seek(0)
             try:
-                with tarfile.open(fileobj=raw, mode="r:*") as tar:
-                    members = tar.getmembers()
-                    # The same file, read again: it must hold what was validated (so the bytes
-                    # written are bounded by the sizes checked above).
-                    if list(map(_shape, members)) != list(map(_shape, checked.members)):
+                # Read again as a stream, extracting member by member (one more decompression,
+                # no seeking back). Each member must be the one validated, so the bytes written
+                # are bounded by the sizes checked above even if the file changed meanwhile.
+                with tarfile.open(fileobj=raw, mode="r|*") as tar:
+                    count = 0
+                    for info in tar:
+                        if count >= len(checked.members) or _shape(info) != _shape(checked.members[count]):
+                            raise SourceError(f"{path} changed while it was being imported")
+                        count += 1
+                        if info.name.rstrip("/") != "metadata.json":
+                            # a folder's own mode is not applied: a read-only one would refuse its files
+                            tar.extract(info, workdir, set_attrs=not info.isdir(), filter="data")
+                    if count != len(checked.members):
                         raise SourceError(f"{path} changed while it was being imported")
-                    tar.extractall(workdir, members=[m for m in members if m.name.rstrip("/") != "metadata.json"],
-                                   filter="data")
             except (tarfile.TarError, EOFError) as exc:
                 raise SourceError(f"{path} is damaged: {exc}") from None
             except OSError as exc:

@@ -188,3 +188,23 @@ def test_an_archive_exported_by_an_earlier_release_still_imports_without_its_sto
     archive = _write_tar(tmp_path / "old.tar", {"metadata.json": json.dumps(old).encode(), "model.bin": b"weights"}, "w")
     assert cli("import", archive, "m").code == 0
     assert gaia_cas.resolve("m", root=root).metadata == {"framework": "tensorflow"}
+
+
+def test_an_archive_rewritten_between_validation_and_extraction_is_refused(cli, root, tmp_path, monkeypatch):
+    """Deterministic interleaving: once the archive is validated, its owner rewrites it in place
+    with a member 100 times larger. The extraction reads only what was validated."""
+    archive = _write_tar(tmp_path / "a.tar", {"model.bin": b"w" * 1000}, "w")
+    swapped = _write_tar(tmp_path / "b.tar", {"model.bin": os.urandom(100_000)}, "w").read_bytes()
+    import gaia_cas.archive as archive_module
+
+    real = archive_module._archive_metadata
+
+    def rewrite_after_validation(path, checked):
+        with open(archive, "r+b") as f:  # same inode: the importer's open file sees it
+            f.write(swapped)
+        return real(path, checked)
+
+    monkeypatch.setattr(archive_module, "_archive_metadata", rewrite_after_validation)
+    before = snapshot(root)
+    assert_one_line_error(cli("import", archive, "m"), "changed while it was being imported")
+    _store_unchanged(root, before)
