@@ -138,8 +138,12 @@ def parse_map(pairs: list[str] | None) -> dict[str, str]:
     return mapping
 
 
-def scan(path: Path, mapping: dict[str, str], zone: TimeZone | None = None) -> list[ModelImport]:
-    """Read the layout, each folder opened relative to its parent's descriptor, never through a symlink."""
+def scan(path: Path, mapping: dict[str, str], zone: TimeZone | None = None,
+         store_trees: Path | None = None) -> list[ModelImport]:
+    """Read the layout, each folder opened relative to its parent's descriptor, never through a symlink.
+
+    ``store_trees``: the store's materialized trees; a ``current`` pointing there is a link an
+    earlier import took over, not a problem."""
     zone = zone or TimeZone()
     try:
         top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -162,7 +166,7 @@ def scan(path: Path, mapping: dict[str, str], zone: TimeZone | None = None) -> l
                 continue  # replaced by a symlink (or removed) since it was listed: not a model folder
             try:
                 plans.append(_scan_model(path / entry.name, folder_fd, name,
-                                         aliases if name == default_name else [], zone))
+                                         aliases if name == default_name else [], zone, store_trees))
             finally:
                 os.close(folder_fd)
     finally:
@@ -175,7 +179,8 @@ def scan(path: Path, mapping: dict[str, str], zone: TimeZone | None = None) -> l
     return plans
 
 
-def _scan_model(folder: Path, folder_fd: int, model: str, aliases: list[str], zone: TimeZone) -> ModelImport:
+def _scan_model(folder: Path, folder_fd: int, model: str, aliases: list[str], zone: TimeZone,
+                store_trees: Path | None = None) -> ModelImport:
     plan = ModelImport(folder.name, model, aliases)
     try:
         versions_fd = os.open("versions", _DIR_FLAGS, dir_fd=folder_fd)
@@ -193,7 +198,7 @@ def _scan_model(folder: Path, folder_fd: int, model: str, aliases: list[str], zo
         if versions_fd is not None:
             os.close(versions_fd)
     plan.versions.sort(key=lambda v: v.deployment_id)
-    plan.current_label = _current_label(folder, plan)
+    plan.current_label = _current_label(folder, plan, store_trees)
     return plan
 
 
@@ -305,7 +310,7 @@ def _created_at(metadata: dict, stamped: datetime, zone: TimeZone) -> str:
     return zone.aware(stamped).isoformat()
 
 
-def _current_label(folder: Path, plan: ModelImport) -> str | None:
+def _current_label(folder: Path, plan: ModelImport, store_trees: Path | None = None) -> str | None:
     link = folder / "current"
     if not os.path.islink(link):
         if os.path.lexists(link):
@@ -322,6 +327,8 @@ def _current_label(folder: Path, plan: ModelImport) -> str | None:
     # recognised as pointing into versions/ all the same.
     target = os.path.realpath(link)
     versions_dir = os.path.realpath(folder / "versions") + os.sep
+    if store_trees is not None and target.startswith(os.path.realpath(store_trees) + os.sep):
+        return None  # taken over by an earlier import: it serves from the store already
     if not target.startswith(versions_dir):
         plan.problems.append(f"{folder.name}/current points outside versions/ ({text}), at no version folder; "
                              "current not taken from it")
@@ -378,7 +385,7 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
     from .repo import _now, _translate_store_errors, _who
 
     zone = TimeZone(timezone)
-    plans = scan(Path(path).absolute(), mapping or {}, zone)
+    plans = scan(Path(path).absolute(), mapping or {}, zone, repo.layout.trees)
     user, host = _who()
     for plan in plans:
         existing = repo.manifests.read(plan.model) if plan.model in repo.models() else None

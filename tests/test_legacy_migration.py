@@ -362,3 +362,12 @@ def test_a_model_already_serving_elsewhere_keeps_its_link_and_is_told_how_to_mov
     assert run.code == 0, run.err
     assert os.readlink(inside / "dl_model" / "current") == legacy_before
     assert "gaia-cas model set ssd --link api/models/dl_model/current" in run.out
+
+
+def test_a_second_run_after_the_takeover_reports_no_problem_with_the_link(cli, root, inside):
+    assert cli("import-legacy", inside).code == 0
+    again = cli("import-legacy", inside, "--json")
+    assert again.code == 0, again.err
+    for model in again.json()["models"]:
+        assert model["problems"] == [], model["problems"]
+        assert model["imported"] == []
