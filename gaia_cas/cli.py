@@ -445,10 +445,12 @@ def cmd_diff(args, default_root):
 
 
 def cmd_import_legacy(args, default_root):
-    from .legacy import parse_map
+    from .legacy import TimeZone, parse_map
 
     repo = _repo(args, default_root)
-    plans = repo.import_legacy(args.path, mapping=parse_map(args.map), dry_run=args.dry_run, reason=args.reason)
+    zone = TimeZone(args.timezone)  # validated before anything is read
+    plans = repo.import_legacy(args.path, mapping=parse_map(args.map), dry_run=args.dry_run, reason=args.reason,
+                               keep_links=args.keep_links, timezone=args.timezone)
     lines = []
     saved = sum(p.logical_bytes - p.new_bytes for p in plans) if not args.dry_run else None
     for p in plans:
@@ -458,10 +460,17 @@ def cmd_import_legacy(args, default_root):
                   for v in p.versions]
         lines += [f"  skipped {label}: {why}" for label, why in p.skipped]
         lines += [f"  note: {problem}" for problem in p.problems]
+        if p.link_taken:
+            lines.append(f"  link: {p.link} now serves {p.model} {p.current} from the store (same bytes)")
+        if p.default_metadata:
+            lines.append(f"  default metadata from the legacy current: {', '.join(p.default_metadata)}")
+        if p.next_command:
+            lines.append(f"  next: {p.next_command}   (where new versions of {p.model} come from)")
+    lines.append(f"legacy timestamps read in {zone.name} (--timezone to choose)")
     if saved is not None:
         lines.append(f"identical copies stored once: {_mb(saved)} saved")
-    _emit(args, {"dry_run": args.dry_run, "bytes_saved": saved, "models": [p.to_json() for p in plans]},
-          "\n".join(lines))
+    _emit(args, {"dry_run": args.dry_run, "bytes_saved": saved, "timezone": zone.name,
+                 "models": [p.to_json() for p in plans]}, "\n".join(lines))
 
 
 def cmd_export(args, default_root):
@@ -476,7 +485,7 @@ def cmd_import(args, default_root):
 
     repo = _repo(args, default_root)
     result = repo.import_archive(args.archive, args.model, reason=args.reason, metadata=parse_meta(args.meta),
-                                 force=args.force)
+                                 force=args.force, max_expansion=args.max_expansion)
     _emit(args, result.to_json(), _deploy_text(result))
 
 

@@ -10,7 +10,99 @@ from __future__ import annotations
 
 import msgpack
 
-from .errors import CorruptionError
+from .errors import CorruptionError, InvalidInputError
+
+# -- the limits ------------------------------------------------------------------------------
+# One definition, used both ways: every manifest document and row is decoded with these limits,
+# and every value is checked against them before it is encoded -- a manifest the decoder then
+# refuses would brick its model (and make gc refuse store-wide).
+MAX_STR = 1 << 20  # bytes of UTF-8 in one text (a metadata value, a reason, a path)
+MAX_BIN = 256 << 20  # bytes of one byte string: a manifest's stored rows and history
+MAX_ARRAY = 10_000_000  # elements of one array
+MAX_MAP = 1_000_000  # entries of one map inside a row (a version's metadata, an event's details)
+MAX_DOC_MAP = 10_000_000  # entries of one map in the manifest document itself
+# Nesting of one stored value (a metadata value): far below msgpack's own bounds (packing
+# recurses at most 511 levels, unpacking keeps a stack of 1024), and far above any model card.
+MAX_DEPTH = 100
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack can encode: int64 .. uint64
+
+DOC_LIMITS = {"max_str": MAX_STR, "max_bin": MAX_BIN, "max_array": MAX_ARRAY, "max_map": MAX_DOC_MAP}
+ROW_LIMITS = {"max_str": MAX_STR, "max_array": MAX_ARRAY, "max_map": MAX_MAP}
+
+
+class _Unencodable(Exception):
+    def __init__(self, problem: str):
+        self.problem = problem
+        self.path: list[str] = []
+
+
+def check_value(value, what: str, *, max_depth: int = MAX_DEPTH):
+    """Raise a one-line InvalidInputError unless ``value`` encodes within the decode limits.
+
+    ``what`` names the value (e.g. ``"--meta"``, ``"metadata.json of v1.0_20250711_143245"``);
+    the error adds the field inside it that is at fault. Returns ``value``.
+    """
+    try:
+        _check(value, max_depth)
+    except _Unencodable as exc:
+        where = "".join(reversed(exc.path)).lstrip(".")
+        if len(where) > 80:
+            where = where[:60] + "..."
+        field = f" field {where!r}" if where else ""
+        raise InvalidInputError(f"{what}{field}: {exc.problem}") from None
+    except RecursionError:
+        raise InvalidInputError(f"{what}: nested deeper than {max_depth} levels") from None
+    return value
+
+
+def _check(value, depth: int) -> None:
+    kind = type(value)
+    if kind is str:
+        if len(value) * 4 > MAX_STR or not value.isascii():
+            try:
+                size = len(value.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise _Unencodable("text that is not valid UTF-8") from None
+            if size > MAX_STR:
+                raise _Unencodable(f"a text of {size} bytes, over the limit of {MAX_STR} bytes a manifest can hold")
+    elif kind is int:
+        if not INT_MIN <= value <= INT_MAX:
+            digits = str(value)
+            shown = digits if len(digits) <= 40 else f"{digits[:20]}... ({len(digits)} digits)"
+            raise _Unencodable(f"the integer {shown} is out of range: a manifest holds integers from "
+                               "-2**63 to 2**64-1 (give a larger number as text)")
+    elif kind in (float, bool) or value is None:
+        return
+    elif kind is dict:
+        if depth <= 0:
+            raise _Unencodable(f"nested deeper than {MAX_DEPTH} levels")
+        if len(value) > MAX_MAP:
+            raise _Unencodable(f"a map of {len(value)} entries, over the limit of {MAX_MAP}")
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unencodable(f"a map key {key!r:.40} that is not text")
+            try:
+                _check(key, depth - 1)
+                _check(item, depth - 1)
+            except _Unencodable as exc:
+                exc.path.append(f".{key}")
+                raise
+    elif kind in (list, tuple):
+        if depth <= 0:
+            raise _Unencodable(f"nested deeper than {MAX_DEPTH} levels")
+        if len(value) > MAX_ARRAY:
+            raise _Unencodable(f"a list of {len(value)} elements, over the limit of {MAX_ARRAY}")
+        for i, item in enumerate(value):
+            try:
+                _check(item, depth - 1)
+            except _Unencodable as exc:
+                exc.path.append(f"[{i}]")
+                raise
+    elif kind is bytes:
+        if len(value) > MAX_BIN:
+            raise _Unencodable(f"a byte string of {len(value)} bytes, over the limit of {MAX_BIN}")
+    else:
+        raise _Unencodable(f"a value of type {kind.__name__}, which a manifest cannot hold")
 
 
 def _no_duplicate_keys(pairs):

@@ -17,21 +17,32 @@ again imports nothing new: each imported folder is remembered in the model's his
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import formats, ingest
-from .errors import InvalidInputError, SourceError
+from . import formats, ingest, links
+from .codec import check_value
+from .errors import GaiaCasError, InvalidInputError, SourceError
 from .manifest import Version, moment, record
 from .names import check_model_name, check_text
 from .versions import format_version, version_key
 
 KNOWN = {"dl_model": ("ssd", ["dl"]), "ml_model": ("catboost", ["ml"])}
 _FOLDER_RE = re.compile(r"v(\d{1,9})\.(\d{1,9})(?:\.(\d{1,9}))?_(\d{8}_\d{6})")
+# metadata.json is a small record: a larger file is not read (each text in it may hold up to the
+# manifest's 1 MiB, see codec.MAX_STR).
+MAX_METADATA_BYTES = 16 << 20
+# Fields of a legacy metadata.json that describe one version, not the model: they are kept on
+# each imported version but not carried into the model's default metadata for new deploys.
+PER_VERSION_FIELDS = ("version", "timestamp", "deployed_at", "deployment_id", "created_at", "size_mb",
+                      "size_bytes", "file_count", "hash")
+_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass
@@ -43,6 +54,7 @@ class LegacyVersion:
     metadata: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     assigned: str | None = None  # the version number it gets in gaia-cas
+    created_at: str | None = None  # ISO time with offset, microseconds kept
 
     @property
     def label(self) -> str:
@@ -61,6 +73,12 @@ class ModelImport:
     current: str | None = None
     logical_bytes: int = 0
     new_bytes: int = 0
+    legacy_link: Path | None = None  # PATH/<folder>/current, when it is a symlink
+    take_over: str | None = None  # that link relative to the root, if the model is to own it
+    link: str | None = None  # the link the model serves through after the import
+    link_taken: bool = False
+    default_metadata: list[str] = field(default_factory=list)  # keys seeded from the legacy current
+    next_command: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -69,7 +87,45 @@ class ModelImport:
             "skipped": [{"legacy": label, "why": why} for label, why in self.skipped],
             "problems": self.problems, "logical_bytes": self.logical_bytes, "new_bytes": self.new_bytes,
             "bytes_saved": self.logical_bytes - self.new_bytes,
+            "link": self.link, "link_taken_over": self.link_taken, "default_metadata": self.default_metadata,
+            "next_command": self.next_command,
         }
+
+
+class TimeZone:
+    """The zone legacy naive timestamps are read in: a name, an offset, or the machine's own."""
+
+    def __init__(self, name: str | None = None):
+        from datetime import timedelta, timezone
+
+        self.tzinfo = None  # None: the machine's local zone (with its daylight saving rules)
+        if name is None or name == "local":
+            self.name = f"the machine's local time zone ({datetime.now().astimezone().tzname()})"
+            return
+        check_text(name, "--timezone")
+        offset = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", name)
+        if offset:
+            sign = 1 if offset.group(1) == "+" else -1
+            hours, minutes = int(offset.group(2)), int(offset.group(3))
+            if hours > 23 or minutes > 59:
+                raise InvalidInputError(f"invalid --timezone {name!r}: an offset is +HH:MM, at most +23:59")
+            self.tzinfo = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        elif name.upper() in ("UTC", "Z"):
+            self.tzinfo = timezone.utc
+        else:
+            try:
+                from zoneinfo import ZoneInfo
+
+                self.tzinfo = ZoneInfo(name)
+            except (ValueError, LookupError, OSError):
+                raise InvalidInputError(f"unknown --timezone {name!r}: give a zone name such as Europe/Paris, "
+                                        "UTC, or an offset such as +02:00") from None
+        self.name = name
+
+    def aware(self, naive: datetime) -> datetime:
+        if naive.tzinfo is not None:
+            return naive
+        return naive.astimezone() if self.tzinfo is None else naive.replace(tzinfo=self.tzinfo)
 
 
 def parse_map(pairs: list[str] | None) -> dict[str, str]:
@@ -82,20 +138,39 @@ def parse_map(pairs: list[str] | None) -> dict[str, str]:
     return mapping
 
 
-def scan(path: Path, mapping: dict[str, str]) -> list[ModelImport]:
-    if not path.is_dir():
-        raise SourceError(f"legacy layout {path} is not a folder")
+def scan(path: Path, mapping: dict[str, str], zone: TimeZone | None = None,
+         store_trees: Path | None = None) -> list[ModelImport]:
+    """Read the layout, each folder opened relative to its parent's descriptor, never through a symlink.
+
+    ``store_trees``: the store's materialized trees; a ``current`` pointing there is a link an
+    earlier import took over, not a problem."""
+    zone = zone or TimeZone()
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        raise SourceError(f"legacy layout {path} is not a folder") from None
     plans = []
-    for entry in sorted(path.iterdir()):
-        if not entry.name.endswith("_model") or entry.is_symlink() or not entry.is_dir():
-            continue
-        default_name, aliases = KNOWN.get(entry.name, (entry.name[: -len("_model")], []))
-        name = mapping.get(entry.name, default_name)
-        try:
-            check_model_name(name)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"{entry.name}: {exc}; choose a name with --map {entry.name}=NAME") from None
-        plans.append(_scan_model(entry, name, aliases if name == default_name else []))
+    try:
+        for entry in sorted(os.scandir(top), key=lambda e: e.name):
+            if not entry.name.endswith("_model") or not entry.is_dir(follow_symlinks=False):
+                continue
+            default_name, aliases = KNOWN.get(entry.name, (entry.name[: -len("_model")], []))
+            name = mapping.get(entry.name, default_name)
+            try:
+                check_model_name(name)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{entry.name}: {exc}; choose a name with --map {entry.name}=NAME") from None
+            try:
+                folder_fd = os.open(entry.name, _DIR_FLAGS, dir_fd=top)
+            except OSError:
+                continue  # replaced by a symlink (or removed) since it was listed: not a model folder
+            try:
+                plans.append(_scan_model(path / entry.name, folder_fd, name,
+                                         aliases if name == default_name else [], zone, store_trees))
+            finally:
+                os.close(folder_fd)
+    finally:
+        os.close(top)
     unused = set(mapping) - {p.folder for p in plans}
     if unused:
         raise InvalidInputError(f"--map names folders not found in {path}: {', '.join(sorted(unused))}")
@@ -104,45 +179,138 @@ def scan(path: Path, mapping: dict[str, str]) -> list[ModelImport]:
     return plans
 
 
-def _scan_model(folder: Path, model: str, aliases: list[str]) -> ModelImport:
+def _scan_model(folder: Path, folder_fd: int, model: str, aliases: list[str], zone: TimeZone,
+                store_trees: Path | None = None) -> ModelImport:
     plan = ModelImport(folder.name, model, aliases)
-    versions_dir = folder / "versions"
-    entries = sorted(versions_dir.iterdir()) if versions_dir.is_dir() else []
-    if not entries:
-        plan.problems.append(f"{folder.name}: no versions/ folder or no versions in it")
-    for entry in entries:
-        match = _FOLDER_RE.fullmatch(entry.name)
-        if not match or not entry.is_dir() or entry.is_symlink():
-            plan.skipped.append((entry.name, "not a version folder (expected vX.Y_YYYYmmdd_HHMMSS/)"))
-            continue
-        major, minor, patch, stamp = match.groups()
-        version = LegacyVersion(entry, (int(major), int(minor), int(patch or 0)), stamp)
-        contents = sorted(p for p in entry.iterdir() if p.name != "metadata.json")
-        if len(contents) != 1:
-            why = "no model file or folder in it" if not contents else \
-                f"several entries ({', '.join(p.name for p in contents[:4])}); expected one model file or folder"
-            plan.skipped.append((entry.name, why))
-            continue
-        version.artifact = contents[0]
-        meta = entry / "metadata.json"
-        if not meta.exists():
-            version.notes.append("no metadata.json")
-        else:
-            try:
-                loaded = json.loads(meta.read_text(encoding="utf-8"))
-                if not isinstance(loaded, dict):
-                    raise ValueError("not a JSON object")
-                check_text(loaded, "metadata.json")
-                version.metadata = loaded
-            except (ValueError, UnicodeDecodeError) as exc:
-                version.notes.append(f"malformed metadata.json ({exc}); imported without it")
-        plan.versions.append(version)
+    try:
+        versions_fd = os.open("versions", _DIR_FLAGS, dir_fd=folder_fd)
+    except OSError:
+        versions_fd = None
+    try:
+        entries = sorted(os.scandir(versions_fd), key=lambda e: e.name) if versions_fd is not None else []
+        if not entries:
+            plan.problems.append(f"{folder.name}: no versions/ folder or no versions in it")
+        for entry in entries:
+            version = _scan_version(plan, folder / "versions" / entry.name, entry, versions_fd, zone)
+            if version is not None:
+                plan.versions.append(version)
+    finally:
+        if versions_fd is not None:
+            os.close(versions_fd)
     plan.versions.sort(key=lambda v: v.deployment_id)
-    plan.current_label = _current_label(folder, plan)
+    plan.current_label = _current_label(folder, plan, store_trees)
     return plan
 
 
-def _current_label(folder: Path, plan: ModelImport) -> str | None:
+def _scan_version(plan: ModelImport, path: Path, entry, versions_fd: int, zone: TimeZone) -> LegacyVersion | None:
+    name = entry.name
+    match = _FOLDER_RE.fullmatch(name)
+    if not match or not entry.is_dir(follow_symlinks=False):
+        plan.skipped.append((name, "not a version folder (expected vX.Y_YYYYmmdd_HHMMSS/)"))
+        return None
+    major, minor, patch, stamp = match.groups()
+    try:
+        stamped = datetime.strptime(stamp, "%Y%m%d_%H%M%S")
+    except ValueError:
+        plan.skipped.append((name, f"its timestamp {stamp} is not a valid date and time (YYYYmmdd_HHMMSS)"))
+        return None
+    try:
+        version_fd = os.open(name, _DIR_FLAGS, dir_fd=versions_fd)
+    except OSError as exc:
+        plan.skipped.append((name, f"cannot be opened as a folder ({exc.strerror})"))
+        return None
+    try:
+        version = LegacyVersion(path, (int(major), int(minor), int(patch or 0)), stamp)
+        contents = sorted(n for n in os.listdir(version_fd) if n != "metadata.json")
+        if len(contents) != 1:
+            why = "no model file or folder in it" if not contents else \
+                f"several entries ({', '.join(contents[:4])}); expected one model file or folder"
+            plan.skipped.append((name, why))
+            return None
+        version.artifact = path / contents[0]
+        try:
+            metadata, note = _read_metadata(version_fd)
+        except _TooLarge as exc:
+            plan.skipped.append((name, str(exc)))
+            return None
+    finally:
+        os.close(version_fd)
+    if note:
+        version.notes.append(note)
+    if metadata is not None:
+        try:
+            check_value(metadata, "metadata.json")
+        except InvalidInputError as exc:
+            plan.skipped.append((name, f"{exc}; shorten it and import again"))
+            return None
+        version.metadata = metadata
+    version.created_at = _created_at(metadata or {}, stamped, zone)
+    return version
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read_metadata(version_fd: int) -> tuple[dict | None, str | None]:
+    """metadata.json of one version folder: never through a symlink, never a FIFO or device,
+    at most MAX_METADATA_BYTES. Returns (metadata or None, a note saying why it was not used);
+    raises _TooLarge (the version is skipped, so its metadata is not lost) for a larger file."""
+    try:
+        fd = os.open("metadata.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=version_fd)
+    except FileNotFoundError:
+        return None, "no metadata.json"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "metadata.json is a symlink (it could lead to another user's file); imported without it"
+        return None, f"metadata.json cannot be read ({exc.strerror}); imported without it"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, "metadata.json is not a regular file; imported without it"
+        if st.st_size > MAX_METADATA_BYTES:
+            raise _TooLarge(f"metadata.json is {st.st_size} bytes, over the limit of {MAX_METADATA_BYTES}")
+        chunks, size = [], 0
+        while size <= MAX_METADATA_BYTES:
+            chunk = os.read(fd, MAX_METADATA_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_METADATA_BYTES:
+            raise _TooLarge(f"metadata.json grew over the limit of {MAX_METADATA_BYTES} bytes")
+        raw = b"".join(chunks)
+    except OSError as exc:
+        return None, f"metadata.json cannot be read ({exc.strerror}); imported without it"
+    finally:
+        os.close(fd)
+    try:
+        loaded = json.loads(raw.decode("utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError("not a JSON object")
+        check_text(loaded, "metadata.json")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        shown = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, f"malformed metadata.json ({shown}); imported without it"
+    return loaded, None
+
+
+def _created_at(metadata: dict, stamped: datetime, zone: TimeZone) -> str:
+    """The version's time: metadata.json's own created_at/deployed_at when it is the folder's
+    second (it keeps the microseconds), else the folder's timestamp; naive times read in ``zone``."""
+    for key in ("created_at", "deployed_at"):
+        text = metadata.get(key)
+        if isinstance(text, str):
+            try:
+                value = datetime.fromisoformat(text)
+            except ValueError:
+                continue
+            if value.replace(microsecond=0, tzinfo=None) == stamped:
+                return zone.aware(value).isoformat()
+    return zone.aware(stamped).isoformat()
+
+
+def _current_label(folder: Path, plan: ModelImport, store_trees: Path | None = None) -> str | None:
     link = folder / "current"
     if not os.path.islink(link):
         if os.path.lexists(link):
@@ -150,19 +318,74 @@ def _current_label(folder: Path, plan: ModelImport) -> str | None:
         else:
             plan.problems.append(f"{folder.name}/current is missing")
         return None
-    target = os.path.normpath(os.path.join(folder, os.readlink(link)))
-    versions_dir = os.path.normpath(folder / "versions") + os.sep
-    if not target.startswith(versions_dir) or not os.path.exists(target):
-        plan.problems.append(f"{folder.name}/current is dangling ({os.readlink(link)})")
+    plan.legacy_link = link
+    text = os.readlink(link)
+    if not os.path.exists(link):
+        plan.problems.append(f"{folder.name}/current is dangling ({text})")
+        return None
+    # Resolved, so a link written as an absolute path, or through a symlinked parent, is
+    # recognised as pointing into versions/ all the same.
+    target = os.path.realpath(link)
+    versions_dir = os.path.realpath(folder / "versions") + os.sep
+    if store_trees is not None and target.startswith(os.path.realpath(store_trees) + os.sep):
+        return None  # taken over by an earlier import: it serves from the store already
+    if not target.startswith(versions_dir):
+        plan.problems.append(f"{folder.name}/current points outside versions/ ({text}), at no version folder; "
+                             "current not taken from it")
         return None
     return target[len(versions_dir):].split(os.sep, 1)[0]
 
 
+def _plan_link(repo, plan: ModelImport, existing, keep_links: bool) -> None:
+    """Decide whether the model takes over the legacy ``current`` link (so servers reading it
+    move to the store with no gap), or why not."""
+    default = existing.config.link if existing is not None and existing.config.link else \
+        repo.layout.default_link(plan.model)
+    plan.link = default
+    if plan.legacy_link is None or plan.current_label is None or keep_links:
+        return
+    root = os.path.realpath(repo.root)
+    parent = os.path.realpath(plan.legacy_link.parent)
+    if not (parent + os.sep).startswith(root + os.sep):
+        above = os.path.commonpath([root, parent])
+        plan.problems.append(
+            f"{plan.folder}/current is outside the root {repo.root}: left as it is, still serving the legacy "
+            f"copy; to have gaia-cas take it over, use a root that holds it (e.g. 'gaia-cas init {above}' and "
+            f"import into that root)")
+        return
+    relative = os.path.relpath(parent, root) + "/current" if parent != root else "current"
+    try:
+        links.check_location(repo.layout, relative)
+        repo._check_link_free(plan.model, "current", relative)
+    except InvalidInputError as exc:
+        plan.problems.append(f"{plan.folder}/current cannot become {plan.model}'s link ({exc}); left as it is")
+        return
+    theirs = existing.config.link if existing is not None else None
+    if existing is not None and (theirs not in (None, relative) or (theirs is None and existing.current is not None)):
+        # The model already serves through a link of its own: moving it is the user's call.
+        plan.problems.append(
+            f"{plan.folder}/current left as it is: {plan.model} already serves through {plan.link}; "
+            f"'gaia-cas model set {plan.model} --link {relative}' moves it")
+        return
+    plan.take_over = relative
+    plan.link = relative
+
+
 def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | None = None,
-                  dry_run: bool = False, reason: str | None = None) -> list[ModelImport]:
+                  dry_run: bool = False, reason: str | None = None, keep_links: bool = False,
+                  timezone: str | None = None) -> list[ModelImport]:
+    """Import every model of the layout at ``path``.
+
+    Each legacy ``current`` link inside the root becomes the model's link (``keep_links``
+    opts out): it is replaced by renaming a new link over it, pointing at the same bytes in the
+    store, so a server following it never finds it missing or serving other content. The
+    model's default metadata is seeded from the legacy current version's metadata.json, minus
+    the fields that describe one version (:data:`PER_VERSION_FIELDS`, ``model_size_*``).
+    """
     from .repo import _now, _translate_store_errors, _who
 
-    plans = scan(Path(path).absolute(), mapping or {})
+    zone = TimeZone(timezone)
+    plans = scan(Path(path).absolute(), mapping or {}, zone, repo.layout.trees)
     user, host = _who()
     for plan in plans:
         existing = repo.manifests.read(plan.model) if plan.model in repo.models() else None
@@ -173,12 +396,17 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
                 plan.skipped.append((v.label, f"already imported as {done[str(v.folder)]}"))
         plan.versions = fresh
         _assign_numbers(plan, existing)
-        if existing is None:
+        _plan_link(repo, plan, existing, keep_links)
+        if existing is None and plan.take_over is None:
             repo._check_link_free(plan.model, "current", repo.layout.default_link(plan.model))
         if dry_run or not fresh:
             plan.current = existing.current if existing else None
+            if dry_run and plan.take_over and existing is None:
+                plan.problems.append(f"would take over {plan.folder}/current as {plan.model}'s link "
+                                     f"({plan.take_over}), serving the same bytes from the store")
             for v in fresh:
                 plan.logical_bytes += _size(v.artifact)
+            _next_command(repo, plan, existing)
             continue
         with _translate_store_errors(repo.layout), repo.objects.staging() as staging:
             built = {}
@@ -191,13 +419,25 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
             with repo._writing():
                 staging.install()
                 plan.new_bytes = staging.new_bytes
-                _commit(repo, plan, built, user, host, reason, _now)
+                manifest = _commit(repo, plan, built, user, host, reason, _now)
         plan.logical_bytes = sum(built[v.label].size for v in fresh)
+        _next_command(repo, plan, manifest)
         repo.oplog.write("gaia_cas.import", f"imported {len(fresh)} legacy versions of {plan.model} from "
                          f"{Path(path).absolute() / plan.folder}: {plan.logical_bytes} bytes, {plan.new_bytes} new "
-                         f"in the store; current {plan.current or '-'} by {user}@{host}"
+                         f"in the store; current {plan.current or '-'}, link {plan.link}"
+                         + (" (taken over from the legacy layout)" if plan.link_taken else "")
+                         + f"; legacy times read in {zone.name} by {user}@{host}"
                          + (f" reason={reason!r}" if reason else ""))
     return plans
+
+
+def _next_command(repo, plan: ModelImport, manifest) -> None:
+    """The command still needed for 'gaia-cas deploy MODEL' to work: where new versions come from."""
+    import shlex
+
+    if manifest is not None and manifest.config.source:
+        return
+    plan.next_command = f"gaia-cas --root {shlex.quote(str(repo.root))} model set {plan.model} --source PATH"
 
 
 def _already_imported(manifest) -> dict[str, str]:
@@ -220,7 +460,7 @@ def _assign_numbers(plan: ModelImport, existing) -> None:
             v.notes.append(f"number {format_version(v.number)} was taken; imported as {v.assigned}")
 
 
-def _commit(repo, plan, built, user, host, reason, now) -> None:
+def _commit(repo, plan, built, user, host, reason, now):
     with repo.manifests.edit(plan.model, create=True, check_tree=repo._check_complete,
                              on_commit=repo._sync_link) as manifest:
         if not manifest.config.aliases and plan.aliases:
@@ -242,9 +482,8 @@ def _commit(repo, plan, built, user, host, reason, now) -> None:
         at = now().isoformat(timespec="seconds")
         for v in plan.versions:
             b = built[v.label]
-            created = datetime.strptime(v.deployment_id, "%Y%m%d_%H%M%S").astimezone()
             manifest.versions.append(Version(
-                version=v.assigned, deployment_id=v.deployment_id, created_at=created.isoformat(timespec="seconds"),
+                version=v.assigned, deployment_id=v.deployment_id, created_at=v.created_at,
                 tree=b.tree, artifact=b.artifact, name=b.name, size_bytes=b.size, file_count=b.file_count,
                 format=formats.detect(v.artifact), metadata=dict(v.metadata), reason=reason or "imported from the legacy layout",
                 user=user, host=host, source=str(v.artifact),
@@ -263,12 +502,37 @@ def _commit(repo, plan, built, user, host, reason, now) -> None:
                 repo._materialize(manifest.find(chosen).tree)
                 before = manifest.current
                 manifest.current = chosen
+                details = {"legacy_current": True}
+                source = labels[current_label] if current_label else plan.versions[-1]
+                seeded = {k: v for k, v in source.metadata.items()
+                          if k not in PER_VERSION_FIELDS and not k.startswith("model_size_")
+                          and k not in manifest.config.metadata}
+                if seeded:
+                    manifest.config.metadata = {**seeded, **manifest.config.metadata}
+                    plan.default_metadata = sorted(seeded)
+                    details["default_metadata_from"] = source.label
+                if current_label and plan.take_over and manifest.config.link in (None, plan.take_over):
+                    # The legacy current is the version made current: the link keeps serving
+                    # the same bytes, now from the store (replaced by rename in _sync_link).
+                    manifest.config.link = plan.take_over
+                    plan.link_taken = True
+                    details["link_taken_over"] = plan.take_over
                 record(manifest, "import", version=chosen, before=before, at=at, user=user, host=host,
-                       reason="current of the legacy layout", details={"legacy_current": True})
+                       reason="current of the legacy layout", details=details)
+        plan.link = manifest.config.link or repo.layout.default_link(plan.model)
         plan.current = manifest.current
+    return manifest
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes of the regular files of an artifact, for a dry run's report; symlinks are not followed."""
+    st = os.lstat(path)
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total

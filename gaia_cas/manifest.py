@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from collections import namedtuple
 
 from .atomic import NotDurableError, write_atomic
-from .codec import array_header_size, array_length, array_offsets, pack, pack_map, pack_rows, unpack
+from .codec import (DOC_LIMITS, MAX_BIN, ROW_LIMITS, array_header_size, array_length, array_offsets, check_value,
+                    pack, pack_map, pack_rows, unpack)
 from .errors import CorruptionError, InvalidInputError, StoreError
 from .layout import MANIFEST_SUFFIX, Layout, check_link
 from .locking import hold_lock, lock_timeout_from_env
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 SCHEMA = 1
 _VERSION_NUMBER = re.compile(r"(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})")  # as stored: X.Y.Z
-MAX_MANIFEST_BYTES = 256 << 20
+MAX_MANIFEST_BYTES = MAX_BIN  # a whole manifest file, as read back
 
 
 class _Record:
@@ -152,6 +153,9 @@ class Manifest:
         self.model = model
         self.config = config if config is not None else ModelConfig()
         self._versions: list[Version] | None = list(versions or [])
+        # The versions as decoded: they were read under the limits encode() checks, so only
+        # versions added or replaced since need checking before the next commit.
+        self._decoded: list[Version] = []
         self._versions_stored: bytes | None = None  # the stored rows, until someone needs objects
         self._version_rows: list | None = None  # those rows unpacked, checked only in outline
         # The stored index: every version's number, and where its row starts in the stored bytes
@@ -181,10 +185,11 @@ class Manifest:
             if self._version_index is not None and [v.version for v in versions] != self._version_index:
                 raise CorruptionError(f"{origin} versions disagree with its index of version numbers")
             if self._version_offsets is not None:
-                actual = array_offsets(self._versions_stored, f"{origin} versions", len(versions), **_ROW_LIMITS)
+                actual = array_offsets(self._versions_stored, f"{origin} versions", len(versions), **ROW_LIMITS)
                 if actual != self._version_offsets:
                     raise CorruptionError(f"{origin} versions disagree with its index of row offsets")
             self._versions = versions
+            self._decoded = list(versions)
             self._drop_stored_versions()  # objects may change now: re-encode
         return self._versions
 
@@ -321,10 +326,30 @@ _version_row = operator.attrgetter(*_VERSION_FIELDS)
 _event_row = operator.attrgetter(*_EVENT_FIELDS)
 
 
+def check_encodable(manifest: Manifest) -> None:
+    """Refuse, with a one-line error naming the field, any value the decoder would refuse.
+
+    Called by :func:`encode` before a byte is written: a manifest that cannot be read back
+    bricks its model (and gc refuses store-wide). Versions decoded from the stored manifest
+    already passed these limits; only those added or replaced since are checked.
+    """
+    model = manifest.model
+    check_value({k: getattr(manifest.config, k) for k in _CONFIG_FIELDS}, f"model '{model}' config")
+    check_value(manifest.channels, f"model '{model}' channels")
+    if manifest._versions is not None:
+        decoded = set(map(id, manifest._decoded))
+        for v in manifest._versions:
+            if id(v) not in decoded:
+                check_value({k: getattr(v, k) for k in _VERSION_FIELDS}, f"version {v.version} of '{model}'")
+    for e in manifest.new_events:
+        check_value({k: getattr(e, k) for k in _EVENT_FIELDS}, f"the {e.action} event of '{model}'")
+
+
 def encode(manifest: Manifest) -> bytes:
+    check_encodable(manifest)
     rows, offsets = manifest.stored_versions()
     if offsets is None:  # rows read from a manifest written before offsets were stored
-        offsets = array_offsets(rows, "versions", len(manifest.version_numbers()), **_ROW_LIMITS)
+        offsets = array_offsets(rows, "versions", len(manifest.version_numbers()), **ROW_LIMITS)
     doc = {
         "schema": SCHEMA,
         "model": manifest.model,
@@ -349,7 +374,15 @@ def encode(manifest: Manifest) -> bytes:
         "history": manifest.stored_history() + b"".join(pack(_event_row(e)) for e in manifest.new_events),
         "channels": manifest.channels,
     }
-    return pack_map(doc)
+    for key in ("versions", "history"):
+        if len(doc[key]) > MAX_BIN:
+            raise InvalidInputError(f"the {key} of '{manifest.model}' would take {len(doc[key])} bytes, over the "
+                                    f"limit of {MAX_BIN} bytes a manifest can hold; clean up old versions first")
+    data = pack_map(doc)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise InvalidInputError(f"the manifest of '{manifest.model}' would take {len(data)} bytes, over the limit of "
+                                f"{MAX_MANIFEST_BYTES} bytes; clean up old versions first")
+    return data
 
 
 def _records(raw: list, header, spec: dict, where: str, optional: tuple) -> list[list]:
@@ -411,8 +444,7 @@ def _fields(raw, spec: dict, where: str, optional: tuple = ()) -> dict:
 
 
 def decode(data: bytes, origin: str = "manifest") -> Manifest:
-    doc = unpack(data, f"{origin} (a manifest)", max_str=1 << 20, max_bin=MAX_MANIFEST_BYTES,
-                 max_array=10_000_000, max_map=10_000_000)
+    doc = unpack(data, f"{origin} (a manifest)", **DOC_LIMITS)
     if not isinstance(doc, dict):
         raise CorruptionError(f"{origin} is not a readable manifest: not a map")
     schema = doc.get("schema")
@@ -474,6 +506,7 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
         model=top["model"], config=ModelConfig(**cfg), versions=versions or [], current=top["current"],
         highest=top["highest"], generation=top["generation"], channels=channels,
     )
+    manifest._decoded = list(manifest._versions)
     if lazy:
         manifest._versions, manifest._versions_stored, manifest._version_rows = None, top["versions"], rows
         if offsets is not None:
@@ -492,7 +525,6 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
     return manifest
 
 
-_ROW_LIMITS = {"max_str": 1 << 20, "max_array": 10_000_000, "max_map": 1_000_000}
 _MISSING = object()
 
 
@@ -507,7 +539,7 @@ def _row_offsets(stored, rows: bytes, count: int, origin: str) -> list[int]:
     its row is unpacked, or when every version is read. Without stored offsets (manifests
     written before them), they are found by skipping through the rows."""
     if stored is _MISSING:
-        return array_offsets(rows, f"{origin} versions", count, **_ROW_LIMITS)
+        return array_offsets(rows, f"{origin} versions", count, **ROW_LIMITS)
     if not (isinstance(stored, list) and len(stored) == count + 1 and _only(stored, int)
             and stored[0] == array_header_size(count) and stored[-1] == len(rows)
             and array_length(rows) == count):
@@ -516,7 +548,7 @@ def _row_offsets(stored, rows: bytes, count: int, origin: str) -> list[int]:
 
 
 def _version_stream(data: bytes, origin: str) -> list:
-    rows = unpack(data, f"{origin} versions", **_ROW_LIMITS)
+    rows = unpack(data, f"{origin} versions", **ROW_LIMITS)
     if not isinstance(rows, list):
         raise CorruptionError(f"{origin} versions are not a list")
     return rows
@@ -524,7 +556,7 @@ def _version_stream(data: bytes, origin: str) -> list:
 
 def _indexed_version(data: bytes, offsets: list[int], i: int, number: str, origin: str) -> Version:
     """Version ``i`` of stored rows, unpacked alone; it must carry the number the index gave it."""
-    row = unpack(data[offsets[i]:offsets[i + 1]], f"{origin} versions #{i}", **_ROW_LIMITS)
+    row = unpack(data[offsets[i]:offsets[i + 1]], f"{origin} versions #{i}", **ROW_LIMITS)
     width = len(_VERSION_FIELDS)
     if not (isinstance(row, list) and len(row) == width):
         raise CorruptionError(f"{origin} versions #{i} is not a row of {width} fields")
@@ -558,7 +590,7 @@ def _event_stream(data: bytes, origin: str) -> list:
     """The rows of a stored history (a stream of msgpack arrays), unpacked with limits."""
     from .codec import unpack_stream
 
-    return unpack_stream(data, f"{origin} history", max_str=1 << 20, max_array=64, max_map=1_000_000)
+    return unpack_stream(data, f"{origin} history", **ROW_LIMITS)
 
 
 def _decode_events(data: bytes, origin: str) -> list[Event]:

@@ -248,6 +248,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--map", action="append", metavar="FOLDER=MODEL",
                    help="model name for a legacy folder (default dl_model=ssd, ml_model=catboost, x_model=x)")
     p.add_argument("--dry-run", action="store_true", help="report what would be imported; write nothing")
+    p.add_argument("--keep-links", action="store_true",
+                   help="leave each legacy current link as it is (default: a link inside the root becomes the "
+                        "model's link, swapped atomically to the same bytes in the store)")
+    p.add_argument("--timezone", metavar="ZONE",
+                   help="the zone the legacy naive timestamps were written in: a name (Europe/Paris), UTC or "
+                        "an offset (+02:00); default: this machine's local zone")
     reason(p)
 
     p = command("export", "write one version as a tar: the artifact under its own name plus metadata.json")
@@ -260,6 +266,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--meta", action="append", metavar="K=V", help="extra metadata (repeatable)")
     p.add_argument("--force", action="store_true", help="import even if identical to the current version")
+    p.add_argument("--max-expansion", type=float, default=100, metavar="RATIO",
+                   help="refuse a member that decompresses to more than RATIO times its share of the archive "
+                        "(default 100: model weights barely compress; a bomb does)")
     reason(p)
 
     p = command("verify", "re-hash stored objects, check trees and links; --repair fixes or isolates problems")

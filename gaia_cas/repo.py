@@ -102,9 +102,11 @@ def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
             raise InvalidInputError(f"invalid metadata {pair!r}: expected KEY=VALUE")
         try:
             result[key.strip()] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             result[key.strip()] = value
-    return result
+    from .codec import check_value
+
+    return check_value(result, "--meta")  # what the manifest could not hold fails now, before any write
 
 
 def _who() -> tuple[str, str]:
@@ -405,6 +407,10 @@ class Repository:
         check_text(str(Path(path).absolute()), "source path")
         check_text(reason, "--reason")
         check_text(metadata, "--meta")
+        if metadata:
+            from .codec import check_value
+
+            check_value(metadata, "--meta")  # before a byte is staged: the commit would refuse it
         user, host = _who()
         return _DeployRequest(model, Path(path).absolute(), snapshot, explicit, bump_kind, force, reason,
                               dict(metadata or {}), user, host, token=token)
@@ -756,13 +762,14 @@ class Repository:
         return diff_versions(self.trees, manifest.model, self.select(manifest, a), self.select(manifest, b))
 
     def import_legacy(self, path, *, mapping: dict[str, str] | None = None, dry_run: bool = False,
-                      reason: str | None = None) -> list:
+                      reason: str | None = None, keep_links: bool = False, timezone: str | None = None) -> list:
         """Migrate a copy-per-version layout; see :mod:`gaia_cas.legacy`."""
         from .legacy import import_legacy
 
         check_text(str(path), "legacy path")
         check_text(reason, "--reason")
-        return import_legacy(self, path, mapping=mapping, dry_run=dry_run, reason=reason)
+        return import_legacy(self, path, mapping=mapping, dry_run=dry_run, reason=reason, keep_links=keep_links,
+                             timezone=timezone)
 
     def export(self, name: str, selector: str | None, output) -> tuple[str, Version, Path]:
         """Write one version (default: current) as a tar: the artifact plus metadata.json.

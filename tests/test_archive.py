@@ -64,9 +64,11 @@ def test_export_holds_the_folder_under_its_own_name_and_metadata_json(cli, repo,
     assert files_of(tmp_path / "x" / "saved_model") == files_of(ssd)
     assert meta["architecture"] == "SSD MobileNet V2" and meta["input_size"] == [320, 320]
     assert meta["detection_threshold"] == 0.6 and meta["framework"] == "tensorflow"
-    assert meta["version"] == "v1.1.0" and meta["timestamp"] == version.deployment_id
-    assert meta["hash"] == version.tree and meta["size_bytes"] == version.size_bytes
-    assert meta["model"] == "ssd" and meta["format"] == "savedmodel"
+    own = meta.pop("gaia_cas")  # gaia-cas's own fields, under their own key
+    assert meta == version.metadata  # the user's fields, exactly as they are
+    assert own["version"] == "1.1.0" and own["deployment_id"] == version.deployment_id
+    assert own["hash"] == version.tree and own["size_bytes"] == version.size_bytes
+    assert own["model"] == "ssd" and own["format"] == "savedmodel"
 
 
 def test_export_of_a_file_model_holds_the_file_under_its_name(cli, catboost, tmp_path):
