@@ -280,6 +280,7 @@ def cmd_show(args, default_root):
 
 def cmd_rollback(args, default_root):
     repo = _repo(args, default_root)
+    # args.model is None for 'rollback previous' (the parser took the lone argument as the version)
     result = repo.rollback(args.model, args.version, reason=args.reason)
     if result.unchanged:
         text = f"{result.model}: {result.version} is already current; nothing changed"

@@ -448,9 +448,12 @@ class Repository:
 
     # -- rollback ----------------------------------------------------------------------------
 
-    def rollback(self, name: str, selector: str, *, reason: str | None = None) -> RollbackResult:
-        """Make an existing version current again: a manifest edit and a link swap, no copying."""
-        model = self.model(name)
+    def rollback(self, name: str | None, selector: str, *, reason: str | None = None) -> RollbackResult:
+        """Make an existing version current again: a manifest edit and a link swap, no copying.
+
+        ``name`` None means the only model of the root (``gaia-cas rollback previous``).
+        """
+        model = self.model(name) if name is not None else self._only_model(selector)
         snap = self._snapshot(model)
         manifest = snap.manifest
         target = self.select(manifest, selector)  # validate before any write
@@ -487,6 +490,15 @@ class Repository:
                              f"{outcome['version']} ({outcome['tree']}) by {user}@{host}"
                              + (f" reason={reason!r}" if reason else ""))
         return RollbackResult(model, outcome["version"], outcome["previous"], outcome["unchanged"], path)
+
+    def _only_model(self, selector: str) -> str:
+        models = self.models()
+        if len(models) == 1:
+            return models[0]
+        if not models:
+            raise ModelNotFoundError(selector, [])
+        raise InvalidInputError(f"this root holds several models ({', '.join(models)}): name one, as in "
+                                f"'gaia-cas rollback MODEL {selector}'")
 
     # -- pins, retention, gc -----------------------------------------------------------------
 
@@ -670,21 +682,23 @@ class Repository:
             return found
         if sel.kind == "oid":
             matches = [v for v in manifest.versions if v.tree.startswith(sel.oid_prefix)]
-            trees = {v.tree for v in matches}
-            if len(trees) > 1:
-                raise InvalidInputError(f"hash prefix {selector!r} is ambiguous in '{model}': "
-                                        + ", ".join(v.version for v in matches))
+            if len(matches) > 1:
+                # Several versions may share one tree (a forced redeploy, the old layout's
+                # duplicate copies): a hash names none of them in particular, so none is guessed.
+                same = " (one tree)" if len({v.tree for v in matches}) == 1 else ""
+                raise InvalidInputError(f"hash prefix {selector!r} is ambiguous in '{model}': it matches versions "
+                                        + ", ".join(v.version for v in matches) + same + "; name the version instead")
             if not matches:
                 raise VersionNotFoundError(model, selector)
-            # Several versions may share one tree (a forced redeploy): take the newest.
-            return matches[-1]
+            return matches[0]
         found = manifest.find(sel.version)
         if found is None and sel.deployment_id is not None:
             found = next((v for v in manifest.versions if v.deployment_id == sel.deployment_id
                           and version_key(v.version)[:2] == version_key(sel.version)[:2]), None)
         if found is None:
             was = sel.version in manifest.assigned()
-            raise VersionNotFoundError(model, selector, ": it was removed by a cleanup" if was else "")
+            raise VersionNotFoundError(model, selector, (": it was removed by a cleanup" if was else "")
+                                       + _same_number_hint(manifest, selector, sel))
         if sel.deployment_id is not None and found.deployment_id != sel.deployment_id:
             # The old layout could hold one number twice; import renumbered the later copy to
             # the next free patch. Its old folder name still names it.
@@ -876,6 +890,25 @@ def _previous(manifest: Manifest) -> str | None:
         if event.after == manifest.current and event.before != manifest.current:
             return event.before
     return None
+
+
+def _same_number_hint(manifest: Manifest, selector: str, sel) -> str:
+    """For ``v1.3`` / ``1.3`` whose X.Y.0 is gone: the other versions the old layout also called vX.Y.
+
+    The old script could write one number twice (v1.3_20250716_132518, v1.3_20250716_202612);
+    import numbered the later copy 1.3.1, so after a cleanup of 1.3.0 ``v1.3`` still has a copy.
+    """
+    if sel.deployment_id is not None or selector.strip().lstrip("v").count(".") != 1:
+        return ""  # a full X.Y.Z, or a folder name: one version was meant
+    major_minor = version_key(sel.version)[:2]
+    legacy = {e.version: e.details["legacy"] for e in manifest.history
+              if e.action == "import" and e.version and isinstance(e.details.get("legacy"), str)}
+    others = [v for v in manifest.versions if version_key(v.version)[:2] == major_minor]
+    if not others:
+        return ""
+    named = ", ".join(v.version + (f" (the old layout's {legacy[v.version]})" if v.version in legacy else "")
+                      for v in others)
+    return f"; {named} {'still exists' if len(others) == 1 else 'still exist'} with the same number"
 
 
 def _store_usage(layout: Layout, objects: bool = True) -> tuple[int, int]:
