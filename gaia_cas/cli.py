@@ -248,9 +248,7 @@ def cmd_status(args, default_root):
         models = [m for m in models if m.model == name]
     doc = {"models": [{"model": m.model, "current": m.current, "versions": m.versions,
                        "size_bytes": m.size_bytes, "logical_bytes": m.logical_bytes} for m in models],
-           "store": {"objects": status.store.objects, "bytes_on_disk": status.store.bytes_on_disk,
-                     "logical_bytes": status.store.logical_bytes,
-                     "reclaimable_bytes": status.store.reclaimable_bytes}}
+           "store": status.store._asdict()}
     lines = []
     if models:
         rows = [["MODEL", "CURRENT", "VERSIONS", "SIZE", "ALL VERSIONS"]]
@@ -259,12 +257,18 @@ def cmd_status(args, default_root):
     else:
         lines.append("no models yet")
     s = status.store
-    saved = s.logical_bytes - s.bytes_on_disk
-    ratio = f", {s.logical_bytes / s.bytes_on_disk:.1f}x" if s.bytes_on_disk else ""
-    lines.append(f"\nstore: {s.objects} objects, {_mb(s.bytes_on_disk)} on disk for {_mb(s.logical_bytes)} "
-                 f"of versions (deduplication saves {_mb(max(saved, 0))}{ratio}); "
-                 + (f"{_mb(s.reclaimable_bytes)} used by no version (gc frees it)" if s.reclaimable_bytes is not None
-                    else "unused bytes unknown: something cannot be read, run 'gaia-cas verify'"))
+    if s.used_bytes is None:
+        lines.append(f"\nstore: {s.objects} objects, {_mb(s.bytes_on_disk)} on disk for {_mb(s.logical_bytes)} "
+                     "of versions; the deduplication saving and the bytes no version uses are unknown: "
+                     "something cannot be read, run 'gaia-cas verify'")
+    else:
+        ratio = f", {s.logical_bytes / s.used_bytes:.1f}x" if s.used_bytes else ""
+        lines.append(f"\nstore: {s.objects} objects, {_mb(s.used_bytes)} on disk used by versions for "
+                     f"{_mb(s.logical_bytes)} of versions (deduplication saves {_mb(s.saved_bytes)}{ratio}); "
+                     f"{_mb(s.garbage_bytes)} used by no version (gc frees it)")
+    if s.staging_bytes:
+        lines.append(f"       {_mb(s.staging_bytes)} in store/tmp (deploys in flight or interrupted; gc frees what "
+                     "is left past the grace period)")
     lines.append(f"root:  {repo.root}")
     _emit(args, doc, "\n".join(lines))
 

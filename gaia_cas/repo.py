@@ -69,8 +69,13 @@ class RollbackResult(namedtuple("RollbackResult", "model version previous unchan
 
 ModelStatus = namedtuple("ModelStatus", "model current versions size_bytes logical_bytes")
 
-# reclaimable_bytes is None when a manifest or tree cannot be read
-StoreStatus = namedtuple("StoreStatus", "objects bytes_on_disk logical_bytes reclaimable_bytes", defaults=(0,))
+# bytes_on_disk = used_bytes + garbage_bytes + staging_bytes: what versions use, what no version
+# uses (gc frees it), and store/tmp (deploys in flight or interrupted). saved_bytes (the
+# deduplication saving) = logical_bytes - used_bytes. reclaimable_bytes: what gc would delete now
+# with no grace period. used, garbage, saved and reclaimable are None when a manifest or tree
+# cannot be read.
+StoreStatus = namedtuple("StoreStatus", "objects bytes_on_disk logical_bytes reclaimable_bytes used_bytes "
+                                        "saved_bytes garbage_bytes staging_bytes", defaults=(0, None, None, None, 0))
 
 
 class Status(namedtuple("Status", "models store")):
@@ -727,16 +732,23 @@ class Repository:
                                       sum(v.size_bytes for v in manifest.versions)))
         # Everything no version uses, whatever its age: gc frees it once past the grace period.
         # The same scan of store/objects also gives the object count and bytes.
+        logical = sum(m.logical_bytes for m in models)
         try:
             plan = gc.plan_gc(self.layout, self.manifests, self.trees, grace=timedelta(0), log_age=None,
                               already_read=manifests)
-            reclaimable = plan.bytes
-            count, on_disk = plan.objects, plan.object_bytes + _store_usage(self.layout, objects=False)[1]
         except gc.GcRefusedError:
-            reclaimable = None  # something is unreadable: 'verify' says what; status still answers
-            count, on_disk = _store_usage(self.layout)
-        logical = sum(m.logical_bytes for m in models)
-        return Status(models, StoreStatus(count, on_disk, logical, reclaimable))
+            # something is unreadable: 'verify' says what; status still answers what it can
+            usage = _store_usage(self.layout)
+            return Status(models, StoreStatus(usage.objects, usage.total, logical, None,
+                                              staging_bytes=usage.staging))
+        usage = _store_usage(self.layout, objects=False)
+        garbage_objects = sum(d.size for d in plan.doomed if d.kind == "object")
+        garbage_trees = min(sum(d.size for d in plan.doomed if d.kind == "tree"), usage.copied_trees)
+        used = plan.object_bytes - garbage_objects + usage.copied_trees - garbage_trees
+        return Status(models, StoreStatus(
+            plan.objects, plan.object_bytes + usage.copied_trees + usage.staging, logical, plan.bytes,
+            used_bytes=used, saved_bytes=logical - used, garbage_bytes=garbage_objects + garbage_trees,
+            staging_bytes=usage.staging))
 
     def diff(self, name: str, a: str, b: str):
         """Files added, removed and changed between two versions, and metadata changed."""
@@ -911,31 +923,38 @@ def _same_number_hint(manifest: Manifest, selector: str, sel) -> str:
     return f"; {named} {'still exists' if len(others) == 1 else 'still exist'} with the same number"
 
 
-def _store_usage(layout: Layout, objects: bool = True) -> tuple[int, int]:
-    """Objects in the store, and bytes on disk counting each inode once.
+_Usage = namedtuple("_Usage", "objects object_bytes copied_trees staging")
+_Usage.total = property(lambda u: u.object_bytes + u.copied_trees + u.staging)
+
+
+def _store_usage(layout: Layout, objects: bool = True) -> _Usage:
+    """Objects in the store and bytes on disk -- of objects, of materialized trees made of
+    copies, and of store/tmp (staging) -- counting each inode once, in that order.
 
     Materialized trees are hard links to objects and add nothing; only a tree made of copies
-    (a filesystem without hard links) is walked file by file.
+    (a filesystem without hard links) is walked file by file. ``objects=False`` leaves the
+    objects out (the caller's gc scan counted them).
     """
     from .materialize import links_objects
 
     seen: set[tuple[int, int]] = set()
     count = 0
-    total = 0
     copied_trees = [layout.trees / name for name in (os.listdir(layout.trees) if layout.trees.is_dir() else [])
                     if not links_objects(layout.trees / name)]
-    bases = ([(layout.objects, True)] if objects else []) + [(t, False) for t in copied_trees] + [(layout.tmp, False)]
-    for base, counting in bases:
+    bases = ([(layout.objects, "objects")] if objects else []) + [(t, "trees") for t in copied_trees] \
+        + [(layout.tmp, "staging")]
+    totals = {"objects": 0, "trees": 0, "staging": 0}
+    for base, part in bases:
         for dirpath, _, files in os.walk(base):
             for name in files:
                 try:
                     st = os.lstat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue
-                if counting:
+                if part == "objects":
                     count += 1
                 key = (st.st_dev, st.st_ino)
                 if key not in seen:
                     seen.add(key)
-                    total += st.st_size
-    return count, total
+                    totals[part] += st.st_size
+    return _Usage(count, totals["objects"], totals["trees"], totals["staging"])
