@@ -216,3 +216,42 @@ def test_a_tree_whose_sizes_do_not_match_its_objects_is_a_bad_tree(three, cli, e
     assert run.code == 0, run.out
     assert run.json()["broken_versions"] == ["m 1.0.0"]
     assert three.manifest("m").find("1.0.0").broken
+
+
+# -- resolve() on a failing or read-only disk ----------------------------------------------------
+
+def test_resolve_on_an_unreadable_manifest_raises_a_store_error(three, root, monkeypatch):
+    from gaia_cas.errors import GaiaCasError, StoreError
+    from gaia_cas.manifest import Manifests
+
+    def failing(self, model):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(self.layout.manifest_path(model)))
+
+    monkeypatch.setattr(Manifests, "snapshot", failing)
+    with pytest.raises(StoreError) as caught:
+        gaia_cas.resolve("m", root=root)
+    assert isinstance(caught.value, GaiaCasError)
+    message = str(caught.value)
+    assert "'m'" in message and "Input/output error" in message and "m.msgpack" in message
+
+
+def test_resolve_on_a_read_only_store_that_must_rebuild_a_tree_raises_a_store_error(three, root, monkeypatch):
+    from gaia_cas.errors import StoreError
+    from gaia_cas.materialize import remove_tree
+
+    tree = three.manifest("m").find("1.2.0").tree
+    remove_tree(root / "store" / "trees" / tree)  # derived data gc removed: resolve rebuilds it
+    real_mkdir = os.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if str(root) in os.fspath(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    with pytest.raises(StoreError) as caught:
+        gaia_cas.resolve("m", root=root)
+    message = str(caught.value)
+    assert "Read-only file system" in message and tree in message
+    monkeypatch.undo()
+    assert gaia_cas.resolve("m", root=root).version == "1.2.0"
