@@ -115,6 +115,9 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
             manifests[name] = repo.manifests.read(name)
         except GaiaCasError as exc:
             report.problems.append(Problem("manifest", f"manifest of '{name}' cannot be read: {exc}"))
+        except OSError as exc:  # EIO: reported like a corrupt manifest; the other models are checked
+            report.problems.append(Problem("manifest", f"manifest of '{name}' cannot be read ({_why(exc)})"))
+    manifests = {name: m for name, m in manifests.items() if m is not None}  # removed meanwhile
 
     # 1. Walk every version's trees; remember which versions need which object.
     users: dict[str, set[str]] = {}
@@ -142,10 +145,7 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
                 pass  # found by the night that re-hashes it
             continue
         report.checked_objects += 1
-        finding = _examine(oid, path)
-        if finding is None:
-            continue
-        kind, detail, size = finding
+        kind, detail, size = _examine(oid, path)
         if kind == "intact":
             _check_claims(oid, size, claims, bad_trees)
             continue
@@ -175,7 +175,7 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
     for name in manifests:
         try:
             manifest = repo.manifests.read(name)
-        except GaiaCasError:
+        except (GaiaCasError, OSError):
             continue
         for version in manifest.versions:
             if version.broken:
@@ -198,7 +198,7 @@ _ISOLATABLE = ("missing-object", "unreadable-object", "corrupt-object", "bad-tre
 _OBJECT_KINDS = ("missing-object", "unreadable-object", "corrupt-object", "bad-tree")
 
 
-def _examine(oid: str, path) -> tuple[str, str, int] | None:
+def _examine(oid: str, path) -> tuple[str, str, int]:
     """Re-hash one object: ("intact", "", size), or the finding (kind, detail, size)."""
     try:
         with open(path, "rb", buffering=0) as src:
@@ -459,7 +459,7 @@ def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problem
     for name in repo.models():
         try:
             repo.manifests.read(name)
-        except GaiaCasError:
+        except (GaiaCasError, OSError):
             continue  # unreadable: reported as a problem, and nothing is written to it
         with repo.manifests.edit(name, on_commit=repo._sync_link) as manifest:
             recheck.bad.clear()  # asked again under this lock

@@ -255,3 +255,23 @@ def test_resolve_on_a_read_only_store_that_must_rebuild_a_tree_raises_a_store_er
     assert "Read-only file system" in message and tree in message
     monkeypatch.undo()
     assert gaia_cas.resolve("m", root=root).version == "1.2.0"
+
+
+def test_an_unreadable_manifest_is_a_finding_and_the_other_models_are_checked(three, cli, tmp_path, monkeypatch):
+    from gaia_cas.manifest import Manifests
+
+    three.deploy("other", make_savedmodel(tmp_path / "other"))
+    real = Manifests.snapshot
+
+    def failing(self, model):
+        if model == "m":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(self, model)
+
+    monkeypatch.setattr(Manifests, "snapshot", failing)
+    run = cli("verify", "--json")
+    assert run.code == 1 and run.err == ""
+    doc = run.json()
+    [problem] = doc["problems"]
+    assert problem["kind"] == "manifest" and "'m'" in problem["detail"] and "Input/output error" in problem["detail"]
+    assert doc["checked_objects"] > 0 and doc["checked_links"] == 1  # 'other' was checked
