@@ -301,8 +301,8 @@ def cmd_status(args, default_root):
                      "something cannot be read, run 'gaia-cas verify'")
     else:
         ratio = f", {s.logical_bytes / s.used_bytes:.1f}x" if s.used_bytes else ""
-        lines.append(f"\nstore: {s.objects} objects, {_mb(s.used_bytes)} on disk used by versions for "
-                     f"{_mb(s.logical_bytes)} of versions (deduplication saves {_mb(s.saved_bytes)}{ratio}); "
+        lines.append(f"\nstore: {s.objects} objects; versions use {_mb(s.used_bytes)} on disk for "
+                     f"{_mb(s.logical_bytes)} of files (deduplication saves {_mb(s.saved_bytes)}{ratio}); "
                      f"{_mb(s.garbage_bytes)} used by no version (gc frees it)")
     if s.staging_bytes:
         lines.append(f"       {_mb(s.staging_bytes)} in store/tmp (deploys in flight or interrupted; gc frees what "

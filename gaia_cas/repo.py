@@ -501,7 +501,7 @@ class Repository:
         if len(models) == 1:
             return models[0]
         if not models:
-            raise ModelNotFoundError(selector, [])
+            raise NotFoundError(f"this root holds no model yet: nothing to roll back to '{selector}'")
         raise InvalidInputError(f"this root holds several models ({', '.join(models)}): name one, as in "
                                 f"'gaia-cas rollback MODEL {selector}'")
 

@@ -77,3 +77,7 @@ def test_cleaned_legacy_number_points_at_the_other_copy(legacy_root, repo, cli):
     assert snapshot(legacy_root) == before
     # the old folder name of the later copy still reaches it
     assert repo.rollback("dl", "v1.3_20250716_202612").version == "1.3.1"
+
+
+def test_rollback_previous_in_an_empty_root(cli, root):
+    assert_one_line_error(cli("rollback", "previous"), "no model yet")
