@@ -275,3 +275,28 @@ def test_an_unreadable_manifest_is_a_finding_and_the_other_models_are_checked(th
     [problem] = doc["problems"]
     assert problem["kind"] == "manifest" and "'m'" in problem["detail"] and "Input/output error" in problem["detail"]
     assert doc["checked_objects"] > 0 and doc["checked_links"] == 1  # 'other' was checked
+
+
+def test_repair_re_checks_under_the_model_lock_what_it_found_missing_while_holding_gc_off(
+        three, cli, root, tmp_path, monkeypatch):
+    """The deploy lands inside repair -- after the materialized trees were handled, right before
+    the model's lock is taken to mark versions: the object is looked at again under that lock."""
+    oid = own_oid(three, "1.2.0")
+    os.unlink(three.objects.path(oid))
+    src = tmp_path / "m"
+    real_edit = type(three.manifests).edit
+    calls = []
+
+    def edit(self, model, **kwargs):
+        if not calls and kwargs.get("on_commit") is not None and self is not three.manifests:
+            calls.append(model)
+            three.deploy("m", src, force=True)  # re-adds the object and commits 1.3.0
+        return real_edit(self, model, **kwargs)
+
+    monkeypatch.setattr(type(three.manifests), "edit", edit)
+    run = cli("verify", "--repair", "--json")
+    assert calls == ["m"]
+    assert run.code == 0, run.out
+    assert run.json()["broken_versions"] == []
+    assert not any(v.broken for v in three.manifest("m").versions)
+    assert gaia_cas.resolve("m", root=root).version == "1.3.0"
