@@ -104,12 +104,14 @@ def _warn_about_log() -> None:
 
 
 def _describe(exc: Exception) -> str:
+    """The error's message, every name in it escaped (library messages are one line; a newline
+    in one can only come from a name)."""
     if isinstance(exc, GaiaCasError):
-        return str(exc)
+        return shown(exc)
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror or exc}{where}"
-    return f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)"
+        return shown(f"{exc.strerror or exc}{where}")
+    return shown(f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -133,6 +135,41 @@ def _emit(args, document, text: str) -> None:
         print(_dumps(document, indent=2, sort_keys=False))
     elif text:
         print(text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(text) -> str:
+    """``text`` as it is safe to print to a terminal: every character that is not printable
+    escaped, as repr() would (a newline as ``\\n``, ESC as ``\\x1b``, a bidi override as
+    ``\\u202e``; a byte that was not UTF-8, kept as a surrogate, as ``\\xff``).
+
+    File names come from trees, sources and manifests, and a name may hold anything but ``/``
+    and NUL: printed raw, a newline forges an output line and an escape sequence drives the
+    terminal. Every human-readable output that prints such a name goes through here (JSON
+    output escapes on its own).
+    """
+    text = str(text)
+    if text.isprintable():
+        return text  # nearly always: one C-level scan
+    out = []
+    for char in text:
+        if char.isprintable():
+            out.append(char)
+            continue
+        code = ord(char)
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape of the byte code - 0xDC00
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 def _mb(size: int) -> str:
@@ -190,8 +227,8 @@ def cmd_model(args, default_root):
     doc = {"model": model, "aliases": config.aliases, "source": config.source, "link": link,
            "metadata": config.metadata, "retention": config.retention}
     lines = [f"model    {model}", f"aliases  {', '.join(config.aliases) or '-'}",
-             f"source   {config.source or '-'}", f"link     {link}"]
-    lines += [f"meta     {k} = {_dumps(v)}" for k, v in config.metadata.items()]
+             f"source   {shown(config.source or '-')}", f"link     {shown(link)}"]
+    lines += [f"meta     {shown(k)} = {_dumps(v)}" for k, v in config.metadata.items()]
     if config.retention:
         lines.append(f"keep     newest {config.retention.get('keep', 3)}"
                      + (f", younger than {config.retention['keep_within']}" if config.retention.get("keep_within") else ""))
@@ -216,7 +253,7 @@ def _deploy_text(result) -> str:
         text += (f"\n  source consumed: {c['linked']} of {result.file_count} files linked into the store "
                  f"(the rest copied), {c['removed']} removed")
         if c["left"]:
-            text += f"; kept (added or changed during the deploy): {', '.join(c['left'][:5])}"
+            text += f"; kept (added or changed during the deploy): {', '.join(map(shown, c['left'][:5]))}"
             text += f" and {len(c['left']) - 5} more" if len(c["left"]) > 5 else ""
     return text
 
@@ -256,7 +293,8 @@ def _list_one(repo, model, as_json: bool) -> tuple[dict | None, str]:
         return None, head
     rows = [["", "VERSION", "DEPLOYED", "HASH", "SIZE", "FORMAT", "REASON"]]
     rows += [[("*" if v.version == manifest.current else "") + ("!" if v.broken else ""), v.version,
-              v.created_at[:19].replace("T", " "), v.tree[:12], _mb(v.size_bytes), v.format, (v.reason or "")[:40]]
+              shown(v.created_at[:19].replace("T", " ")), v.tree[:12], _mb(v.size_bytes), shown(v.format),
+              shown((v.reason or "")[:40])]
              for v in versions]
     return None, head + "\n" + _table(rows, "  ")
 
@@ -281,9 +319,7 @@ def cmd_status(args, default_root):
         models = [m for m in models if m.model == name]
     doc = {"models": [{"model": m.model, "current": m.current, "versions": m.versions,
                        "size_bytes": m.size_bytes, "logical_bytes": m.logical_bytes} for m in models],
-           "store": {"objects": status.store.objects, "bytes_on_disk": status.store.bytes_on_disk,
-                     "logical_bytes": status.store.logical_bytes,
-                     "reclaimable_bytes": status.store.reclaimable_bytes}}
+           "store": status.store._asdict()}
     lines = []
     if models:
         rows = [["MODEL", "CURRENT", "VERSIONS", "SIZE", "ALL VERSIONS"]]
@@ -292,12 +328,18 @@ def cmd_status(args, default_root):
     else:
         lines.append("no models yet")
     s = status.store
-    saved = s.logical_bytes - s.bytes_on_disk
-    ratio = f", {s.logical_bytes / s.bytes_on_disk:.1f}x" if s.bytes_on_disk else ""
-    lines.append(f"\nstore: {s.objects} objects, {_mb(s.bytes_on_disk)} on disk for {_mb(s.logical_bytes)} "
-                 f"of versions (deduplication saves {_mb(max(saved, 0))}{ratio}); "
-                 + (f"{_mb(s.reclaimable_bytes)} used by no version (gc frees it)" if s.reclaimable_bytes is not None
-                    else "unused bytes unknown: something cannot be read, run 'gaia-cas verify'"))
+    if s.used_bytes is None:
+        lines.append(f"\nstore: {s.objects} objects, {_mb(s.bytes_on_disk)} on disk for {_mb(s.logical_bytes)} "
+                     "of versions; the deduplication saving and the bytes no version uses are unknown: "
+                     "something cannot be read, run 'gaia-cas verify'")
+    else:
+        ratio = f", {s.logical_bytes / s.used_bytes:.1f}x" if s.used_bytes else ""
+        lines.append(f"\nstore: {s.objects} objects; versions use {_mb(s.used_bytes)} on disk for "
+                     f"{_mb(s.logical_bytes)} of files (deduplication saves {_mb(s.saved_bytes)}{ratio}); "
+                     f"{_mb(s.garbage_bytes)} used by no version (gc frees it)")
+    if s.staging_bytes:
+        lines.append(f"       {_mb(s.staging_bytes)} in store/tmp (deploys in flight or interrupted; gc frees what "
+                     "is left past the grace period)")
     lines.append(f"root:  {repo.root}")
     _emit(args, doc, "\n".join(lines))
 
@@ -306,13 +348,14 @@ def cmd_show(args, default_root):
     repo = _repo(args, default_root)
     manifest, version = repo.show(args.model, args.version)
     doc = {"model": manifest.model, **_version_json(manifest, version)}
-    rows = [[k, "" if v is None else str(v)] for k, v in doc.items() if k != "metadata"]
-    rows += [[f"metadata.{k}", _dumps(v)] for k, v in version.metadata.items()]
+    rows = [[k, "" if v is None else shown(v)] for k, v in doc.items() if k != "metadata"]
+    rows += [[f"metadata.{shown(k)}", _dumps(v)] for k, v in version.metadata.items()]
     _emit(args, doc, _table(rows))
 
 
 def cmd_rollback(args, default_root):
     repo = _repo(args, default_root)
+    # args.model is None for 'rollback previous' (the parser took the lone argument as the version)
     result = repo.rollback(args.model, args.version, reason=args.reason)
     if result.unchanged:
         text = f"{result.model}: {result.version} is already current; nothing changed"
@@ -365,7 +408,7 @@ def _report_failures(failures: list[tuple[str, str]]) -> int:
     What succeeded was already printed (and committed): the user sees both.
     """
     for what, error in failures:
-        print(f"{PROG}: error: {what} failed: {' '.join(error.split())}", file=sys.stderr)
+        print(f"{PROG}: error: {what} failed: {shown(' '.join(error.split()))}", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -378,7 +421,7 @@ def cmd_gc(args, default_root):
     if result is None:
         doc = {"dry_run": True, **plan.to_json()}
         text = "\n".join([f"would delete {counts}, freeing {_mb(plan.bytes)}"]
-                         + [f"  {d.kind:12} {d.path}" for d in plan.doomed])
+                         + [f"  {d.kind:12} {shown(d.path)}" for d in plan.doomed])
     else:
         doc = {"dry_run": False, **result.to_json(), "reachable_objects": plan.reachable_objects,
                "young_unreferenced": plan.young_unreferenced}
@@ -396,7 +439,7 @@ def cmd_verify(args, default_root):
     lines = [f"checked {report.checked_objects} objects{scope}, {report.checked_trees} trees, "
              f"{report.checked_links} links: "
              + ("no problems" if not report.problems else f"{len(report.problems)} problem(s)")]
-    lines += [f"  {p}" for p in report.problems]
+    lines += [f"  {shown(p)}" for p in report.problems]
     if report.broken_versions:
         lines.append(f"broken versions (never served): {', '.join(report.broken_versions)}")
     _emit(args, report.to_json(), "\n".join(lines))
@@ -426,8 +469,8 @@ def cmd_history(args, default_root):
         change = f"{e.before or '-'} -> {e.after or '-'}" if e.before != e.after else (e.version or "")
         if e.action == "cleanup":
             change = "removed " + ", ".join(e.details.get("removed", []))
-        rows.append([str(e.generation), e.at[:19].replace("T", " "), action, change,
-                     f"{e.user}@{e.host}", e.reason or ""])
+        rows.append([str(e.generation), shown(e.at[:19].replace("T", " ")), shown(action), shown(change),
+                     shown(f"{e.user}@{e.host}"), shown(e.reason or "")])
     _emit(args, doc, _table(rows) if events else "no history yet")
 
 
@@ -435,10 +478,10 @@ def cmd_diff(args, default_root):
     repo = _repo(args, default_root)
     d = repo.diff(args.model, args.a, args.b)
     lines = [f"{d.model} {d.a} -> {d.b}"]
-    lines += [f"  + {p}  ({s} bytes)" for p, s in d.added]
-    lines += [f"  - {p}  ({s} bytes)" for p, s in d.removed]
-    lines += [f"  ~ {p}  ({sa} -> {sb} bytes)" for p, sa, sb in d.changed]
-    lines += [f"  metadata.{k}: {_dumps(va)} -> {_dumps(vb)}" for k, (va, vb) in d.metadata.items()]
+    lines += [f"  + {shown(p)}  ({s} bytes)" for p, s in d.added]
+    lines += [f"  - {shown(p)}  ({s} bytes)" for p, s in d.removed]
+    lines += [f"  ~ {shown(p)}  ({sa} -> {sb} bytes)" for p, sa, sb in d.changed]
+    lines += [f"  metadata.{shown(k)}: {_dumps(va)} -> {_dumps(vb)}" for k, (va, vb) in d.metadata.items()]
     if len(lines) == 1:
         lines.append("  identical")
     _emit(args, d.to_json(), "\n".join(lines))
@@ -492,7 +535,7 @@ def cmd_import(args, default_root):
 def cmd_logs(args, default_root):
     repo = _repo(args, default_root)
     lines = repo.logs(args.lines)
-    _emit(args, {"lines": lines}, "\n".join(lines) if lines else "no log lines yet")
+    _emit(args, {"lines": lines}, "\n".join(map(shown, lines)) if lines else "no log lines yet")
 
 
 def cmd_demo(args, default_root):

@@ -106,6 +106,26 @@ class _Unused:
         return self
 
 
+class _ModelOptional(argparse.Action):
+    """``rollback previous``: one argument that reads as a version selector names the version,
+    and the model is left to the command (the only model of the root); any other lone argument
+    is a MODEL whose VERSION is missing."""
+
+    _SELECTOR = None
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is None:
+            if not _ModelOptional._SELECTOR:
+                import re
+
+                _ModelOptional._SELECTOR = re.compile(
+                    r"previous|v?\d{1,9}\.\d{1,9}(\.\d{1,9})?(_\d{8}_\d{6})?|[0-9a-f]{8,32}")
+            if not _ModelOptional._SELECTOR.fullmatch(namespace.model or ""):
+                parser.error(f"the following arguments are required: {self.metavar}")
+            namespace.model, values = None, namespace.model
+        setattr(namespace, self.dest, values)
+
+
 _TOP_FLAGS = {"--version", "--json", "-v", "--verbose", "-h", "--help"}
 _TOP_VALUED = {"--root", "--lock-timeout"}
 
@@ -199,8 +219,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?", metavar="VERSION", help="a version selector (default: current)")
 
     p = command("rollback", "make an earlier (or any existing) version current again; no bytes are copied")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("version", metavar="VERSION",
+    p.add_argument("model", metavar="MODEL", help="the model (may be left out when the root holds only one)")
+    p.add_argument("version", nargs="?", metavar="VERSION", action=_ModelOptional,
                    help="1.4.0, 1.4, v1.4, v1.4_YYYYmmdd_HHMMSS, 8+ hex digits of its hash, or 'previous'")
     reason(p)
 

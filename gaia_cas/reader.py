@@ -20,12 +20,13 @@ and calls :func:`resolve` again only when it returns True::
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptionError, NotFoundError
+from .errors import CorruptionError, GaiaCasError, NotFoundError, StoreError
 from .ingest import artifact_path
 from .layout import Layout, find_root
 from .manifest import Manifests, file_token
@@ -60,6 +61,19 @@ def resolve(model: str, root: str | os.PathLike | None = None, channel: str = "c
     (e.g. ``"staging"``); the default is the current version.
     """
     layout = Layout(find_root(root))
+    try:
+        return _resolve(layout, model, channel)
+    except OSError as exc:
+        if isinstance(exc, GaiaCasError):
+            raise
+        # EIO from a failing disk, a read-only mount where a tree must be rebuilt, a permission:
+        # one clean error a server can catch as GaiaCasError, naming the model and the file.
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise StoreError(f"cannot resolve model '{model}' in {layout.root}: "
+                         f"{exc.strerror or exc}{where}") from exc
+
+
+def _resolve(layout: Layout, model: str, channel: str) -> Resolved:
     manifests = Manifests(layout)
     name = manifests.lookup(model)
     snapshot = manifests.snapshot(name)
@@ -83,7 +97,16 @@ def resolve(model: str, root: str | os.PathLike | None = None, channel: str = "c
         from .materialize import materialize
         from .objects import ObjectStore
 
-        tree_dir = materialize(layout, ObjectStore(layout), version.tree)
+        try:
+            tree_dir = materialize(layout, ObjectStore(layout), version.tree)
+        except OSError as exc:
+            if isinstance(exc, GaiaCasError):
+                raise
+            raise StoreError(f"version {version.version} of '{name}' (tree {version.tree}) is not materialized "
+                             f"and cannot be rebuilt in {layout.trees}: {exc.strerror or exc}"
+                             + (" (a read-only store needs every served tree materialized beforehand, "
+                                "e.g. by 'gaia-cas verify --repair' where it is writable)"
+                                if exc.errno == errno.EROFS else "")) from exc
     path = artifact_path(tree_dir, version.name)
     return Resolved(
         model=name, version=version.version, hash=version.tree, path=path,

@@ -70,8 +70,13 @@ class RollbackResult(namedtuple("RollbackResult", "model version previous unchan
 
 ModelStatus = namedtuple("ModelStatus", "model current versions size_bytes logical_bytes")
 
-# reclaimable_bytes is None when a manifest or tree cannot be read
-StoreStatus = namedtuple("StoreStatus", "objects bytes_on_disk logical_bytes reclaimable_bytes", defaults=(0,))
+# bytes_on_disk = used_bytes + garbage_bytes + staging_bytes: what versions use, what no version
+# uses (gc frees it), and store/tmp (deploys in flight or interrupted). saved_bytes (the
+# deduplication saving) = logical_bytes - used_bytes. reclaimable_bytes: what gc would delete now
+# with no grace period. used, garbage, saved and reclaimable are None when a manifest or tree
+# cannot be read.
+StoreStatus = namedtuple("StoreStatus", "objects bytes_on_disk logical_bytes reclaimable_bytes used_bytes "
+                                        "saved_bytes garbage_bytes staging_bytes", defaults=(0, None, None, None, 0))
 
 
 class Status(namedtuple("Status", "models store")):
@@ -476,9 +481,12 @@ class Repository:
 
     # -- rollback ----------------------------------------------------------------------------
 
-    def rollback(self, name: str, selector: str, *, reason: str | None = None) -> RollbackResult:
-        """Make an existing version current again: a manifest edit and a link swap, no copying."""
-        model = self.model(name)
+    def rollback(self, name: str | None, selector: str, *, reason: str | None = None) -> RollbackResult:
+        """Make an existing version current again: a manifest edit and a link swap, no copying.
+
+        ``name`` None means the only model of the root (``gaia-cas rollback previous``).
+        """
+        model = self.model(name) if name is not None else self._only_model(selector)
         snap = self._snapshot(model)
         manifest = snap.manifest
         target = self.select(manifest, selector)  # validate before any write
@@ -517,6 +525,15 @@ class Repository:
                              f"{outcome['version']} ({outcome['tree']}) by {user}@{host}"
                              + (f" reason={reason!r}" if reason else ""))
         return RollbackResult(model, outcome["version"], outcome["previous"], outcome["unchanged"], path)
+
+    def _only_model(self, selector: str) -> str:
+        models = self.models()
+        if len(models) == 1:
+            return models[0]
+        if not models:
+            raise NotFoundError(f"this root holds no model yet: nothing to roll back to '{selector}'")
+        raise InvalidInputError(f"this root holds several models ({', '.join(models)}): name one, as in "
+                                f"'gaia-cas rollback MODEL {selector}'")
 
     # -- pins, retention, gc -----------------------------------------------------------------
 
@@ -700,21 +717,23 @@ class Repository:
             return found
         if sel.kind == "oid":
             matches = [v for v in manifest.versions if v.tree.startswith(sel.oid_prefix)]
-            trees = {v.tree for v in matches}
-            if len(trees) > 1:
-                raise InvalidInputError(f"hash prefix {selector!r} is ambiguous in '{model}': "
-                                        + ", ".join(v.version for v in matches))
+            if len(matches) > 1:
+                # Several versions may share one tree (a forced redeploy, the old layout's
+                # duplicate copies): a hash names none of them in particular, so none is guessed.
+                same = " (one tree)" if len({v.tree for v in matches}) == 1 else ""
+                raise InvalidInputError(f"hash prefix {selector!r} is ambiguous in '{model}': it matches versions "
+                                        + ", ".join(v.version for v in matches) + same + "; name the version instead")
             if not matches:
                 raise VersionNotFoundError(model, selector)
-            # Several versions may share one tree (a forced redeploy): take the newest.
-            return matches[-1]
+            return matches[0]
         found = manifest.find(sel.version)
         if found is None and sel.deployment_id is not None:
             found = next((v for v in manifest.versions if v.deployment_id == sel.deployment_id
                           and version_key(v.version)[:2] == version_key(sel.version)[:2]), None)
         if found is None:
             was = sel.version in manifest.assigned()
-            raise VersionNotFoundError(model, selector, ": it was removed by a cleanup" if was else "")
+            raise VersionNotFoundError(model, selector, (": it was removed by a cleanup" if was else "")
+                                       + _same_number_hint(manifest, selector, sel))
         if sel.deployment_id is not None and found.deployment_id != sel.deployment_id:
             # The old layout could hold one number twice; import renumbered the later copy to
             # the next free patch. Its old folder name still names it.
@@ -743,16 +762,23 @@ class Repository:
                                       sum(v.size_bytes for v in manifest.versions)))
         # Everything no version uses, whatever its age: gc frees it once past the grace period.
         # The same scan of store/objects also gives the object count and bytes.
+        logical = sum(m.logical_bytes for m in models)
         try:
             plan = gc.plan_gc(self.layout, self.manifests, self.trees, grace=timedelta(0), log_age=None,
                               already_read=manifests)
-            reclaimable = plan.bytes
-            count, on_disk = plan.objects, plan.object_bytes + _store_usage(self.layout, objects=False)[1]
         except gc.GcRefusedError:
-            reclaimable = None  # something is unreadable: 'verify' says what; status still answers
-            count, on_disk = _store_usage(self.layout)
-        logical = sum(m.logical_bytes for m in models)
-        return Status(models, StoreStatus(count, on_disk, logical, reclaimable))
+            # something is unreadable: 'verify' says what; status still answers what it can
+            usage = _store_usage(self.layout)
+            return Status(models, StoreStatus(usage.objects, usage.total, logical, None,
+                                              staging_bytes=usage.staging))
+        usage = _store_usage(self.layout, objects=False)
+        garbage_objects = sum(d.size for d in plan.doomed if d.kind == "object")
+        garbage_trees = min(sum(d.size for d in plan.doomed if d.kind == "tree"), usage.copied_trees)
+        used = plan.object_bytes - garbage_objects + usage.copied_trees - garbage_trees
+        return Status(models, StoreStatus(
+            plan.objects, plan.object_bytes + usage.copied_trees + usage.staging, logical, plan.bytes,
+            used_bytes=used, saved_bytes=logical - used, garbage_bytes=garbage_objects + garbage_trees,
+            staging_bytes=usage.staging))
 
     def diff(self, name: str, a: str, b: str):
         """Files added, removed and changed between two versions, and metadata changed."""
@@ -909,31 +935,57 @@ def _previous(manifest: Manifest) -> str | None:
     return None
 
 
-def _store_usage(layout: Layout, objects: bool = True) -> tuple[int, int]:
-    """Objects in the store, and bytes on disk counting each inode once.
+def _same_number_hint(manifest: Manifest, selector: str, sel) -> str:
+    """For ``v1.3`` / ``1.3`` whose X.Y.0 is gone: the other versions the old layout also called vX.Y.
+
+    The old script could write one number twice (v1.3_20250716_132518, v1.3_20250716_202612);
+    import numbered the later copy 1.3.1, so after a cleanup of 1.3.0 ``v1.3`` still has a copy.
+    """
+    if sel.deployment_id is not None or selector.strip().lstrip("v").count(".") != 1:
+        return ""  # a full X.Y.Z, or a folder name: one version was meant
+    major_minor = version_key(sel.version)[:2]
+    legacy = {e.version: e.details["legacy"] for e in manifest.history
+              if e.action == "import" and e.version and isinstance(e.details.get("legacy"), str)}
+    others = [v for v in manifest.versions if version_key(v.version)[:2] == major_minor]
+    if not others:
+        return ""
+    named = ", ".join(v.version + (f" (the old layout's {legacy[v.version]})" if v.version in legacy else "")
+                      for v in others)
+    return f"; {named} {'still exists' if len(others) == 1 else 'still exist'} with the same number"
+
+
+_Usage = namedtuple("_Usage", "objects object_bytes copied_trees staging")
+_Usage.total = property(lambda u: u.object_bytes + u.copied_trees + u.staging)
+
+
+def _store_usage(layout: Layout, objects: bool = True) -> _Usage:
+    """Objects in the store and bytes on disk -- of objects, of materialized trees made of
+    copies, and of store/tmp (staging) -- counting each inode once, in that order.
 
     Materialized trees are hard links to objects and add nothing; only a tree made of copies
-    (a filesystem without hard links) is walked file by file.
+    (a filesystem without hard links) is walked file by file. ``objects=False`` leaves the
+    objects out (the caller's gc scan counted them).
     """
     from .materialize import links_objects
 
     seen: set[tuple[int, int]] = set()
     count = 0
-    total = 0
     copied_trees = [layout.trees / name for name in (os.listdir(layout.trees) if layout.trees.is_dir() else [])
                     if not links_objects(layout.trees / name)]
-    bases = ([(layout.objects, True)] if objects else []) + [(t, False) for t in copied_trees] + [(layout.tmp, False)]
-    for base, counting in bases:
+    bases = ([(layout.objects, "objects")] if objects else []) + [(t, "trees") for t in copied_trees] \
+        + [(layout.tmp, "staging")]
+    totals = {"objects": 0, "trees": 0, "staging": 0}
+    for base, part in bases:
         for dirpath, _, files in os.walk(base):
             for name in files:
                 try:
                     st = os.lstat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue
-                if counting:
+                if part == "objects":
                     count += 1
                 key = (st.st_dev, st.st_ino)
                 if key not in seen:
                     seen.add(key)
-                    total += st.st_size
-    return count, total
+                    totals[part] += st.st_size
+    return _Usage(count, totals["objects"], totals["trees"], totals["staging"])

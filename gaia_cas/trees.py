@@ -3,7 +3,8 @@
 Entries are sorted by the UTF-8 bytes of their names before packing (msgpack keeps the order
 it is given, and the same directory must always give the same bytes, hence the same oid).
 ``kind`` is ``"file"`` or ``"dir"``; ``size`` is the file's size, or for a directory the total
-size of the files below it. A tree read back from the store is validated entry by entry before
+size of the files below it (never negative nor above 2**63 - 1; verify also checks each size
+against the object and the folder totals against their entries). A tree read back from the store is validated entry by entry before
 any path is built from it: names (no ``..``, ``/``, empty, duplicates), kinds, oids, sizes and
 nesting depth.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 from .codec import pack, unpack
-from .errors import CorruptionError
+from .errors import CorruptionError, StoreError
 from .names import entry_name_problem, is_oid
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the import typing costs at start-up
@@ -26,6 +27,7 @@ KINDS = (FILE, DIR)
 MAX_DEPTH = 64
 MAX_TREE_BYTES = 64 << 20
 MAX_ENTRIES = 1_000_000
+MAX_SIZE = 2**63 - 1  # the largest file (off_t) a filesystem can hold: msgpack alone would allow 2**64 - 1
 
 
 Entry = namedtuple("Entry", "name kind oid size")
@@ -57,7 +59,7 @@ def decode_tree(data: bytes, oid: str = "?") -> list[Entry]:
             raise CorruptionError(f"tree {oid} entry {name!r} has unknown kind {kind!r:.40}")
         if not is_oid(child):
             raise CorruptionError(f"tree {oid} entry {name!r} has an invalid oid {child!r:.80}")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
             raise CorruptionError(f"tree {oid} entry {name!r} has an invalid size {size!r:.40}")
         key = name.encode("utf-8")
         if previous is not None and key <= previous:
@@ -75,7 +77,14 @@ class TreeReader:
         self.store = store
 
     def entries(self, oid: str) -> list[Entry]:
-        return decode_tree(self.store.read(oid, MAX_TREE_BYTES), oid)
+        try:
+            data = self.store.read(oid, MAX_TREE_BYTES)
+        except OSError as exc:
+            if isinstance(exc, StoreError):
+                raise
+            # EIO from a failing disk, a permission lost: one clean error naming the tree
+            raise StoreError(f"tree {oid} cannot be read ({exc.strerror or exc})") from exc
+        return decode_tree(data, oid)
 
     def walk(self, oid: str, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Entry]]:
         """Yield ``(relative path, entry)`` for every entry below the tree, parents first."""

@@ -15,6 +15,16 @@ compared entry by entry with its tree object, and every ``current`` link with it
   complete and intact (e.g. redeployed) is unmarked.
 - ``current`` is never moved by repair (no silent rollback): a broken current version stays a
   reported problem until an operator rolls back or redeploys.
+
+An object that cannot be read at all (EIO from a failing disk) is a finding like a corrupt one:
+reported with the versions it affects, and the rest of the store is still checked.
+
+The scan takes no lock (a nightly verify must not stall deploys), so by the time repair acts a
+finding may be stale: gc and a deploy can remove and re-add an object in between. Repair holds
+the store barrier (gc waits) for its whole run and re-examines each finding right before acting
+on it -- an object is re-hashed before it is quarantined, and before a version is marked broken
+the objects it lacks are looked at again under that model's lock, the lock its deploys commit
+under. A finding that no longer holds is dropped (reported as resolved, "no longer ...").
 """
 
 from __future__ import annotations
@@ -28,13 +38,14 @@ from pathlib import Path
 
 from .errors import GaiaCasError
 from .ingest import artifact_path
-from .objects import hash_file
+from .objects import hash_file, hash_stream
 from .trees import DIR, MAX_DEPTH, TreeReader
 
 
 @dataclass
 class Problem:
-    kind: str  # manifest, missing-object, corrupt-object, bad-tree, tree-mismatch, link, broken-current
+    kind: str  # manifest, missing-object, unreadable-object, corrupt-object, bad-tree, tree-mismatch, link,
+    # broken-current
     detail: str
     oid: str | None = None
     path: str | None = None
@@ -104,47 +115,47 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
             manifests[name] = repo.manifests.read(name)
         except GaiaCasError as exc:
             report.problems.append(Problem("manifest", f"manifest of '{name}' cannot be read: {exc}"))
+        except OSError as exc:  # EIO: reported like a corrupt manifest; the other models are checked
+            report.problems.append(Problem("manifest", f"manifest of '{name}' cannot be read ({_why(exc)})"))
+    manifests = {name: m for name, m in manifests.items() if m is not None}  # removed meanwhile
 
     # 1. Walk every version's trees; remember which versions need which object.
     users: dict[str, set[str]] = {}
-    files: dict[str, int] = {}  # file oid -> expected size
-    bad_trees: dict[str, str] = {}
+    files: dict[str, int] = {}  # file oid -> the size a tree gives it
+    claims: dict[str, dict[tuple[str, str], int]] = {}  # file oid -> {(tree oid, entry name): size}
+    totals: dict[str, int] = {}  # tree oid -> the sizes of its entries, summed
+    bad_trees: dict[str, tuple[str, str]] = {}  # tree oid -> (kind, why)
     for name, manifest in manifests.items():
         for version in manifest.versions:
             label = f"{name} {version.version}"
-            problem = _walk(reader, version.tree, label, users, files, bad_trees)
+            problem = _walk(reader, version.tree, label, users, files, claims, totals, bad_trees)
             if problem:
                 users.setdefault(version.tree, set()).add(label)
     report.checked_trees = len({oid for oid in users if oid not in files})
-    for oid, why in sorted(bad_trees.items()):
-        report.problems.append(Problem("bad-tree" if "missing" not in why else "missing-object", why, oid=oid,
-                                       path=str(repo.objects.path(oid)), versions=sorted(users.get(oid, ()))))
 
     # 2. Re-hash the file objects (all, or today's sample).
     corrupt: set[str] = set()
-    missing: set[str] = {oid for oid, why in bad_trees.items() if "missing" in why}
+    missing: set[str] = {oid for oid, (kind, _) in bad_trees.items() if kind != "bad-tree"}
     for oid in sorted(files):
-        if not in_sample(oid, sample, day):
-            continue
         path = repo.objects.path(oid)
+        if not in_sample(oid, sample, day):
+            try:  # not re-hashed today, but a size the trees contradict costs one stat to see
+                _check_claims(oid, os.stat(path).st_size, claims, bad_trees)
+            except OSError:
+                pass  # found by the night that re-hashes it
+            continue
         report.checked_objects += 1
-        try:
-            actual, size = hash_file(path)
-        except FileNotFoundError:
-            missing.add(oid)
-            report.problems.append(Problem("missing-object", f"object {oid} is missing", oid=oid, path=str(path),
-                                           versions=sorted(users[oid])))
+        kind, detail, size = _examine(oid, path)
+        if kind == "intact":
+            _check_claims(oid, size, claims, bad_trees)
             continue
-        except OSError as exc:  # an I/O error is damage too: treated like a missing object
-            missing.add(oid)
-            report.problems.append(Problem("missing-object", f"object {oid} cannot be read ({exc.strerror or exc})",
-                                           oid=oid, path=str(path), versions=sorted(users[oid])))
-            continue
-        if actual != oid:
-            corrupt.add(oid)
-            report.problems.append(Problem(
-                "corrupt-object", f"object {oid} holds bytes hashing to {actual} ({size} bytes, expected "
-                f"{files[oid]})", oid=oid, path=str(path), versions=sorted(users[oid])))
+        (corrupt if kind == "corrupt-object" else missing).add(oid)
+        if kind == "corrupt-object":
+            detail += f" (expected {files[oid]})"
+        report.problems.append(Problem(kind, detail, oid=oid, path=str(path), versions=sorted(users[oid])))
+    for oid, (kind, why) in sorted(bad_trees.items()):
+        report.problems.append(Problem(kind, why, oid=oid, path=str(repo.objects.path(oid)),
+                                       versions=sorted(users.get(oid, ()))))
 
     # 3. Materialized trees against their tree objects.
     tree_problems = _check_materialized(repo, reader, users, corrupt | missing | set(bad_trees), report)
@@ -158,14 +169,13 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
         report.problems += found
 
     if repair:
-        _repair(repo, manifests, report, users, corrupt, missing, set(bad_trees), tree_problems, link_problems,
-                reason)
+        _repair(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason)
 
     # 5. Broken versions, and a broken current version (never fixed by moving current).
     for name in manifests:
         try:
             manifest = repo.manifests.read(name)
-        except GaiaCasError:
+        except (GaiaCasError, OSError):
             continue
         for version in manifest.versions:
             if version.broken:
@@ -184,10 +194,37 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
     return report
 
 
-_ISOLATABLE = ("missing-object", "corrupt-object", "bad-tree", "tree-mismatch")
+_ISOLATABLE = ("missing-object", "unreadable-object", "corrupt-object", "bad-tree", "tree-mismatch")
+_OBJECT_KINDS = ("missing-object", "unreadable-object", "corrupt-object", "bad-tree")
 
 
-def _walk(reader, oid, label, users, files, bad_trees, depth=0) -> bool:
+def _examine(oid: str, path) -> tuple[str, str, int]:
+    """Re-hash one object: ("intact", "", size), or the finding (kind, detail, size)."""
+    try:
+        with open(path, "rb", buffering=0) as src:
+            actual, size = hash_stream(src)
+    except FileNotFoundError:
+        return "missing-object", f"object {oid} is missing", 0
+    except OSError as exc:  # EIO from a failing disk: the object is lost to us, like a missing one
+        return "unreadable-object", f"object {oid} cannot be read ({_why(exc)})", 0
+    if actual != oid:
+        return "corrupt-object", f"object {oid} holds bytes hashing to {actual} ({size} bytes)", size
+    return "intact", "", size
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__)
+
+
+def _check_claims(oid: str, size: int, claims, bad_trees) -> None:
+    """Every tree that lists the object gives it the size the object has."""
+    for (tree, name), claimed in sorted(claims.get(oid, {}).items()):
+        if claimed != size and tree not in bad_trees:
+            bad_trees[tree] = ("bad-tree", f"tree {tree} gives {name!r} a size of {claimed} bytes, but its object "
+                                           f"{oid} holds {size}")
+
+
+def _walk(reader, oid, label, users, files, claims, totals, bad_trees, depth=0) -> bool:
     """Record every object the tree reaches; returns True if the tree itself is unusable."""
     users.setdefault(oid, set()).add(label)
     if oid in bad_trees:
@@ -195,19 +232,32 @@ def _walk(reader, oid, label, users, files, bad_trees, depth=0) -> bool:
     try:
         entries = reader.entries(oid)
     except GaiaCasError as exc:
-        bad_trees[oid] = str(exc)
+        bad_trees[oid] = (_tree_kind(exc), str(exc))
         return True
+    totals[oid] = sum(entry.size for entry in entries)
     broken = False
     for entry in entries:
         if entry.kind == DIR:
             if depth >= MAX_DEPTH:
-                bad_trees[oid] = f"tree {oid} nests too deep"
+                bad_trees[oid] = ("bad-tree", f"tree {oid} nests too deep")
                 return True
-            broken |= _walk(reader, entry.oid, label, users, files, bad_trees, depth + 1)
+            broken |= _walk(reader, entry.oid, label, users, files, claims, totals, bad_trees, depth + 1)
+            below = totals.get(entry.oid)
+            if below is not None and below != entry.size and oid not in bad_trees:
+                bad_trees[oid] = ("bad-tree", f"tree {oid} gives folder {entry.name!r} a size of {entry.size} "
+                                              f"bytes, but the files below it total {below}")
+                broken = True
         else:
             users.setdefault(entry.oid, set()).add(label)
             files[entry.oid] = entry.size
-    return broken
+            claims.setdefault(entry.oid, {})[(oid, entry.name)] = entry.size
+    return broken or oid in bad_trees
+
+
+def _tree_kind(exc: GaiaCasError) -> str:
+    if isinstance(exc, OSError) or isinstance(exc.__cause__, OSError):
+        return "unreadable-object"
+    return "missing-object" if "missing" in str(exc) else "bad-tree"
 
 
 def _check_materialized(repo, reader, users, bad_oids, report) -> list[Problem]:
@@ -228,6 +278,8 @@ def _check_materialized(repo, reader, users, bad_oids, report) -> list[Problem]:
                 why = _compare(repo, reader, name, path, bad_oids)
             except GaiaCasError as exc:
                 why = str(exc)
+            except OSError as exc:  # a file of the checkout that cannot be read (EIO)
+                why = f"cannot be read ({_why(exc)}{': ' + os.path.basename(exc.filename) if exc.filename else ''})"
         if why:
             problem = Problem("tree-mismatch", f"materialized tree {name} {why}", oid=name, path=str(path),
                               versions=sorted(users[name]))
@@ -301,69 +353,136 @@ def _check_links(repo, manifest) -> list[Problem]:
     return problems
 
 
-def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
+class _Recheck:
+    """Findings re-examined at the moment repair acts on them.
+
+    Repair holds the store barrier throughout, so nothing it finds intact can disappear (only gc
+    and repair itself delete objects): "intact" is remembered. "Still bad" is not: a deploy may
+    re-add the object at any moment, so it is asked again under each model's lock.
+    """
+
+    def __init__(self, repo, reader, corrupt, missing, bad_trees):
+        self.repo, self.reader = repo, reader
+        self.suspects = set(corrupt) | set(missing) | set(bad_trees)
+        self.trees = {oid for oid in bad_trees}
+        self.lying = {oid for oid, (kind, _) in bad_trees.items() if kind == "bad-tree"}  # immutable: stays bad
+        self.intact: set[str] = set()
+        self.bad: set[str] = set()  # found still bad since the last clear(): not re-hashed twice
+
+    def unusable(self, oid: str) -> bool:
+        """Whether the finding about ``oid`` still holds now."""
+        if oid not in self.suspects or oid in self.intact:
+            return False
+        if oid in self.lying or oid in self.bad:
+            return True
+        if oid in self.trees:
+            try:
+                self.reader.entries(oid)
+            except GaiaCasError:
+                return True
+            ok = True  # its own entries are rechecked one by one by the callers' walks
+        else:
+            ok = _examine(oid, self.repo.objects.path(oid))[0] == "intact"
+        (self.intact if ok else self.bad).add(oid)
+        return not ok
+
+    def needs_any(self, tree_oid: str) -> bool:
+        """Whether the tree reaches an object that is unusable now (or cannot be read at all)."""
+        if self.unusable(tree_oid):
+            return True
+        try:
+            for _, entry in self.repo.trees.walk(tree_oid):
+                if self.unusable(entry.oid) or not self.repo.objects.exists(entry.oid):
+                    return True
+        except (GaiaCasError, OSError):
+            return True
+        return False
+
+
+def _repair(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
+    # The barrier is taken once, for the whole repair (a nested one could deadlock against a
+    # waiting gc, which holds the turnstile): gc cannot delete anything until repair is done.
+    with repo._writing():
+        _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason)
+
+
+def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
     from .manifest import record
     from .materialize import retire_tree
     from .repo import _now, _who
 
-    # Quarantine corrupt objects first, so nothing rebuilt below can link to them.
+    recheck = _Recheck(repo, reader, corrupt, missing, bad_trees)
+    # Quarantine corrupt objects first, so nothing rebuilt below can link to them. Each one is
+    # re-hashed first: what is intact now (restored meanwhile) stays where it is.
     quarantine = repo.layout.store / "quarantine"
     stamp = time.strftime("%Y%m%d_%H%M%S")
     for problem in report.problems:
         if problem.kind == "corrupt-object" and problem.oid in corrupt:
+            path = repo.objects.path(problem.oid)
+            now = _examine(problem.oid, path)[0]
+            if now == "intact":
+                recheck.intact.add(problem.oid)
+                problem.action, problem.resolved = "no longer corrupt when re-checked: left alone", True
+                continue
+            if now != "corrupt-object":
+                continue  # gone or unreadable by now: nothing to move; marked broken below if still so
             quarantine.mkdir(parents=True, exist_ok=True)
             target = quarantine / f"{problem.oid}-{stamp}"
-            with repo._writing():
-                os.rename(repo.objects.path(problem.oid), target)
+            os.rename(path, target)
             problem.action, problem.resolved = f"moved to {target.relative_to(repo.root)}", True
 
     # Materialized trees that do not match: rebuild if possible, else just remove.
-    unusable = corrupt | missing | bad_trees
     for problem in tree_problems:
-        with repo._writing():
-            retire_tree(repo.layout, Path(problem.path))
-            rebuilt = False
-            if not _needs_any(repo, problem.oid, unusable):
+        retire_tree(repo.layout, Path(problem.path))
+        why = "its objects are unusable"
+        if not recheck.needs_any(problem.oid):
+            try:
                 repo._materialize(problem.oid)
-                rebuilt = True
-        problem.action = "rebuilt from objects" if rebuilt else "removed (its objects are unusable)"
+                why = None
+            except (GaiaCasError, OSError) as exc:
+                why = f"rebuilding failed: {getattr(exc, 'strerror', None) or exc}"
+        problem.action = "rebuilt from objects" if why is None else f"removed ({why})"
         problem.resolved = True
 
     # Other models may share a corrupt object (verify MODEL only hashed this one's): no
     # materialized tree anywhere may keep linking to it.
-    if corrupt or missing or bad_trees:
+    if recheck.suspects:
         handled = {p.oid for p in tree_problems}
         for name in sorted(os.listdir(repo.layout.trees)) if repo.layout.trees.is_dir() else []:
-            if name not in handled and _needs_any(repo, name, unusable):
-                with repo._writing():
-                    retire_tree(repo.layout, repo.layout.trees / name)
+            if name not in handled and recheck.needs_any(name):
+                retire_tree(repo.layout, repo.layout.trees / name)
 
-    # Mark (and unmark) broken versions in every model, then regenerate links, under each lock.
+    # Mark (and unmark) broken versions in every model, then regenerate links, each under the
+    # model's lock: the lock a deploy commits under, so an object a deploy re-added before its
+    # commit is seen here, and what is still missing now is missing for this manifest.
     user, host = _who()
     for name in repo.models():
         try:
             repo.manifests.read(name)
-        except GaiaCasError:
+        except (GaiaCasError, OSError):
             continue  # unreadable: reported as a problem, and nothing is written to it
-        with repo._writing():
-            with repo.manifests.edit(name, on_commit=repo._sync_link) as manifest:
-                changed = []
-                for version in manifest.versions:
-                    broken = _needs_any(repo, version.tree, unusable)
-                    if broken != version.broken:
-                        version.broken = broken
-                        changed.append(f"{version.version} {'broken' if broken else 'repaired'}")
-                if changed:
-                    record(manifest, "verify-repair", version=None, before=manifest.current,
-                           at=_now().isoformat(timespec="seconds"), user=user, host=host,
-                           reason=reason or "verify --repair", details={"changes": changed})
-                else:
-                    repo._sync_link(manifest)  # no commit to trigger it: regenerate the link anyway
+        with repo.manifests.edit(name, on_commit=repo._sync_link) as manifest:
+            recheck.bad.clear()  # asked again under this lock
+            changed = []
+            for version in manifest.versions:
+                broken = recheck.needs_any(version.tree)
+                if broken != version.broken:
+                    version.broken = broken
+                    changed.append(f"{version.version} {'broken' if broken else 'repaired'}")
+            if changed:
+                record(manifest, "verify-repair", version=None, before=manifest.current,
+                       at=_now().isoformat(timespec="seconds"), user=user, host=host,
+                       reason=reason or "verify --repair", details={"changes": changed})
+            else:
+                repo._sync_link(manifest)  # no commit to trigger it: regenerate the link anyway
     for problem in report.problems:
-        if problem.kind in ("missing-object", "bad-tree", "corrupt-object") and problem.versions:
+        if problem.kind in _OBJECT_KINDS and problem.versions and not problem.resolved:
             problem.resolved = True
-            if not problem.action:
-                problem.action = "versions marked broken"
+            if problem.oid in recheck.intact:
+                what = "missing" if problem.kind == "missing-object" else problem.kind.split("-")[0]
+                problem.action = f"no longer {what} when re-checked under the lock: nothing marked"
+            else:
+                problem.action = problem.action or "versions marked broken"
     for problem in link_problems:
         problem.action, problem.resolved = "regenerated", True
     actions = [p for p in report.problems if p.action]
@@ -371,16 +490,3 @@ def _repair(repo, manifests, report, users, corrupt, missing, bad_trees, tree_pr
         repo.oplog.write("gaia_cas.verify", f"verify --repair: {len(actions)} problem(s) acted on: "
                          + "; ".join(f"{p.kind} {p.oid or p.path or ''} -> {p.action}" for p in actions[:20])
                          + (f" reason={reason!r}" if reason else ""))
-
-
-def _needs_any(repo, tree_oid: str, unusable: set[str]) -> bool:
-    """Whether the tree reaches an object that is unusable (or cannot be read at all)."""
-    if tree_oid in unusable or not repo.objects.exists(tree_oid):
-        return True
-    try:
-        for _, entry in repo.trees.walk(tree_oid):
-            if entry.oid in unusable or not repo.objects.exists(entry.oid):
-                return True
-    except GaiaCasError:
-        return True
-    return False
