@@ -848,6 +848,9 @@ class Repository:
         """Translate store-side OS errors, and hold the store barrier shared (gc waits)."""
         with _translate_store_errors(self.layout):
             self.layout.store.mkdir(parents=True, exist_ok=True)
+            refusal = self.layout.symlink_in_store()  # never write through a symlink under store/
+            if refusal is not None:
+                raise StoreError(refusal)
             with store_barrier(self.layout.store, self.manifests.lock_timeout, exclusive=False):
                 yield
 
