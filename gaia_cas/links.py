@@ -66,28 +66,28 @@ def open_parent(layout: Layout, relative: str, *, create: bool) -> tuple[int | N
     fd = os.open(layout.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for i, part in enumerate(parts):
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    os.close(fd)
-                    return None, link
+            child = None
+            for _ in range(5):  # a folder removed again between our mkdir and open: retry
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    break
+                except FileNotFoundError:
+                    if not create:
+                        os.close(fd)
+                        return None, link
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise _refusal(layout, relative, "/".join(parts[:i + 1])) from None
+                    raise
                 try:
                     os.mkdir(part, 0o755, dir_fd=fd)
                 except FileExistsError:
                     pass
                 else:
                     os.fsync(fd)
-                try:
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise _refusal(layout, relative, "/".join(parts[:i + 1])) from None
-                    raise
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise _refusal(layout, relative, "/".join(parts[:i + 1])) from None
-                raise
+            if child is None:
+                raise InvalidInputError(f"link path {relative!r}: the folder {'/'.join(parts[:i + 1])} "
+                                        "keeps disappearing; something else is changing it")
             os.close(fd)
             fd = child
         return fd, link
