@@ -8,6 +8,7 @@
       manifests/
         <model>.msgpack      one manifest per model: the single source of truth
         <model>.lock         the model's writer lock
+        .config.lock         store-wide: link and alias claims are decided under it
       logs/
         versioning_YYYYmmdd_HHMMSS.log
       models/<model>/current -> ../../store/trees/<tree-oid>[/<file>]   (default link location)
@@ -70,6 +71,11 @@ class Layout(namedtuple("Layout", "root")):
     def lock_path(self, model: str) -> Path:
         return self.manifests / (check_model_name(model) + ".lock")
 
+    @property
+    def config_lock_path(self) -> Path:
+        """The store-wide lock under which link and alias claims are decided."""
+        return self.manifests / ".config.lock"
+
     def default_link(self, model: str) -> str:
         return f"models/{check_model_name(model)}/current"
 
@@ -81,6 +87,9 @@ class Layout(namedtuple("Layout", "root")):
 
         for folder in (self.objects, self.trees, self.tmp, self.manifests, self.logs):
             make_dirs(folder)  # each new folder fsynced in its parent
+        from .atomic import open_regular
+
+        os.close(open_regular(self.config_lock_path, os.O_RDWR | os.O_CREAT))  # exists from the start
 
     def symlink_in_store(self, *, trees: bool = False) -> str | None:
         """The first symlink among the store's own folders (``store/objects``, ``store/trees``,

@@ -215,7 +215,7 @@ def test_a_link_folder_swapped_for_an_in_root_symlink_after_the_check_is_not_fol
     monkeypatch.setattr(links, "check_location", check_then_swap)
     with pytest.raises(GaiaCasError, match="goes through the symlink api"):
         repo.rollback("m", "1.0.0")
-    assert sorted(os.listdir(root / "manifests")) == ["m.lock", "m.msgpack"]
+    assert sorted(os.listdir(root / "manifests")) == [".config.lock", "m.lock", "m.msgpack"]
 
 
 # -- durability of the folders made for a link ("also") ----------------------------------------
@@ -236,3 +236,81 @@ def test_folders_made_for_a_link_are_fsynced_in_their_parents(root, tmp_path, mo
     for parent in (root, root / "srv", root / "srv" / "a", root / "srv" / "a" / "b"):
         st = os.stat(parent)
         assert (st.st_dev, st.st_ino) in synced, f"{parent} was not fsynced after a folder was made in it"
+
+
+# -- two claims of one link or alias at once (item 9) -----------------------------------------
+
+@pytest.mark.parametrize("claim", ["link", "alias"])
+def test_two_model_adds_claiming_the_same_link_cannot_both_win(root, monkeypatch, claim):
+    """Interleaving: A has checked its claim and is about to commit when B makes the same one.
+    B must wait for A's decision (it then sees A's claim and is refused)."""
+    import threading
+
+    options = {"link": "api/models/shared/current"} if claim == "link" else {"aliases": ["dl"]}
+    a_checked, go_on, b_waits, b_done = (threading.Event() for _ in range(4))
+    real_commit = Repository._commit_config
+    real_sleep = time.sleep
+
+    def commit(self, model, *args, **kwargs):
+        if model == "a":
+            a_checked.set()
+            assert go_on.wait(10)
+        return real_commit(self, model, *args, **kwargs)
+
+    def sleep(seconds):
+        if threading.current_thread().name == "b":
+            b_waits.set()  # B is polling a lock held by A
+        return real_sleep(seconds)
+
+    monkeypatch.setattr(Repository, "_commit_config", commit)
+    monkeypatch.setattr(time, "sleep", sleep)
+    results = {}
+
+    def add(model):
+        try:
+            Repository(root, lock_timeout=10).add_model(model, **options)
+            results[model] = "ok"
+        except GaiaCasError as exc:
+            results[model] = str(exc)
+        finally:
+            if model == "b":
+                b_done.set()
+
+    a = threading.Thread(target=add, args=("a",), name="a")
+    a.start()
+    assert a_checked.wait(10)
+    b = threading.Thread(target=add, args=("b",), name="b")
+    b.start()
+    while not (b_waits.is_set() or b_done.is_set()):  # whichever comes first; no time involved
+        b_waits.wait(0.01)
+    go_on.set()
+    a.join(10)
+    b.join(10)
+    assert results["a"] == "ok", results
+    assert results["b"] != "ok", results
+    assert ("already used by model 'a'" if claim == "link" else "already belongs to model 'a'") in results["b"]
+    manifests = Repository(root).manifests
+    assert manifests.read("b") is None
+
+
+def test_a_real_race_of_model_adds_claiming_one_link(root):
+    """Bounded: 10 rounds of two processes adding a model with the same link; one wins each."""
+    import subprocess
+    import sys
+
+    from conftest import LAUNCHER
+
+    for round_ in range(10):
+        link = f"api/round{round_}/current"
+        procs = [subprocess.Popen([sys.executable, str(LAUNCHER), "--root", str(root), "model", "add",
+                                   f"m{round_}{side}", "--link", link], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for side in "ab"]
+        codes = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=30)
+            codes.append(proc.returncode)
+            assert proc.returncode == 0 or "already used by model" in err, err
+        assert sorted(codes) == [0, 1], (round_, codes)
+        owners = [m for m in (f"m{round_}a", f"m{round_}b")
+                  if Repository(root).manifests.read(m) is not None]
+        assert len(owners) == 1, owners
