@@ -109,7 +109,10 @@ def _check_name(fd: int, link: Path) -> None:
 
 def check_location(layout: Layout, relative: str) -> Path:
     """Validate a link location without creating anything; returns the link's path."""
-    fd, link = open_parent(layout, relative, create=False)
+    try:
+        fd, link = open_parent(layout, relative, create=False)
+    except OSError as exc:  # e.g. a folder on the way this user cannot enter
+        raise InvalidInputError(f"link path {relative!r} cannot be checked: {exc.strerror or exc}") from None
     if fd is not None:
         try:
             _check_name(fd, link)

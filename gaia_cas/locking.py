@@ -108,6 +108,9 @@ def make_locked_dir(parent: str | os.PathLike, prefix: str) -> tuple[str, int]:
     """
     from .atomic import tmp_name
 
+    if os.path.islink(parent):  # staging through a symlink: gc would sweep someone else's disk
+        raise StoreError(f"{parent} is a symlink (to {os.readlink(parent)}); gaia-cas never follows a symlink "
+                         "under store/: make it a real folder again (to use another disk, put the whole root on it)")
     for _ in range(100):
         path = os.path.join(parent, tmp_name(prefix))
         os.mkdir(path)

@@ -17,7 +17,7 @@ import re
 from contextlib import contextmanager
 from collections import namedtuple
 
-from .atomic import NotDurableError, UnsafeFileError, open_regular, write_atomic
+from .atomic import NotDurableError, UnsafeFileError, make_dirs, open_regular, write_atomic
 from .codec import array_header_size, array_length, array_offsets, pack, pack_map, pack_rows, unpack
 from .errors import CorruptionError, InvalidInputError, StoreError
 from .layout import MANIFEST_SUFFIX, Layout, check_link
@@ -687,7 +687,7 @@ class Manifests:
         exception in the body commits nothing.
         """
         path = self.layout.manifest_path(model)
-        self.layout.manifests.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.layout.manifests)  # a new folder is fsynced in its parent
         with hold_lock(self.layout.lock_path(model), self.lock_timeout):
             if reuse is not None and self.token(model) == reuse.token:
                 manifest = reuse.manifest  # nothing committed since it was read: no second decode

@@ -206,3 +206,17 @@ def test_init_fsyncs_the_parent_of_every_folder_it_makes(tmp_path, monkeypatch):
     for parent in parents:
         st = os.stat(parent)
         assert (st.st_dev, st.st_ino) in synced, f"{parent} was not fsynced after a folder was made in it"
+
+
+def test_resolve_never_rebuilds_a_tree_through_a_symlinked_store_tmp(root, deployed, scratch):
+    manifest = Repository(root).manifest("m")
+    tree = root / "store" / "trees" / manifest.current_version().tree
+    os.chmod(tree, 0o755)
+    shutil.rmtree(tree)  # derived data gc removed: resolve() would rebuild it in store/tmp
+    shutil.rmtree(root / "store" / "tmp")
+    os.symlink(scratch, root / "store" / "tmp")
+    before = _scratch_listing(scratch)
+    with pytest.raises(GaiaCasError, match="never follows a symlink under store/"):
+        gaia_cas.resolve("m", root=root)
+    assert _scratch_listing(scratch) == before
+    assert not tree.exists()
