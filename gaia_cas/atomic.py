@@ -63,7 +63,11 @@ def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 
     :class:`UnsafeFileError` (a planted symlink would create or read a file outside the root, a
     FIFO would hang the reader forever)."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+        flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        if flags & os.O_CREAT:
+            fd = os.open(path, flags, mode, dir_fd=dir_fd)
+        else:  # no mode for an existing file (pyfakefs would apply it)
+            fd = os.open(path, flags, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafeFileError(exc.errno, "it is a symlink, which gaia-cas never follows there", str(path)) from None
