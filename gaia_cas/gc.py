@@ -242,6 +242,14 @@ class GcResult:
 
 def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
     """Delete what the plan names, re-checking each object's age right before unlinking it."""
+    held = _HeldFolders(layout)
+    try:
+        return _execute(layout, plan, grace, held)
+    finally:
+        held.close()
+
+
+def _execute(layout: Layout, plan: GcPlan, grace: timedelta, held: "_HeldFolders") -> GcResult:
     deleted: dict[str, int] = {}
     freed = 0
     skipped = 0
@@ -253,6 +261,7 @@ def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
     if refusal is not None:
         raise GcRefusedError(f"gc deleted nothing: {refusal}")
     touched_dirs: set[Path] = set()
+    touched_fds: set[int] = set()
     for item in sorted(plan.doomed, key=lambda d: order[d.kind]):
         if item.kind in ("link-tmp", "log"):
             from .links import remove_link_temp
@@ -263,14 +272,21 @@ def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
                 freed += item.size
             continue
         try:
-            st = item.path.lstat()
+            # Files are reached through their folder, held by descriptor and opened without
+            # following a symlink from store/ (or manifests/) down.
+            parent = held.fd(item.path.parent)
+            st = os.stat(item.path.name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
+            continue
+        except OSError:
+            skipped += 1  # a folder on the way is no longer a plain folder: not entered
             continue
         if item.kind in ("object", "tmp", "tree") and st.st_mtime > cutoff:
             skipped += 1  # refreshed since the plan was made: someone uses it again
             continue
         if item.kind == "tree":
             retire_tree(layout, item.path)
+            touched_dirs.add(item.path.parent)
         elif stat.S_ISDIR(st.st_mode):
             # A working folder of store/tmp is only ever removed under its lock: one a deploy
             # locked since the plan was made is in use (its owner checks, after locking, that
@@ -286,9 +302,10 @@ def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
                 remove_tree(item.path)
             finally:
                 os.close(fd)
+            touched_dirs.add(item.path.parent)
         else:
-            os.unlink(item.path)
-        touched_dirs.add(item.path.parent)
+            os.unlink(item.path.name, dir_fd=parent)
+            touched_fds.add(parent)
         deleted[item.kind] = deleted.get(item.kind, 0) + 1
         freed += item.size
     from .atomic import fsync_dir
@@ -298,10 +315,46 @@ def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
             fsync_dir(folder)
         except OSError:
             pass
+    for fd in touched_fds:
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
     return GcResult(deleted, freed, skipped)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _HeldFolders:
+    """Folders under store/ and manifests/ opened by descriptor, each component without
+    following a symlink (store/ and manifests/ themselves are where the root says)."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.fds: dict[Path, int] = {}
+
+    def fd(self, folder: Path) -> int:
+        if folder not in self.fds:
+            parts = os.path.relpath(folder, self.layout.root).split(os.sep)
+            if parts[0] not in ("store", "manifests") or ".." in parts:
+                raise OSError(f"{folder} is not a folder gc sweeps")
+            fd = os.open(self.layout.root / parts[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for part in parts[1:]:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = child
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fds[folder] = fd
+        return self.fds[folder]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
 def _open_logs(layout: Layout) -> int | None:

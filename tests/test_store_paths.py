@@ -220,3 +220,32 @@ def test_resolve_never_rebuilds_a_tree_through_a_symlinked_store_tmp(root, deplo
         gaia_cas.resolve("m", root=root)
     assert _scratch_listing(scratch) == before
     assert not tree.exists()
+
+
+def test_a_shard_swapped_for_a_symlink_between_plan_and_sweep_is_not_entered(repo, root, deployed, scratch,
+                                                                             monkeypatch):
+    """Interleaving: gc has planned to delete unreferenced objects; the shard holding one is then
+    moved to the scratch disk and replaced by a symlink. The sweep must not delete through it."""
+    from gaia_cas import gc
+
+    repo.cleanup(["m"], keep=1)  # 1.0.0 goes: its own objects become garbage
+    for dirpath, dirnames, filenames in os.walk(root / "store"):
+        for name in dirnames + filenames:
+            _aged(Path(dirpath) / name)
+    real_execute = gc.execute
+    moved = {}
+
+    def swap_then_execute(layout, plan, grace):
+        doomed = sorted(d.path for d in plan.doomed if d.kind == "object")
+        assert doomed
+        shard = doomed[0].parent
+        _move_out(root, os.path.relpath(shard, root), scratch)
+        moved.update({p.name: p.read_bytes() for p in (scratch / ("moved-" + shard.name)).iterdir()})
+        return real_execute(layout, plan, grace)
+
+    monkeypatch.setattr(gc, "execute", swap_then_execute)
+    with pytest.raises(GaiaCasError, match="is a symlink"):
+        repo.gc(grace=timedelta(0))
+    assert moved
+    shard_copy = next(p for p in scratch.iterdir() if p.name.startswith("moved-"))
+    assert {p.name: p.read_bytes() for p in shard_copy.iterdir()} == moved
