@@ -249,3 +249,13 @@ def test_a_shard_swapped_for_a_symlink_between_plan_and_sweep_is_not_entered(rep
     assert moved
     shard_copy = next(p for p in scratch.iterdir() if p.name.startswith("moved-"))
     assert {p.name: p.read_bytes() for p in shard_copy.iterdir()} == moved
+
+
+def test_a_fifo_among_the_logs_never_hangs_logs_or_gc(cli, root, deployed, no_hang):
+    fifo = root / "logs" / "versioning_20200101_000000.log"
+    os.mkfifo(fifo)
+    _aged(fifo)
+    run = cli("logs", "-n", "5")
+    assert run.code == 0 and "deployed m 1.1.0" in run.out, run
+    assert cli("gc", "--log-age", "1d").code == 0
+    assert os.path.exists(fifo)  # not a file gaia-cas wrote: left alone
