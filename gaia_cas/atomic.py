@@ -8,7 +8,9 @@ and after a crash the rename has either happened or not.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +25,80 @@ def fsync_dir(path: str | os.PathLike) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: str | os.PathLike, mode: int = 0o755) -> None:
+    """``mkdir -p`` that makes each new folder durable: its parent is fsynced after the mkdir.
+
+    A folder is an entry in its parent; without that fsync a crash can lose a folder whose
+    files were fsynced (and so the files with it).
+    """
+    path = Path(os.path.abspath(path))
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, mode)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise
+            continue
+        fsync_dir(folder.parent)
+
+
+class UnsafeFileError(OSError):
+    """A file of the store's own is a symlink, a FIFO or anything but a regular file."""
+
+
+def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644, *,
+                 dir_fd: int | None = None) -> int:
+    """Open one of the store's own files (lock, manifest, cache, log) without ever following a
+    symlink or blocking on a FIFO; returns the descriptor of a regular file, else raises
+    :class:`UnsafeFileError` (a planted symlink would create or read a file outside the root, a
+    FIFO would hang the reader forever)."""
+    try:
+        flags |= os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        if flags & os.O_CREAT:
+            fd = os.open(path, flags, mode, dir_fd=dir_fd)
+        else:  # no mode for an existing file (pyfakefs would apply it)
+            fd = os.open(path, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(exc.errno, "it is a symlink, which gaia-cas never follows there", str(path)) from None
+        if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
+            raise UnsafeFileError(exc.errno, "it is not a regular file", str(path)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFileError(errno.EINVAL, "it is not a regular file", str(path))
+        os.set_blocking(fd, True)  # a regular file: O_NONBLOCK only guarded the open
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of one of the store's own files (see :func:`open_regular`), at most ``limit``
+    + 1 of them (so a caller can tell a file that is too large)."""
+    fd = open_regular(path)
+    try:
+        chunks = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -102,7 +178,7 @@ def atomic_file(path: str | os.PathLike, mode: int = 0o644):
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             os.fsync(fd)
         finally:
@@ -127,23 +203,41 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
             os.close(fd)
 
 
-def replace_symlink(link: str | os.PathLike, target: str) -> None:
+def replace_symlink(link: str | os.PathLike, target: str, *, dir_fd: int | None = None) -> None:
     """Point ``link`` at ``target`` atomically: a reader never finds the link missing.
 
     Removing the old link and creating the new one leaves a window in which the name does not
     exist; with readers looping that showed up as hundreds of thousands of 'not found' errors
     in 20,000 swaps. Creating the new link under a temporary name and renaming it over the old
     one has no such window.
+
+    With ``dir_fd``, ``link`` is a bare name inside that held folder and everything happens
+    relative to it: a folder on the way swapped for a symlink after it was opened changes
+    nothing (the temporary link, the rename and the fsync all stay in the folder checked).
     """
-    link = Path(link)
-    tmp = link.parent / tmp_name(link.name)
-    os.symlink(target, tmp)
+    if dir_fd is None:
+        link = Path(link)
+        tmp = link.parent / tmp_name(link.name)
+        os.symlink(target, tmp)
+        try:
+            os.replace(tmp, link)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        fsync_dir(link.parent)
+        return
+    name = os.fspath(link)
+    tmp = tmp_name(name)
+    os.symlink(target, tmp, dir_fd=dir_fd)
     try:
-        os.replace(tmp, link)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        _unlink_quietly(tmp)
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
         raise
-    fsync_dir(link.parent)
+    os.fsync(dir_fd)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -31,7 +31,6 @@ from .locking import try_flock_dir
 from .manifest import Manifest, Manifests, moment
 from .materialize import links_objects, remove_tree, retire_tree
 from .names import is_oid
-from .oplog import log_files
 from .trees import DIR, MAX_DEPTH, TreeReader
 
 DEFAULT_GRACE = timedelta(hours=1)
@@ -156,6 +155,9 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             already_read: list[Manifest] | None = None) -> GcPlan:
     """``already_read``: every manifest, read by the caller (status) -- not read a second time."""
     now = now or datetime.now().astimezone()
+    refusal = layout.symlink_in_store(trees=True)
+    if refusal is not None:
+        raise GcRefusedError(f"gc deleted nothing: {refusal}")
     all_manifests = already_read if already_read is not None else read_all_manifests(manifests)
     reachable = mark(layout, all_manifests, reader)
     trees_to_keep = protected_trees(all_manifests, now, grace) | linked_trees(layout, all_manifests)
@@ -191,6 +193,9 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             plan.doomed.append(Doomed(tree, 0 if links_objects(tree) else _unshared_bytes(tree), "tree"))
 
     for item in _scan(layout.tmp):
+        if TMP_MARK not in item.name:
+            plan.ignored.append(f"tmp/{item.name}")  # not a name gaia-cas makes: not ours to delete
+            continue
         st = item.stat(follow_symlinks=False)
         if st.st_mtime > cutoff:
             continue
@@ -208,25 +213,20 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
                 if st.st_mtime <= cutoff:
                     plan.doomed.append(Doomed(Path(item.path), st.st_size, kind))
 
-    from .links import inside_root, model_links
+    from .links import model_links, stale_link_temps
 
     for manifest in all_manifests:
         for relative in model_links(layout, manifest).values():  # current and every channel
-            link = layout.link_path(relative)
-            if not inside_root(layout, link.parent):
-                plan.ignored.append(f"{link.parent} (leads outside the root)")
-                continue  # never sweep a folder a symlink has redirected elsewhere
-            for item in _scan(link.parent):
-                if item.name.startswith(f".{link.name}{TMP_MARK}") and item.is_symlink():
-                    if item.stat(follow_symlinks=False).st_mtime <= cutoff:
-                        plan.doomed.append(Doomed(Path(item.path), 0, "link-tmp"))
+            # Reached by descriptor, never through a symlink: a folder a symlink has redirected
+            # elsewhere is never swept.
+            for path, mtime in stale_link_temps(layout, relative):
+                if mtime <= cutoff:
+                    plan.doomed.append(Doomed(path, 0, "link-tmp"))
 
     if log_age is not None:
         log_cutoff = time.time() - log_age.total_seconds()
-        for path in log_files(layout.logs):
-            st = path.lstat()
-            if stat.S_ISREG(st.st_mode) and st.st_mtime <= log_cutoff:
-                plan.doomed.append(Doomed(path, st.st_size, "log"))
+        for path, size in _own_old_logs(layout, log_cutoff, cutoff, plan):
+            plan.doomed.append(Doomed(path, size, "log"))
     return plan
 
 
@@ -242,6 +242,14 @@ class GcResult:
 
 def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
     """Delete what the plan names, re-checking each object's age right before unlinking it."""
+    held = _HeldFolders(layout)
+    try:
+        return _execute(layout, plan, grace, held)
+    finally:
+        held.close()
+
+
+def _execute(layout: Layout, plan: GcPlan, grace: timedelta, held: "_HeldFolders") -> GcResult:
     deleted: dict[str, int] = {}
     freed = 0
     skipped = 0
@@ -249,17 +257,36 @@ def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
     # Reverse reference order: derived trees and leftovers first, objects last, so no state
     # along the way has a tree pointing at a missing object.
     order = {"link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "store-tmp": 3, "log": 4, "object": 5}
+    refusal = layout.symlink_in_store(trees=True)  # again: a folder may have been swapped since the plan
+    if refusal is not None:
+        raise GcRefusedError(f"gc deleted nothing: {refusal}")
     touched_dirs: set[Path] = set()
+    touched_fds: set[int] = set()
     for item in sorted(plan.doomed, key=lambda d: order[d.kind]):
+        if item.kind in ("link-tmp", "log"):
+            from .links import remove_link_temp
+
+            gone = remove_link_temp(layout, item.path) if item.kind == "link-tmp" else _remove_own_log(layout, item)
+            if gone:
+                deleted[item.kind] = deleted.get(item.kind, 0) + 1
+                freed += item.size
+            continue
         try:
-            st = item.path.lstat()
+            # Files are reached through their folder, held by descriptor and opened without
+            # following a symlink from store/ (or manifests/) down.
+            parent = held.fd(item.path.parent)
+            st = os.stat(item.path.name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
+            continue
+        except OSError:
+            skipped += 1  # a folder on the way is no longer a plain folder: not entered
             continue
         if item.kind in ("object", "tmp", "tree") and st.st_mtime > cutoff:
             skipped += 1  # refreshed since the plan was made: someone uses it again
             continue
         if item.kind == "tree":
             retire_tree(layout, item.path)
+            touched_dirs.add(item.path.parent)
         elif stat.S_ISDIR(st.st_mode):
             # A working folder of store/tmp is only ever removed under its lock: one a deploy
             # locked since the plan was made is in use (its owner checks, after locking, that
@@ -275,9 +302,10 @@ def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
                 remove_tree(item.path)
             finally:
                 os.close(fd)
+            touched_dirs.add(item.path.parent)
         else:
-            os.unlink(item.path)
-        touched_dirs.add(item.path.parent)
+            os.unlink(item.path.name, dir_fd=parent)
+            touched_fds.add(parent)
         deleted[item.kind] = deleted.get(item.kind, 0) + 1
         freed += item.size
     from .atomic import fsync_dir
@@ -287,7 +315,131 @@ def execute(layout: Layout, plan: GcPlan, grace: timedelta) -> GcResult:
             fsync_dir(folder)
         except OSError:
             pass
+    for fd in touched_fds:
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
     return GcResult(deleted, freed, skipped)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _HeldFolders:
+    """Folders under store/ and manifests/ opened by descriptor, each component without
+    following a symlink (store/ and manifests/ themselves are where the root says)."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.fds: dict[Path, int] = {}
+
+    def fd(self, folder: Path) -> int:
+        if folder not in self.fds:
+            parts = os.path.relpath(folder, self.layout.root).split(os.sep)
+            if parts[0] not in ("store", "manifests") or ".." in parts:
+                raise OSError(f"{folder} is not a folder gc sweeps")
+            fd = os.open(self.layout.root / parts[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for part in parts[1:]:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = child
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fds[folder] = fd
+        return self.fds[folder]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def _open_logs(layout: Layout) -> int | None:
+    try:
+        return os.open(layout.logs, _DIR_FLAGS)
+    except OSError:
+        return None  # missing, or a symlink: never followed
+
+
+def _own_old_logs(layout: Layout, log_cutoff: float, cutoff: float, plan: GcPlan) -> list[tuple[Path, int]]:
+    """Log files gaia-cas wrote (they start with its marker line) older than the log age, and
+    temporaries an interrupted log creation left. Anything else in logs/ is the user's: the
+    old script's ``versioning_*.log`` of the same name pattern, a symlink, a file gaia-cas
+    wrote before it marked its logs -- never deleted, never followed."""
+    from .atomic import UnsafeFileError, open_regular
+    from .oplog import LOG_PREFIX, LOG_SUFFIX, written_by_gaia_cas
+
+    folder = _open_logs(layout)
+    if folder is None:
+        if os.path.islink(layout.logs):
+            plan.ignored.append("logs (a symlink: never followed)")
+        return []
+    found = []
+    try:
+        for name in sorted(os.listdir(folder)):
+            if name.startswith("." + LOG_PREFIX) and TMP_MARK in name:
+                st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff:
+                    found.append((layout.logs / name, st.st_size))
+                continue
+            if not (name.startswith(LOG_PREFIX) and name.endswith(LOG_SUFFIX)):
+                continue
+            try:
+                fd = open_regular(name, dir_fd=folder)
+            except (UnsafeFileError, OSError):
+                plan.ignored.append(f"logs/{name}")
+                continue
+            try:
+                st = os.fstat(fd)
+                if st.st_mtime > log_cutoff:
+                    continue
+                if written_by_gaia_cas(fd):
+                    found.append((layout.logs / name, st.st_size))
+                else:
+                    plan.ignored.append(f"logs/{name} (not written by gaia-cas: kept)")
+            finally:
+                os.close(fd)
+    finally:
+        os.close(folder)
+    return found
+
+
+def _remove_own_log(layout: Layout, item: Doomed) -> bool:
+    """Delete a log the plan named, checking again -- by descriptor, without following a
+    symlink -- that the file there now is still one gaia-cas wrote."""
+    from .atomic import TMP_MARK as mark, open_regular
+    from .oplog import written_by_gaia_cas
+
+    folder = _open_logs(layout)
+    if folder is None:
+        return False
+    name = item.path.name
+    try:
+        try:
+            fd = open_regular(name, dir_fd=folder)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            ours = mark in name or written_by_gaia_cas(fd)
+        finally:
+            os.close(fd)
+        now = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        if not ours or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        os.unlink(name, dir_fd=folder)
+        try:
+            os.fsync(folder)
+        except OSError:
+            pass
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(folder)
 
 
 def _scan(folder: Path):

@@ -8,6 +8,7 @@
       manifests/
         <model>.msgpack      one manifest per model: the single source of truth
         <model>.lock         the model's writer lock
+        .config.lock         store-wide: link and alias claims are decided under it
       logs/
         versioning_YYYYmmdd_HHMMSS.log
       models/<model>/current -> ../../store/trees/<tree-oid>[/<file>]   (default link location)
@@ -70,6 +71,11 @@ class Layout(namedtuple("Layout", "root")):
     def lock_path(self, model: str) -> Path:
         return self.manifests / (check_model_name(model) + ".lock")
 
+    @property
+    def config_lock_path(self) -> Path:
+        """The store-wide lock under which link and alias claims are decided."""
+        return self.manifests / ".config.lock"
+
     def default_link(self, model: str) -> str:
         return f"models/{check_model_name(model)}/current"
 
@@ -77,8 +83,48 @@ class Layout(namedtuple("Layout", "root")):
         return self.root / check_link(relative)
 
     def ensure(self) -> None:
+        from .atomic import make_dirs
+
         for folder in (self.objects, self.trees, self.tmp, self.manifests, self.logs):
-            folder.mkdir(parents=True, exist_ok=True)
+            make_dirs(folder)  # each new folder fsynced in its parent
+        from .atomic import open_regular
+
+        os.close(open_regular(self.config_lock_path, os.O_RDWR | os.O_CREAT))  # exists from the start
+
+    def symlink_in_store(self, *, trees: bool = False) -> str | None:
+        """The first symlink among the store's own folders (``store/objects``, ``store/trees``,
+        ``store/tmp``, ``store/quarantine``, each object shard and, with ``trees``, each
+        materialized tree), as a sentence saying why it is refused; None if there is none.
+
+        gaia-cas never follows a symlink under store/: gc deletes old entries of store/tmp and
+        unreferenced objects, and through a symlink (an operator moving staging to a scratch
+        disk) it would delete other people's files there; writers would put objects where the
+        store's invariants do not hold.
+        """
+        folders = [self.objects, self.trees, self.tmp, self.store / "quarantine"]
+        for folder in folders:
+            if os.path.islink(folder):
+                return _symlink_refusal(self, folder)
+        for parent in (self.objects, self.trees) if trees else (self.objects,):
+            try:
+                with os.scandir(parent) as it:
+                    for entry in it:
+                        if entry.is_symlink():
+                            return _symlink_refusal(self, Path(entry.path))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return None
+
+
+def _symlink_refusal(layout: Layout, path: Path) -> str:
+    try:
+        where = os.readlink(path)
+    except OSError:
+        where = "?"
+    relative = os.path.relpath(path, layout.root)
+    return (f"{relative} is a symlink (to {where}); gaia-cas never follows a symlink under store/ "
+            f"(gc would delete other people's files there): make {relative} a real folder again (to use "
+            "another disk, put the whole root on it)")
 
 
 def is_root(path: Path) -> bool:

@@ -57,8 +57,12 @@ def hold_flock(path: Path, timeout: float, *, shared: bool, holder: str):
     import fcntl
     import time
 
+    from .atomic import open_regular
+
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Never through a symlink (a planted manifests/m.lock -> /etc/x would create files
+        # outside the root), never blocking on a FIFO planted in its place.
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StoreError(f"cannot open the lock file {path}: {exc.strerror or exc}") from exc
     try:
@@ -85,7 +89,7 @@ def try_flock_dir(path: Path) -> int | None:
     """Lock a directory exclusively without waiting; returns the fd, or None if someone holds it."""
     import fcntl
 
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -104,6 +108,9 @@ def make_locked_dir(parent: str | os.PathLike, prefix: str) -> tuple[str, int]:
     """
     from .atomic import tmp_name
 
+    if os.path.islink(parent):  # staging through a symlink: gc would sweep someone else's disk
+        raise StoreError(f"{parent} is a symlink (to {os.readlink(parent)}); gaia-cas never follows a symlink "
+                         "under store/: make it a real folder again (to use another disk, put the whole root on it)")
     for _ in range(100):
         path = os.path.join(parent, tmp_name(prefix))
         os.mkdir(path)

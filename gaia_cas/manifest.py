@@ -17,7 +17,7 @@ import re
 from contextlib import contextmanager
 from collections import namedtuple
 
-from .atomic import NotDurableError, write_atomic
+from .atomic import NotDurableError, UnsafeFileError, make_dirs, open_regular, write_atomic
 from .codec import (DOC_LIMITS, MAX_BIN, ROW_LIMITS, array_header_size, array_length, array_offsets, check_value,
                     pack, pack_map, pack_rows, unpack)
 from .errors import CorruptionError, InvalidInputError, StoreError
@@ -674,10 +674,14 @@ class Manifests:
     def snapshot(self, model: str) -> Snapshot | None:
         path = self.layout.manifest_path(model)
         try:
-            f = open(path, "rb")
+            # O_NOFOLLOW and a regular-file check: a manifest replaced by a symlink (to a FIFO,
+            # which would hang every reader, or to another user's file) is never read.
+            fd = open_regular(path)
         except FileNotFoundError:
             return None
-        with f:
+        except UnsafeFileError as exc:
+            raise CorruptionError(f"{path} cannot be read as a manifest: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if st.st_size > MAX_MANIFEST_BYTES:
                 raise CorruptionError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
@@ -690,7 +694,7 @@ class Manifests:
     def token(self, model: str) -> tuple[int, int, int] | None:
         """The manifest file's identity now (one stat): equal tokens mean nothing was committed."""
         try:
-            return file_token(os.stat(self.layout.manifest_path(model)))
+            return file_token(os.lstat(self.layout.manifest_path(model)))
         except FileNotFoundError:
             return None
 
@@ -715,7 +719,7 @@ class Manifests:
         exception in the body commits nothing.
         """
         path = self.layout.manifest_path(model)
-        self.layout.manifests.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.layout.manifests)  # a new folder is fsynced in its parent
         with hold_lock(self.layout.lock_path(model), self.lock_timeout):
             if reuse is not None and self.token(model) == reuse.token:
                 manifest = reuse.manifest  # nothing committed since it was read: no second decode

@@ -222,9 +222,32 @@ class Repository:
             config.metadata.update(metadata)
         return config
 
+    @contextmanager
+    def _claims(self):
+        """Hold the store-wide settings lock (``manifests/.config.lock``) for the body.
+
+        A link or an alias is claimed by checking that no other model owns it, then committing
+        one manifest: two such claims under two different model locks both passed the check
+        and both committed (16 of 30 races), and model A's server read model B's weights. So
+        every claim -- model add/set, promote -- decides and commits under this one lock. It
+        is always taken before the barrier and the model's lock, never inside them.
+        """
+        from .atomic import make_dirs
+        from .locking import hold_flock
+
+        with _translate_store_errors(self.layout):
+            make_dirs(self.layout.manifests)
+        with hold_flock(self.layout.config_lock_path, self.manifests.lock_timeout, shared=False,
+                        holder="another gaia-cas process is changing a model's links or aliases"):
+            yield
+
     def add_model(self, name: str, *, aliases: list[str] | None = None, source: str | None = None,
                   link: str | None = None, metadata: dict | None = None, reason: str | None = None) -> ModelConfig:
         check_model_name(name)
+        with self._claims():
+            return self._add_model(name, aliases=aliases, source=source, link=link, metadata=metadata, reason=reason)
+
+    def _add_model(self, name: str, *, aliases, source, link, metadata, reason) -> ModelConfig:
         if self.layout.manifest_path(name).exists():
             raise InvalidInputError(f"model '{name}' already exists; change it with 'gaia-cas model set {name} ...'")
         try:
@@ -241,6 +264,11 @@ class Repository:
                   link: str | None = None, metadata: dict | None = None, keep: int | None = None,
                   keep_within: str | None = None, reason: str | None = None) -> ModelConfig:
         """Change a model's settings; ``keep``/``keep_within`` set its retention policy."""
+        with self._claims():
+            return self._set_model(name, aliases=aliases, source=source, link=link, metadata=metadata, keep=keep,
+                                   keep_within=keep_within, reason=reason)
+
+    def _set_model(self, name: str, *, aliases, source, link, metadata, keep, keep_within, reason) -> ModelConfig:
         model = self.model(name)
         current = self.manifest(model)
         config = self._config_from(current.config, aliases=aliases, source=source, link=link, metadata=metadata)
@@ -646,6 +674,10 @@ class Repository:
                 raise InvalidInputError("the current link is set with 'gaia-cas model set MODEL --link PATH'")
             return self.rollback(name, selector, reason=reason)
         check_channel_name(channel)
+        with self._claims():  # the channel's link is claimed like a model's
+            return self._promote(name, selector, channel, link=link, reason=reason)
+
+    def _promote(self, name: str, selector: str, channel: str, *, link, reason) -> RollbackResult:
         model = self.model(name)
         manifest = self.manifest(model)
         target = self.select(manifest, selector)
@@ -905,6 +937,9 @@ class Repository:
         """Translate store-side OS errors, and hold the store barrier shared (gc waits)."""
         with _translate_store_errors(self.layout):
             self.layout.store.mkdir(parents=True, exist_ok=True)
+            refusal = self.layout.symlink_in_store()  # never write through a symlink under store/
+            if refusal is not None:
+                raise StoreError(refusal)
             with store_barrier(self.layout.store, self.manifests.lock_timeout, exclusive=False):
                 yield
 

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from .atomic import write_atomic
+from .atomic import read_regular, write_atomic  # never through a symlink, never a FIFO
 from .codec import pack, unpack
 from .errors import CorruptionError
 from .names import is_oid
@@ -48,7 +48,7 @@ class StatCache:
     def _load(self) -> dict[str, list]:
         if self._entries is None:
             try:
-                entries = unpack(self.path.read_bytes(), "the stat cache", max_str=1 << 16,
+                entries = unpack(read_regular(self.path, 1 << 30), "the stat cache", max_str=1 << 16,
                                  max_array=MAX_ENTRIES, max_map=MAX_ENTRIES)
                 self._entries = entries if isinstance(entries, dict) else {}
             except (OSError, CorruptionError):
@@ -77,7 +77,7 @@ class StatCache:
     def _load_trees(self) -> dict[str, list]:
         if self._trees is None:
             try:
-                memo = unpack(self.trees_path.read_bytes(), "the stat cache's trees", max_str=1 << 16,
+                memo = unpack(read_regular(self.trees_path, 1 << 30), "the stat cache's trees", max_str=1 << 16,
                               max_array=8, max_map=MAX_TREES)  # [format, {source: [digest, tree, size, files]}]
             except (OSError, CorruptionError):
                 memo = None

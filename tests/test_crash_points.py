@@ -94,12 +94,20 @@ def _describe(name: str, args: tuple, kwargs: dict) -> tuple[str, str]:
     where = os.fspath(first) if isinstance(first, (str, bytes, os.PathLike)) else repr(first)
     if isinstance(where, bytes):
         where = where.decode("utf-8", "replace")
+    if name == "symlink" and len(args) > 1:  # the target text is not a path touched
+        dest = os.fspath(args[1])
+        if kwargs.get("dir_fd") is not None:
+            dest = os.path.join(_fd_path(kwargs["dir_fd"]), dest)
+        return name, f"{dest} (pointing at {where})"
     if "dir_fd" in kwargs and kwargs["dir_fd"] is not None:
         where = os.path.join(_fd_path(kwargs["dir_fd"]), where)
-    if name == "symlink" and len(args) > 1:
-        where = f"{os.fspath(args[1])} (pointing at {where})"
-    elif name in ("replace", "rename", "link") and len(args) > 1:
-        where = f"{where} -> {os.fspath(args[1])}"
+    if kwargs.get("src_dir_fd") is not None:
+        where = os.path.join(_fd_path(kwargs["src_dir_fd"]), where)
+    if name in ("replace", "rename", "link") and len(args) > 1:
+        dest = os.fspath(args[1])
+        if kwargs.get("dst_dir_fd") is not None:
+            dest = os.path.join(_fd_path(kwargs["dst_dir_fd"]), dest)
+        where = f"{where} -> {dest}"
     return name, where
 
 

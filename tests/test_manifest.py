@@ -580,7 +580,7 @@ def test_commit_is_an_atomic_replace(repo, root, tmp_path):
     assert repo.manifest("ssd").generation == 6
     leftovers = [name for name in os.listdir(root / "manifests") if ".tmp-" in name]
     assert leftovers == []
-    assert sorted(os.listdir(root / "manifests")) == ["ssd.lock", "ssd.msgpack"]
+    assert sorted(os.listdir(root / "manifests")) == [".config.lock", "ssd.lock", "ssd.msgpack"]
 
 
 # -- the model lock, held by a real second process --------------------------------------------
