@@ -67,15 +67,18 @@ def test_the_takeover_replaces_the_link_by_rename_never_unlink(cli, root, inside
     swaps, unlinked = [], []
     real_replace, real_unlink = os.replace, os.unlink
 
+    def full(path, fd):  # links are swapped relative to their folder, held by descriptor
+        return os.path.join(os.readlink(f"/proc/self/fd/{fd}"), path) if fd is not None else os.path.abspath(path)
+
     def replace(src, dst, *a, **k):
-        if os.path.abspath(dst) == str(dl_link):
+        if full(dst, k.get("dst_dir_fd")) == str(dl_link):
             assert _served(dl_link) == legacy_bytes  # still there, still the legacy copy
             assert os.path.realpath(dl_link).startswith(str(inside))
             swaps.append(src)
         return real_replace(src, dst, *a, **k)
 
     def unlink(path, *a, **k):
-        unlinked.append(os.path.abspath(path))
+        unlinked.append(full(path, k.get("dir_fd")))
         return real_unlink(path, *a, **k)
 
     monkeypatch.setattr(os, "replace", replace)
