@@ -153,7 +153,8 @@ class Staging:
         be taken without a copy: another filesystem, another owner, or a file with other names
         already (a second name could rewrite the object later). The caller copies those.
         """
-        if scanned.st_nlink != 1 or (scanned.st_uid != os.geteuid() and os.geteuid() != 0):
+        # Root too: a file another user owns stays theirs to chmod and rewrite, object or not.
+        if scanned.st_nlink != 1 or scanned.st_uid != os.geteuid():
             return None
         path = self._new_name()
         try:

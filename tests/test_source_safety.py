@@ -229,3 +229,35 @@ def test_a_failed_install_keeps_objects_that_existed_before(repo, root, tmp_path
     assert snapshot(root) == before
     monkeypatch.undo()
     assert repo.verify().problems == []
+
+
+# -- item 7: root's --consume copies a file another user owns ---------------------------------
+
+def _try_rewrite(path: str) -> int:
+    """As the file's owner would: make it writable again and rewrite it in place."""
+    try:
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.write(b"EVIL")
+    except OSError:
+        return 3
+    return 0
+
+
+def test_root_consuming_a_foreign_owned_file_copies_it(shared):
+    root = shared / "root"
+    repo = Repository.init(root)
+    source = make_savedmodel(shared / "export" / "saved_model")
+    chown_tree(shared / "export")
+    inodes = {os.stat(p).st_ino for p in source.rglob("*") if p.is_file()}
+    result = repo.deploy("m", source, consume=True)
+    assert result.consumed["linked"] == 0
+    oids = file_oids(repo, "m")
+    for oid in oids.values():
+        st = os.stat(object_path(root, oid))
+        assert st.st_ino not in inodes and st.st_uid == os.geteuid()
+    served = {rel: (resolve("m", root).path / rel).read_bytes() for rel in oids}
+    pb = str(object_path(root, oids["saved_model.pb"]))
+    assert as_nobody(lambda: _try_rewrite(pb), cwd=shared).code == 3  # the owner cannot reach it
+    assert {rel: (resolve("m", root).path / rel).read_bytes() for rel in oids} == served
+    assert repo.verify().problems == []
