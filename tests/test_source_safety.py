@@ -51,7 +51,7 @@ def stored_blobs(root: Path) -> set[bytes]:
 def file_oids(repo: Repository, model: str) -> dict[str, str]:
     manifest = repo.manifest(model)
     tree = manifest.current_version().tree
-    return {"/".join(path): entry.oid for path, entry in repo.trees.walk(tree) if entry.kind == "file"}
+    return {path: entry.oid for path, entry in repo.trees.walk(tree) if entry.kind == "file"}
 
 
 # -- item 10: a restored mtime does not make a rewritten file "unchanged" --------------------
