@@ -390,17 +390,65 @@ class Consumption:
         self.left: list[str] = []
 
 
-def plan_consumption(source: str | os.PathLike, store_dir: str | os.PathLike) -> Consumption:
-    """Check, before anything is written, that ``source`` can be handed over and deleted.
+def _ancestors(path: str):
+    """(dev, ino) of ``path`` (resolved) and of every folder above it, nearest first."""
+    current = os.path.realpath(path)
+    while True:
+        try:
+            st = os.stat(current)
+            yield st.st_dev, st.st_ino
+        except OSError:
+            pass
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
 
-    Refused: a source inside the store (its files are objects and materialized trees), and a
-    source whose folders (or whose parent) this user cannot modify -- deleting it afterwards
-    would fail half way.
+
+def refuse_own_folders(source: str | os.PathLike, own: "dict[str, str | os.PathLike]") -> None:
+    """Refuse a source that is, holds, or is inside one of the root's own folders (``own``:
+    label -> path, e.g. store/, manifests/, logs/): deploying it would version the store's
+    own files, and consuming it would delete them.
+
+    Folders are compared by device and inode along the resolved path, so neither another
+    spelling, a symlink nor a bind mount of the same folder gets past it.
     """
     path = os.path.abspath(source)
-    real, store = os.path.realpath(path), os.path.realpath(store_dir)
-    if real == store or real.startswith(store + os.sep) or store.startswith(real + os.sep):
-        raise SourceError(f"cannot consume {path}: it is or holds the store itself; deploy it without --consume")
+    folders = {}
+    for label, folder in own.items():
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        folders[(st.st_dev, st.st_ino)] = (label, folder)
+    if not folders:
+        return
+    for depth, key in enumerate(_ancestors(path)):
+        if key in folders:
+            label = folders[key][0]
+            where = "is" if depth == 0 else "is inside"
+            raise SourceError(f"cannot deploy {path}: it {where} the store itself (the root's {label}); "
+                              "deploy a copy kept outside store/, manifests/ and logs/")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # the scan says what is wrong with it
+    mine = (st.st_dev, st.st_ino)
+    for label, folder in folders.values():
+        if mine in _ancestors(os.fspath(folder)):
+            raise SourceError(f"cannot deploy {path}: it holds the store itself (the root's {label}); "
+                              "deploy a copy kept outside store/, manifests/ and logs/")
+
+
+def plan_consumption(source: str | os.PathLike, own: "dict[str, str | os.PathLike]") -> Consumption:
+    """Check, before anything is written, that ``source`` can be handed over and deleted.
+
+    Refused: a source that is, holds or is inside the root's own folders (``own``, see
+    :func:`refuse_own_folders`), and a source whose folders (or whose parent) this user cannot
+    modify -- deleting it afterwards would fail half way.
+    """
+    path = os.path.abspath(source)
+    refuse_own_folders(path, own)
     node = scan(path)
     folders = [os.path.dirname(path)]
     if isinstance(node, _Dir):

@@ -207,6 +207,7 @@ class Repository:
             source_path = Path(source).absolute()
             if not source_path.exists():
                 raise SourceError(f"source {source_path} does not exist")
+            ingest.refuse_own_folders(source_path, self._own_folders())
             config.source = str(source_path)
         if link is not None:
             config.link = normalize_link(link, self.root)
@@ -287,7 +288,12 @@ class Repository:
             request = request._replace(label=source_label)
         snapshot = request.snapshot
         current = snapshot.current_version() if snapshot else None
-        consumption = ingest.plan_consumption(request.source, self.layout.store) if consume else None
+        if consume:
+            consumption = ingest.plan_consumption(request.source, self._own_folders())
+        else:
+            consumption = None
+            if source_label is None:  # not an extraction of ours in store/tmp
+                ingest.refuse_own_folders(request.source, self._own_folders())
         # A temporary extraction (source_label set) would only fill the cache with dead entries,
         # and so would a consumed source, which is gone after the deploy.
         cache = StatCache(self.layout.store / "statcache.msgpack") if source_label is None and not consume else None
@@ -782,6 +788,10 @@ class Repository:
         return resolve(name, root=self.root)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _own_folders(self) -> dict[str, Path]:
+        """The root's folders no source may be, hold or be inside."""
+        return {"store/": self.layout.store, "manifests/": self.layout.manifests, "logs/": self.layout.logs}
 
     def _materialize(self, tree_oid: str) -> Path:
         return materialize(self.layout, self.objects, tree_oid)
