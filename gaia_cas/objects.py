@@ -126,7 +126,7 @@ class Staging:
         self.halted = False  # set by halt(): streams still running stop at their next chunk
         self._liveness: int | None = None
         self.new_bytes = 0  # bytes of objects the store did not have, counted by install()
-        self._reused: dict[str, str | bytes] = {}  # oid -> source path, or a tree's bytes
+        self._reused: dict[str, tuple | bytes] = {}  # oid -> (source path, opener), or a tree's bytes
 
     def __enter__(self) -> "Staging":
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
@@ -145,20 +145,25 @@ class Staging:
         path = self._new_name()
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
-    def add_link(self, source: str, scanned: os.stat_result) -> tuple[str, int, os.stat_result] | None:
+    def add_link(self, source: str, scanned: os.stat_result, src_dir_fd: int | None = None,
+                 src_name: str | None = None) -> tuple[str, int, os.stat_result] | None:
         """Take ``source`` into staging by hard link instead of a copy (``deploy --consume``).
 
         The staged name and the source then share one inode, which is hashed through the staged
         name. Returns (oid, size, the file's stat after hashing), or None when the file cannot
         be taken without a copy: another filesystem, another owner, or a file with other names
         already (a second name could rewrite the object later). The caller copies those.
+        With ``src_dir_fd``, the file is ``src_name`` in that (checked) folder, not a path.
         """
         # Root too: a file another user owns stays theirs to chmod and rewrite, object or not.
         if scanned.st_nlink != 1 or scanned.st_uid != os.geteuid():
             return None
         path = self._new_name()
         try:
-            os.link(source, path)  # link() does not follow a symlink swapped in since the scan
+            if src_dir_fd is None:  # link() does not follow a symlink swapped in since the scan
+                os.link(source, path, follow_symlinks=False)
+            else:
+                os.link(src_name, path, src_dir_fd=src_dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             raise SourceError(f"{source} vanished while it was being deployed") from None
         except OSError as exc:
@@ -240,10 +245,12 @@ class Staging:
             os.close(fd)
         self._keep(oid, path)
 
-    def reuse(self, oid: str, source: str, size: int) -> None:
-        """An object the stat cache says ``source`` already has in the store: nothing is read now."""
+    def reuse(self, oid: str, source: str, opener) -> None:
+        """An object the stat cache says ``source`` already has in the store: nothing is read now.
+        ``opener()`` opens the source (checked as any source read) should the object be gone by
+        install time."""
         if oid not in self._staged:
-            self._reused.setdefault(oid, source)
+            self._reused.setdefault(oid, (source, opener))
 
     def _make_durable(self) -> None:
         """Every staged byte on disk before any object gets its final name (the write protocol).
@@ -310,10 +317,11 @@ class Staging:
             if isinstance(origin, bytes):
                 self._write_bytes(oid, origin)
                 continue
-            with open(origin, "rb", buffering=0) as src:
-                got, _ = self.add_stream(src, origin)
+            label, opener = origin
+            with opener() as src:
+                got, _ = self.add_stream(src, label)
             if got != oid:
-                raise SourceError(f"{origin} changed while it was being deployed")
+                raise SourceError(f"{label} changed while it was being deployed")
 
     def discard(self) -> None:
         if self.dir is not None and os.path.exists(self.dir):

@@ -261,3 +261,211 @@ def test_root_consuming_a_foreign_owned_file_copies_it(shared):
     assert as_nobody(lambda: _try_rewrite(pb), cwd=shared).code == 3  # the owner cannot reach it
     assert {rel: (resolve("m", root).path / rel).read_bytes() for rel in oids} == served
     assert repo.verify().problems == []
+
+
+# -- item 1: a source folder swapped for a symlink mid-deploy leaks nothing --------------------
+
+SECRET = b"db_password=hunter2;" * 50
+
+
+@pytest.fixture
+def planted(shared):
+    """nobody's source ``user/src`` (sub/weights.bin is a decoy) and root's 0700 ``secret`` folder
+    holding a file of the same name and size; root's own root, reachable by nobody."""
+    secret = shared / "secret"
+    secret.mkdir(mode=0o700)
+    (secret / "weights.bin").write_bytes(SECRET)
+    (secret / "other.bin").write_bytes(b"s" * 4000)
+    mirror = shared / "secret-mirror"  # shaped like the source, for a swap of the source root itself
+    mirror.mkdir(mode=0o700)
+    (mirror / "sub").mkdir(parents=True)
+    (mirror / "sub" / "weights.bin").write_bytes(SECRET)
+    (mirror / "sub" / "other.bin").write_bytes(b"s" * 4000)
+    (mirror / "top.bin").write_bytes(b"s" * 3000)
+    src = shared / "user" / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "weights.bin").write_bytes(b"d" * len(SECRET))
+    (src / "sub" / "other.bin").write_bytes(b"o" * 4000)
+    (src / "top.bin").write_bytes(b"t" * 3000)
+    chown_tree(shared / "user")
+    root = shared / "root"
+    Repository.init(root)
+    return SimpleNamespace(root=root, src=src, secret=secret, shared=shared)
+
+
+def _swap_to_symlink_as_nobody(planted) -> None:
+    def swap():
+        os.rename(planted.src / "sub", planted.src / "sub.real")
+        os.symlink(planted.secret, planted.src / "sub")
+        return 0
+
+    run = as_nobody(swap, cwd=planted.shared)
+    assert run.code == 0, run.err
+
+
+def _after_scan(monkeypatch, action):
+    real_scan = ingest.scan
+    calls = []
+
+    def scan(source):
+        node = real_scan(source)
+        calls.append(source)
+        action()
+        return node
+
+    monkeypatch.setattr(ingest, "scan", scan)
+    return calls
+
+
+def _assert_nothing_leaked(planted) -> None:
+    blobs = stored_blobs(planted.root)
+    assert SECRET not in blobs and b"s" * 4000 not in blobs and b"s" * 3000 not in blobs
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_folder_swapped_for_a_symlink_after_the_scan_is_refused(cli, planted, monkeypatch, threads):
+    if threads == 2:  # the two-thread staging path (store_ahead) opens files the same way
+        monkeypatch.setattr(ingest, "STAGING_THREADS", 2)
+        monkeypatch.setattr(ingest, "PARALLEL_MIN_BYTES", 0)
+    before = snapshot(planted.root)
+    calls = _after_scan(monkeypatch, lambda: _swap_to_symlink_as_nobody(planted))
+    run = cli("deploy", "m", planted.src, root_dir=planted.root)
+    assert calls, "the swap never happened: the test proves nothing"
+    assert_one_line_error(run, "changed while it was being deployed")
+    assert snapshot(planted.root) == before
+    _assert_nothing_leaked(planted)
+
+
+def test_a_folder_swapped_during_the_scan_and_back_is_refused(cli, planted, monkeypatch):
+    """The scan itself went through the symlink (it listed and stat'ed the secret folder), then
+    the real folder came back with same-named decoys: the inodes differ, nothing is read."""
+    real_scan_dir = ingest._scan_dir
+    swapped = []
+
+    def scan_dir(path, depth, *args):
+        if path == str(planted.src / "sub") and not swapped:
+            swapped.append(path)
+            _swap_to_symlink_as_nobody(planted)
+            try:
+                return real_scan_dir(path, depth, *args)
+            finally:
+                os.unlink(planted.src / "sub")
+                os.rename(planted.src / "sub.real", planted.src / "sub")
+        return real_scan_dir(path, depth, *args)
+
+    monkeypatch.setattr(ingest, "_scan_dir", scan_dir)
+    before = snapshot(planted.root)
+    run = cli("deploy", "m", planted.src, root_dir=planted.root)
+    assert swapped, "the scan never reached sub: the test proves nothing"
+    assert_one_line_error(run, "changed while it was being deployed (replaced by another file)")  # weights.bin
+    assert snapshot(planted.root) == before
+    _assert_nothing_leaked(planted)
+
+
+def test_a_file_replaced_by_another_of_the_same_size_after_the_scan_is_refused(cli, root, tmp_path, monkeypatch):
+    src = make_savedmodel(tmp_path / "src" / "saved_model")
+    target = src / "variables" / "variables.index"
+
+    def replace():
+        size = target.stat().st_size
+        other = target.with_name("other")
+        other.write_bytes(b"x" * size)
+        os.rename(other, target)
+
+    before = snapshot(root)
+    _after_scan(monkeypatch, replace)
+    run = cli("deploy", "m", src)
+    assert_one_line_error(run, "variables.index changed while it was being deployed (replaced by another file)")
+    assert snapshot(root) == before
+
+
+def test_the_source_root_swapped_after_the_scan_is_refused(cli, planted, monkeypatch):
+    def swap_root():
+        def swap():
+            os.rename(planted.src, planted.src.with_name("src.real"))
+            os.symlink(planted.shared / "secret-mirror", planted.src)
+            return 0
+
+        assert as_nobody(swap, cwd=planted.shared).code == 0
+
+    before = snapshot(planted.root)
+    _after_scan(monkeypatch, swap_root)
+    run = cli("deploy", "m", planted.src, root_dir=planted.root)
+    assert_one_line_error(run, "changed while it was being deployed")
+    assert snapshot(planted.root) == before
+    _assert_nothing_leaked(planted)
+
+
+def test_a_consumed_folder_swapped_for_a_symlink_links_nothing_of_it(repo, root, tmp_path, monkeypatch):
+    """--consume takes files by link(): the folder above the file is reached by descriptor too."""
+    secret = tmp_path / "secret"
+    secret.mkdir(mode=0o700)
+    (secret / "weights.bin").write_bytes(SECRET)
+    src = tmp_path / "export"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "weights.bin").write_bytes(b"d" * len(SECRET))
+
+    def swap():
+        os.rename(src / "sub", src / "sub.real")
+        os.symlink(secret, src / "sub")
+
+    real_plan = ingest.plan_consumption
+
+    def plan(*args):
+        consumption = real_plan(*args)
+        swap()
+        return consumption
+
+    monkeypatch.setattr(ingest, "plan_consumption", plan)
+    before = snapshot(root)
+    with pytest.raises(SourceError, match="changed while it was being deployed"):
+        repo.deploy("m", src, consume=True)
+    assert snapshot(root) == before and os.stat(secret / "weights.bin").st_nlink == 1
+
+
+def _flip_forever_as_nobody(planted) -> int:
+    """A real attacker: a process of nobody's flipping src/sub between its folder and a symlink
+    into the secret folder, until killed."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            signal.alarm(30)
+            # the spare names live beside the source, not in it: the scan sees sub as one or the other
+            sub, real, link = planted.src / "sub", planted.src.parent / "sub.real", planted.src.parent / "sub.link"
+            os.symlink(planted.secret, link)
+            while True:  # a few ms in each state: some deploys get through, some meet the swap
+                os.rename(sub, real)
+                os.rename(link, sub)
+                time.sleep(0.002)
+                os.rename(sub, link)
+                os.rename(real, sub)
+                time.sleep(0.002)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def test_a_real_flipping_attacker_never_gets_a_secret_stored(planted):
+    repo = Repository(planted.root, lock_timeout=5)
+    pid = _flip_forever_as_nobody(planted)
+    outcomes = []
+    try:
+        for _ in range(40):
+            try:
+                repo.deploy("m", planted.src, force=True)
+                outcomes.append("deployed")
+                served = resolve("m", planted.root).path / "sub" / "weights.bin"
+                # (a scan between two renames saw no sub at all: a smaller, honest tree)
+                assert not served.exists() or served.read_bytes() == b"d" * len(SECRET)
+            except GaiaCasError as exc:
+                outcomes.append("refused")
+                assert "\n" not in str(exc)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    _assert_nothing_leaked(planted)
+    assert len(outcomes) == 40
+    print(f"{outcomes.count('deployed')} deployed, {outcomes.count('refused')} refused")
