@@ -278,29 +278,80 @@ class Staging:
         """Give every staged object its final name. Returns how many were new to the store.
 
         Runs under the store barrier, so gc cannot remove anything between the existence check
-        of a reused object here and the manifest commit that references it.
+        of a reused object here and the manifest commit that references it. If it fails part
+        way (disk full, out of inodes, Ctrl-C), the objects this batch added are taken out again
+        (:meth:`_withdraw`): the store is left as it was.
         """
         self._settle_reused()
         self._make_durable()
         new = 0
         touched: set[str] = set()
-        for oid, staged in self._staged.items():
-            final = self.store.path_str(oid)
-            os.chmod(staged, READ_ONLY)
-            size = os.lstat(staged).st_size
-            try:
-                added = _place(staged, final)
-            except FileNotFoundError:  # first object in this fan-out folder
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                touched.add(os.path.dirname(os.path.dirname(final)))
-                added = _place(staged, final)
-            new += added
-            self.new_bytes += size if added else 0
-            touched.add(os.path.dirname(final))
-        if len(touched) < self.BATCH_SYNC or not sync_filesystem(self.dir):
-            for folder in touched:
-                fsync_dir(folder)
+        placed: list[tuple[str, os.stat_result]] = []  # objects this batch added, as they were then
+        made: list[str] = []  # fan-out folders this batch created
+        try:
+            for oid, staged in self._staged.items():
+                final = self.store.path_str(oid)
+                os.chmod(staged, READ_ONLY)
+                size = os.lstat(staged).st_size
+                try:
+                    added = _place(staged, final)
+                except FileNotFoundError:  # first object in this fan-out folder
+                    folder = os.path.dirname(final)
+                    try:
+                        os.mkdir(folder)
+                        made.append(folder)
+                    except FileExistsError:
+                        pass
+                    touched.add(os.path.dirname(folder))
+                    added = _place(staged, final)
+                if added:
+                    placed.append((final, os.lstat(final)))
+                new += added
+                self.new_bytes += size if added else 0
+                touched.add(os.path.dirname(final))
+            if len(touched) < self.BATCH_SYNC or not sync_filesystem(self.dir):
+                for folder in touched:
+                    fsync_dir(folder)
+        except BaseException:
+            self._withdraw(placed, made)
+            raise
         return new
+
+    def _withdraw(self, placed: list[tuple[str, os.stat_result]], made: list[str]) -> None:
+        """Take out the objects a failed install added, and the fan-out folders it made.
+
+        Another writer may have found one of them in the meantime and be about to commit a
+        version that needs it; it then refreshed its mtime (or linked it into a materialized
+        tree). Such an object is left alone: it is checked before it is moved aside, and again
+        after (a refresh that came in between puts it back). A writer whose refresh finds it
+        gone fails cleanly instead of committing ("vanished while being reused").
+        """
+        folders = set()
+        for final, was in reversed(placed):
+            try:
+                now = os.lstat(final)
+                if (now.st_ino, now.st_mtime_ns, now.st_nlink) != (was.st_ino, was.st_mtime_ns, was.st_nlink):
+                    continue
+                aside = self._new_name()
+                os.rename(final, aside)
+                moved = os.lstat(aside)
+                if (moved.st_mtime_ns, moved.st_nlink) != (was.st_mtime_ns, was.st_nlink):
+                    os.rename(aside, final)  # someone took it up after all: keep it published
+                folders.add(os.path.dirname(final))
+            except OSError:
+                continue  # best effort: what stays is unreferenced, gc's to collect
+        for folder in reversed(made):
+            try:
+                os.rmdir(folder)
+                folders.discard(folder)
+                folders.add(os.path.dirname(folder))
+            except OSError:
+                pass  # another writer's object arrived in it
+        for folder in folders:
+            try:
+                fsync_dir(folder)
+            except OSError:
+                pass
 
     def _settle_reused(self) -> None:
         """Refresh the objects reused without reading; stage any that vanished since (a gc ran)."""

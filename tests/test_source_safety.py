@@ -469,3 +469,29 @@ def test_a_real_flipping_attacker_never_gets_a_secret_stored(planted):
     _assert_nothing_leaked(planted)
     assert len(outcomes) == 40
     print(f"{outcomes.count('deployed')} deployed, {outcomes.count('refused')} refused")
+
+
+def test_a_failed_install_keeps_an_object_another_writer_took_up_meanwhile(repo, root, tmp_path, monkeypatch):
+    """Another deploy of the same bytes found the new object and refreshed it (it is about to
+    commit a version that needs it): the failed install leaves that one in place."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(4):
+        (source / f"f{i}").write_bytes(os.urandom(200 + i))
+    real_link = os.link
+    placed = []
+
+    def link(src, dst, *args, **kwargs):
+        if "/store/objects/" in os.fspath(dst):
+            if len(placed) == 2:
+                os.utime(placed[0], ns=(1, time.time_ns() + 10**9))  # the other writer's refresh
+                raise OSError(errno.ENOSPC, "No space left on device", os.fspath(dst))
+            real_link(src, dst, *args, **kwargs)
+            placed.append(os.fspath(dst))
+            return None
+        return real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(objects.os, "link", link)
+    with pytest.raises(GaiaCasError, match="No space left"):
+        repo.deploy("m", source)
+    assert os.path.exists(placed[0]) and not os.path.exists(placed[1])
