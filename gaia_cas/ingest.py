@@ -316,7 +316,7 @@ class _Builder:
             oid = self.known.pop(node.path, None) or self.cache.lookup(node.path, node.stat)
             if oid is not None:
                 if self.stage is not None:
-                    self.stage.reuse(oid, node.path, lambda: _open_regular(node))
+                    self.stage.reuse(oid, node.path, lambda: _open_regular(node), node.stat)
                 self.file_count += 1
                 return oid, node.size
         self.file_count += 1
@@ -328,6 +328,7 @@ class _Builder:
         with src:
             if self.stage is not None:
                 oid, size = self.stage.add_stream(src, node.path, buffer)
+                self.stage.origin(oid, node.stat or os.fstat(src.fileno()))
             else:
                 oid, size = hash_stream(src, buffer)
             if self.consume:

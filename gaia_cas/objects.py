@@ -126,7 +126,16 @@ class Staging:
         self.halted = False  # set by halt(): streams still running stop at their next chunk
         self._liveness: int | None = None
         self.new_bytes = 0  # bytes of objects the store did not have, counted by install()
-        self._reused: dict[str, tuple | bytes] = {}  # oid -> (source path, opener), or a tree's bytes
+        self._reused: dict[str, tuple | bytes] = {}  # oid -> (source path, opener, stat), or a tree's bytes
+        # oid -> (dev, ino) of the source files it was read from: an object found in the store
+        # that *is* one of those inodes (left by an interrupted --consume) is not trusted.
+        self._origins: dict[str, set] = {}
+        self._linked: set[str] = set()  # oids staged by hard link to a source file (--consume)
+        self._placed: list[tuple[str, os.stat_result]] = []  # objects install() added, as they were then
+        self._made: list[str] = []  # fan-out folders install() created
+        self._tree: tuple[str, os.stat_result] | None = None  # a tree materialized from this batch
+        self._kept = False  # the manifest naming this batch committed: nothing is taken back then
+        self.replaced: dict[tuple, str] = {}  # (dev, ino) of an untrusted object -> its path now
 
     def __enter__(self) -> "Staging":
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
@@ -135,8 +144,52 @@ class Staging:
         self.dir, self._liveness = make_locked_dir(self.layout.tmp, "stage")
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.discard()
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if kind is not None and self._linked and self._placed and not self._kept:
+                self._take_back()
+        finally:
+            self.discard()
+
+    def keep(self) -> None:
+        """The commit that names this batch's objects happened: never take them back."""
+        self._kept = True
+
+    def materialized(self, tree_dir: str | os.PathLike, created: bool) -> None:
+        """Record the tree this deploy materialized (``created``: it was not there before)."""
+        if created:
+            try:
+                self._tree = (os.fspath(tree_dir), os.lstat(tree_dir))
+            except OSError:
+                pass
+
+    def _take_back(self) -> None:
+        """A --consume deploy failed after its install: the objects it added are the source's
+        own inodes, which stay with the source (a failed deploy deletes nothing), so the user's
+        next in-place rewrite of a checkpoint would rewrite them. Take the objects out again --
+        and first the tree materialized from them, unless another writer took it up meanwhile
+        (it refreshed its mtime); the same checks as :meth:`_withdraw` spare any object another
+        writer took up."""
+        if self._tree is not None:
+            path, was = self._tree
+            try:
+                now = os.lstat(path)
+                if (now.st_ino, now.st_mtime_ns) == (was.st_ino, was.st_mtime_ns):
+                    os.chmod(path, 0o755)  # moving a folder to another parent needs write access to it
+                    aside = self._new_name()
+                    os.rename(path, aside)
+                    if os.lstat(aside).st_mtime_ns != was.st_mtime_ns:
+                        os.rename(aside, path)  # touched in between: in use, keep it
+                        os.chmod(path, 0o555)
+                    else:
+                        from .materialize import remove_tree
+
+                        remove_tree(aside)
+                        fsync_dir(os.path.dirname(path))
+            except OSError:
+                return  # the tree stays, and with it every object it links: gc's to collect
+        self._withdraw(self._placed, self._made)
+        self._placed = []
 
     def _new_name(self) -> str:
         return f"{self.dir}/{next(self._names)}"
@@ -191,7 +244,14 @@ class Staging:
             os.unlink(path)
             raise SourceError(f"{source} changed while it was being deployed (written to while it was hashed)")
         self._keep(oid, path)
+        if self._staged.get(oid) == path:
+            self._linked.add(oid)
+        self.origin(oid, after)
         return oid, size, after
+
+    def origin(self, oid: str, st) -> None:
+        """``oid`` was read from the source file of stat ``st``."""
+        self._origins.setdefault(oid, set()).add((st.st_dev, st.st_ino))
 
     def add_stream(self, src, label: str = "the source", buffer: bytearray | None = None) -> tuple[str, int]:
         """Copy an open binary file into staging while hashing it: one read, one write.
@@ -245,10 +305,12 @@ class Staging:
             os.close(fd)
         self._keep(oid, path)
 
-    def reuse(self, oid: str, source: str, opener) -> None:
-        """An object the stat cache says ``source`` already has in the store: nothing is read now.
-        ``opener()`` opens the source (checked as any source read) should the object be gone by
-        install time."""
+    def reuse(self, oid: str, source: str, opener, st=None) -> None:
+        """An object the stat cache says ``source`` (of stat ``st``) already has in the store:
+        nothing is read now. ``opener()`` opens the source (checked as any source read) should
+        the object be gone by install time, or be that very source file."""
+        if st is not None:
+            self.origin(oid, st)
         if oid not in self._staged:
             self._reused.setdefault(oid, (source, opener))
 
@@ -306,6 +368,8 @@ class Staging:
                     added = _place(staged, final)
                 if added:
                     placed.append((final, os.lstat(final)))
+                elif self._is_a_source(oid, final):
+                    self._replace(staged, final)
                 new += added
                 self.new_bytes += size if added else 0
                 touched.add(os.path.dirname(final))
@@ -315,7 +379,54 @@ class Staging:
         except BaseException:
             self._withdraw(placed, made)
             raise
+        self._placed, self._made = placed, made
         return new
+
+    def _is_a_source(self, oid: str, final: str) -> bool:
+        """Whether the stored object ``oid`` is the very inode of a source file it was read from
+        (an interrupted --consume linked it in): rewriting that file would rewrite the object."""
+        sources = self._origins.get(oid)
+        if not sources:
+            return False
+        try:
+            st = os.lstat(final)
+        except FileNotFoundError:
+            return False
+        return st.st_nlink > 1 and (st.st_dev, st.st_ino) in sources and oid not in self._linked
+
+    def _replace(self, staged: str, final: str) -> None:
+        """Put this batch's own copy (same bytes, by their hash) in place of an object that is a
+        source file's inode: one rename, so readers see the same bytes throughout."""
+        was = os.lstat(final)
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(staged, final)
+        self.replaced[(was.st_dev, was.st_ino)] = final
+
+    def repair_tree(self, tree_dir: str | os.PathLike) -> None:
+        """Relink the files of a materialized tree that still are an untrusted object's old
+        inode (see :meth:`_replace`) to the object now in its place, each by one rename."""
+        if not self.replaced:
+            return
+        for dirpath, _, files in os.walk(tree_dir):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                st = os.lstat(full)
+                final = self.replaced.get((st.st_dev, st.st_ino))
+                if final is None:
+                    continue
+                mode = stat.S_IMODE(os.lstat(dirpath).st_mode)
+                os.chmod(dirpath, mode | 0o700)
+                try:
+                    tmp = os.path.join(dirpath, f".{name}.gaia-cas-relink-{os.urandom(4).hex()}")
+                    os.link(final, tmp)
+                    os.rename(tmp, full)
+                finally:
+                    os.chmod(dirpath, mode)
+                fsync_dir(dirpath)
 
     def _withdraw(self, placed: list[tuple[str, os.stat_result]], made: list[str]) -> None:
         """Take out the objects a failed install added, and the fan-out folders it made.
@@ -361,7 +472,10 @@ class Staging:
             if oid in self._staged:
                 continue
             try:
-                _refresh(self.store.path_str(oid))
+                final = self.store.path_str(oid)
+                _refresh(final)
+                if not isinstance(origin, bytes) and self._is_a_source(oid, final):
+                    raise StoreError(final)  # the source file itself: stage a copy to put in its place
                 continue
             except StoreError:
                 pass  # gone: fall through and stage it from its source

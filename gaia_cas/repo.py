@@ -327,8 +327,11 @@ class Repository:
                     fmt = formats.detect(request.source)
                     with self._writing():  # from here to the commit, gc waits (the store barrier)
                         new_objects = staging.install()
+                        existed = self.layout.tree_path(built.tree).is_dir()
                         tree_dir = self._materialize(built.tree)
-                        number, unchanged, previous = self._commit_deploy(request, built, fmt)
+                        staging.materialized(tree_dir, created=not existed)
+                        staging.repair_tree(tree_dir)  # no file of it may be a source's inode
+                        number, unchanged, previous = self._commit_deploy(request, built, fmt, staging.keep)
                     committed = True
             if cache is not None:
                 cache.save(str(request.source))
@@ -397,12 +400,20 @@ class Repository:
         return _DeployRequest(model, Path(path).absolute(), snapshot, explicit, bump_kind, force, reason,
                               dict(metadata or {}), user, host, token=token)
 
-    def _commit_deploy(self, request: "_DeployRequest", built: ingest.Built, fmt: str) -> tuple[str, bool, str | None]:
-        """Under the model's lock: decide the number (or 'unchanged') against the fresh manifest."""
+    def _commit_deploy(self, request: "_DeployRequest", built: ingest.Built, fmt: str,
+                       committed=None) -> tuple[str, bool, str | None]:
+        """Under the model's lock: decide the number (or 'unchanged') against the fresh manifest.
+        ``committed()`` is called the moment the commit is visible."""
         now = _now()  # the moment the version is committed is its timestamp
         at = now.isoformat(timespec="seconds")
+
+        def on_commit(manifest: Manifest) -> None:
+            if committed is not None:
+                committed()
+            self._sync_link(manifest)
+
         with self.manifests.edit(request.model, create=True, check_tree=self._check_complete,
-                                 on_commit=self._sync_link) as manifest:
+                                 on_commit=on_commit) as manifest:
             previous = manifest.current
             current = manifest.current_version()
             if current is not None and current.tree == built.tree and not request.force and not current.broken:

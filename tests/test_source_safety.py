@@ -495,3 +495,110 @@ def test_a_failed_install_keeps_an_object_another_writer_took_up_meanwhile(repo,
     with pytest.raises(GaiaCasError, match="No space left"):
         repo.deploy("m", source)
     assert os.path.exists(placed[0]) and not os.path.exists(placed[1])
+
+
+# -- item 8: no object keeps a source file's inode after a failed or interrupted --consume -----
+
+def _source_inodes(source: Path) -> set[tuple[int, int]]:
+    return {(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in source.rglob("*") if p.is_file()}
+
+
+def _store_inodes(root: Path) -> set[tuple[int, int]]:
+    found = set()
+    for base in (root / "store" / "objects", root / "store" / "trees"):
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                st = os.lstat(os.path.join(dirpath, name))
+                found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def _rewrite_in_place(source: Path) -> None:
+    """What a training job does next: make the checkpoint writable and overwrite it in place."""
+    for path in source.rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o644)
+            with open(path, "r+b") as f:
+                f.write(b"RETRAINED")
+
+
+def _served(root: Path, model: str = "m") -> dict[str, bytes]:
+    tree = resolve(model, root).path
+    return {str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()}
+
+
+def test_a_consume_failing_at_its_commit_leaves_no_object_on_the_sources_inodes(repo, root, tmp_path, monkeypatch):
+    repo.deploy("other", make_savedmodel(tmp_path / "other", variant=9))
+    source = make_savedmodel(tmp_path / "export" / "saved_model", variant=3)
+    before = snapshot(root)
+
+    def refuse(*args, **kwargs):
+        raise GaiaCasError("the commit failed")
+
+    monkeypatch.setattr(Repository, "_commit_deploy", refuse)
+    with pytest.raises(GaiaCasError, match="the commit failed"):
+        repo.deploy("m", source, consume=True)
+    monkeypatch.undo()
+    assert not (_source_inodes(source) & _store_inodes(root))
+    assert snapshot(root) == before  # the store exactly as before: no objects, no tree left
+    # the retry, then the next retrain writing the checkpoint in place
+    result = repo.deploy("m", source)
+    served = _served(root)
+    _rewrite_in_place(source)
+    assert _served(root) == served
+    assert repo.verify().problems == [] and result.version == "1.0.0"
+
+
+def test_a_normal_deploy_does_not_trust_an_object_that_is_the_sources_inode(repo, root, tmp_path):
+    """What a --consume killed after its install leaves: objects (and a materialized tree) that
+    are the source's own inodes. The next plain deploy puts copies in their place."""
+    source = make_savedmodel(tmp_path / "export" / "saved_model", variant=4)
+    pid = os.fork()
+    if pid == 0:  # a --consume killed right before its commit: no cleanup of any kind
+        try:
+            def die(*args, **kwargs):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            Repository._commit_deploy = die
+            Repository(root, lock_timeout=5).deploy("m", source, consume=True)
+        finally:
+            os._exit(7)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert _source_inodes(source) & _store_inodes(root), "the killed consume linked nothing: proves nothing"
+
+    result = repo.deploy("m", source)
+    assert result.version == "1.0.0"
+    served_paths = [p for p in resolve("m", root).path.rglob("*") if p.is_file()]
+    served_inodes = {(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in served_paths}
+    object_inodes = {(os.lstat(object_path(root, oid)).st_dev, os.lstat(object_path(root, oid)).st_ino)
+                     for oid in file_oids(repo, "m").values()}
+    assert not (_source_inodes(source) & (served_inodes | object_inodes))
+    served = _served(root)
+    _rewrite_in_place(source)
+    assert _served(root) == served
+    assert repo.verify().problems == []
+
+
+def test_a_cache_hit_on_an_object_that_is_the_sources_inode_is_restaged(repo, root, tmp_path, monkeypatch):
+    """The stat cache vouches for the source's oid without reading it; the object found under
+    that oid is the source file itself: a copy is staged and put in its place."""
+    source = make_savedmodel(tmp_path / "export" / "saved_model", variant=5)
+    settle(source)
+    real = time.time_ns
+    monkeypatch.setattr(statcache, "time", SimpleNamespace(time_ns=lambda: real() + 60 * 10**9))
+    repo.deploy("other", source)  # remembered in the stat cache
+    oid = file_oids(repo, "other")["saved_model.pb"]
+    obj = object_path(root, oid)
+    # make the object the source's inode, as a killed --consume of this file would have
+    os.chmod(obj.parent, 0o755)
+    tree_copy = resolve("other", root).path / "saved_model.pb"
+    os.unlink(obj)
+    os.link(source / "saved_model.pb", obj)
+    result = repo.deploy("m", source, force=True)
+    st = os.lstat(object_path(root, file_oids(repo, "m")["saved_model.pb"]))
+    assert (st.st_dev, st.st_ino) != (os.lstat(source / "saved_model.pb").st_dev, os.lstat(source / "saved_model.pb").st_ino)
+    served = _served(root)
+    _rewrite_in_place(source)
+    assert _served(root) == served and result.version == "1.0.0"
+    assert tree_copy.exists()
