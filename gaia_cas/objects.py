@@ -130,7 +130,7 @@ class Staging:
         # oid -> (dev, ino) of the source files it was read from: an object found in the store
         # that *is* one of those inodes (left by an interrupted --consume) is not trusted.
         self._origins: dict[str, set] = {}
-        self._linked: set[str] = set()  # oids staged by hard link to a source file (--consume)
+        self._linked: dict[str, str] = {}  # oid -> source path, for oids staged by hard link (--consume)
         self._placed: list[tuple[str, os.stat_result]] = []  # objects install() added, as they were then
         self._made: list[str] = []  # fan-out folders install() created
         self._tree: tuple[str, os.stat_result] | None = None  # a tree materialized from this batch
@@ -187,9 +187,18 @@ class Staging:
                         remove_tree(aside)
                         fsync_dir(os.path.dirname(path))
             except OSError:
-                return  # the tree stays, and with it every object it links: gc's to collect
+                pass  # the tree stays, and with it the objects it links (given up below)
         self._withdraw(self._placed, self._made)
         self._placed = []
+        # What stayed (another writer took it up: it may commit a version of it) must not stay
+        # the source's too: the source file gets a copy of its own, the object keeps the inode.
+        for oid, source in self._linked.items():
+            try:
+                kept, mine = os.lstat(self.store.path_str(oid)), os.lstat(source)
+                if (kept.st_dev, kept.st_ino) == (mine.st_dev, mine.st_ino):
+                    _copy_in_place(source, mine)
+            except OSError:
+                continue
 
     def _new_name(self) -> str:
         return f"{self.dir}/{next(self._names)}"
@@ -245,7 +254,7 @@ class Staging:
             raise SourceError(f"{source} changed while it was being deployed (written to while it was hashed)")
         self._keep(oid, path)
         if self._staged.get(oid) == path:
-            self._linked.add(oid)
+            self._linked[oid] = source
         self.origin(oid, after)
         return oid, size, after
 
@@ -500,6 +509,30 @@ class Staging:
 
 
 _NO_HARD_LINKS = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
+
+
+def _copy_in_place(path: str, st: os.stat_result) -> None:
+    """Give ``path`` an inode of its own holding the same bytes (temp file, fsync, rename)."""
+    import shutil
+
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.gaia-cas-copy-{os.urandom(4).hex()}")
+    try:
+        shutil.copyfile(path, tmp, follow_symlinks=False)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(folder)
 
 
 def _place(staged: str, final: str) -> bool:

@@ -602,3 +602,26 @@ def test_a_cache_hit_on_an_object_that_is_the_sources_inode_is_restaged(repo, ro
     _rewrite_in_place(source)
     assert _served(root) == served and result.version == "1.0.0"
     assert tree_copy.exists()
+
+
+def test_a_failed_consume_leaves_an_object_another_writer_took_up_but_not_on_the_sources_inode(
+        repo, root, tmp_path, monkeypatch):
+    """Another deploy of the same bytes refreshed one of the linked objects meanwhile (it may be
+    committing a version that needs it): the object stays, and the source file gets an inode of
+    its own, so rewriting the source cannot reach the object."""
+    source = make_savedmodel(tmp_path / "export" / "saved_model", variant=6)
+    original = {str(p.relative_to(source)): p.read_bytes() for p in source.rglob("*") if p.is_file()}
+
+    def refuse(self, request, built, *args, **kwargs):
+        oid = next(e.oid for _, e in self.trees.walk(built.tree) if e.name == "saved_model.pb")
+        os.utime(object_path(root, oid), ns=(1, time.time_ns() + 10**9))  # the other writer's refresh
+        raise GaiaCasError("the commit failed")
+
+    monkeypatch.setattr(Repository, "_commit_deploy", refuse)
+    with pytest.raises(GaiaCasError, match="the commit failed"):
+        repo.deploy("m", source, consume=True)
+    assert not (_source_inodes(source) & _store_inodes(root))
+    kept = [p for p in (root / "store" / "objects").rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in kept] == [original["saved_model.pb"]]
+    assert {str(p.relative_to(source)): p.read_bytes() for p in source.rglob("*") if p.is_file()} == original
+    assert not [p for p in source.rglob("*") if "gaia-cas-copy" in p.name]
