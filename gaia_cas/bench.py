@@ -174,14 +174,15 @@ def write_tree(dest: Path, plan: list[FileSpec], seed: int) -> None:
 
 
 def wait_until_at_rest(tree: Path) -> None:
-    """Wait until the newest file of ``tree`` is older than the stat cache's racy window.
+    """Wait until the newest file of ``tree`` (by mtime or ctime) is older than the stat cache's racy window.
 
     Like git's index, the stat cache never trusts a file modified in the last moments, so a
     deploy right after the tree was written would not remember those files, and the 'unchanged'
     redeploy after it would read them again. A model deployed from a trained artifact is at
     rest; so is the measured tree.
     """
-    newest = max(os.lstat(os.path.join(d, f)).st_mtime_ns for d, _, files in os.walk(tree) for f in files)
+    stats = [os.lstat(os.path.join(d, f)) for d, _, files in os.walk(tree) for f in files]
+    newest = max(max(st.st_mtime_ns, st.st_ctime_ns) for st in stats)  # racy by mtime or ctime
     wait = (newest + RACY_NS) / 1e9 - time.time()
     if wait > 0:
         time.sleep(wait + 0.1)

@@ -38,21 +38,45 @@ PARALLEL_MIN_BYTES = 32 << 20  # below this, starting threads costs more than it
 # Plain classes and NamedTuples rather than dataclasses: see manifest._Record for the cost.
 
 class _File:
-    __slots__ = ("path", "size", "stat")
+    """A regular file as the scan saw it: its path, its name in ``parent`` (None for a source
+    that is a single file) and its lstat, which the file opened later must still match.
 
-    def __init__(self, path: str, size: int, stat: os.stat_result | None = None):
+    Path-like (``os.fspath``, ``str``, ``endswith``) so that code handed a scanned file can use
+    it as its path."""
+
+    __slots__ = ("path", "size", "stat", "parent", "name")
+
+    def __init__(self, path: str, size: int, stat: os.stat_result | None = None,
+                 parent: "_Dir | None" = None, name: str | None = None):
         self.path = path
         self.size = size
         self.stat = stat
+        self.parent = parent
+        self.name = name
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    __str__ = __fspath__
+
+    def endswith(self, *args) -> bool:
+        return self.path.endswith(*args)
 
 
 class _Dir:
-    __slots__ = ("path", "children", "digest")
+    """A folder as the scan saw it; ``fd`` holds the source root open while a deploy reads it."""
 
-    def __init__(self, path: str):
+    __slots__ = ("path", "children", "digest", "stat", "parent", "name", "fd")
+
+    def __init__(self, path: str, stat: os.stat_result | None = None, parent: "_Dir | None" = None,
+                 name: str | None = None):
         self.path = path
         self.children: dict[str, _File | _Dir] = {}
         self.digest: str | None = None  # fingerprint(), computed once per scan
+        self.stat = stat
+        self.parent = parent
+        self.name = name
+        self.fd: int | None = None
 
 
 # artifact: "directory" or "file"; name: the file's name for a file artifact, else None
@@ -92,7 +116,7 @@ def scan(source: str | os.PathLike) -> _File | _Dir:
         return _File(path, st.st_size, st)
     if not stat.S_ISDIR(st.st_mode):
         raise SourceError(f"source {path} is {_describe(st.st_mode)}; deploy a file or a folder")
-    root = _scan_dir(path, 0)
+    root = _scan_dir(path, 0, st)
     if not _has_files(root):
         raise SourceError(f"source {path} holds no files (only empty folders, or nothing): nothing to deploy")
     return root
@@ -110,10 +134,10 @@ def _has_files(node: "_Dir") -> bool:
     return any(isinstance(c, _File) or _has_files(c) for c in node.children.values())
 
 
-def _scan_dir(path: str, depth: int) -> _Dir:
+def _scan_dir(path: str, depth: int, st: os.stat_result, parent: _Dir | None = None, name: str | None = None) -> _Dir:
     if depth > MAX_DEPTH:
         raise SourceError(f"cannot deploy {path}: folders nest deeper than {MAX_DEPTH} levels")
-    node = _Dir(path)
+    node = _Dir(path, st, parent, name)
     try:
         with os.scandir(path) as it:
             items = list(it)
@@ -131,13 +155,16 @@ def _scan_dir(path: str, depth: int) -> _Dir:
         except OSError as exc:
             raise SourceError(f"cannot read {item.path}: {exc.strerror}") from None
         if S_ISREG(st.st_mode):
-            children[name] = _File(item.path, st.st_size, st)
+            children[name] = _File(item.path, st.st_size, st, node, name)
         elif stat.S_ISDIR(st.st_mode):
-            children[name] = _scan_dir(item.path, depth + 1)
+            children[name] = _scan_dir(item.path, depth + 1, st, node, name)
         else:
             extra = ""
             if stat.S_ISLNK(st.st_mode):
-                extra = f" -> {os.readlink(item.path)}"
+                try:
+                    extra = f" -> {os.readlink(item.path)}"
+                except OSError:  # replaced again since: it was a symlink all the same
+                    pass
             raise SourceError(
                 f"cannot deploy {item.path}{extra}: it is {_describe(st.st_mode)}; "
                 "gaia-cas stores regular files and folders only"
@@ -145,24 +172,111 @@ def _scan_dir(path: str, depth: int) -> _Dir:
     return node
 
 
-def _open_regular(path: str):
-    """Open a file the scan saw as regular, refusing it if it was swapped since.
+# Every source file is reached from the source root one component at a time, each relative to
+# its parent's descriptor and never through a symlink, and each folder and file opened must be
+# the very one the scan saw (device and inode; a file's size and type too). A folder swapped for
+# a symlink after the scan -- into a directory the deploying user can read and the source's
+# owner cannot -- is then refused instead of followed. O_NONBLOCK: a FIFO swapped in never
+# blocks the deploy.
+_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
-    O_NOFOLLOW and O_NONBLOCK keep a file replaced by a symlink or a FIFO after the scan from
-    being followed or from blocking the deploy forever.
-    """
+
+def _open_checked(node: "_File | _Dir", dir_fd: int | None) -> int:
+    """Open ``node`` (by name in ``dir_fd``, or by its path for the source root) and check it
+    is what the scan saw; returns the descriptor."""
+    folder = isinstance(node, _Dir)
+    name = node.path if dir_fd is None else node.name
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, _DIR_FLAGS if folder else _FILE_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
-        raise SourceError(f"{path} vanished while it was being deployed") from None
+        raise SourceError(f"{node.path} vanished while it was being deployed") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise SourceError(f"{path} changed while it was being deployed (now a symlink)") from None
-        raise SourceError(f"cannot read {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceError(f"{node.path} changed while it was being deployed (now a symlink)") from None
+        if exc.errno == errno.ENOTDIR:
+            raise SourceError(f"{node.path} changed while it was being deployed (no longer a folder)") from None
+        raise SourceError(f"cannot read {node.path}: {exc.strerror}") from None
+    try:
+        now, then = os.fstat(fd), node.stat
+        if not (stat.S_ISDIR(now.st_mode) if folder else stat.S_ISREG(now.st_mode)):
+            kind = "folder" if folder else "regular file"
+            raise SourceError(f"{node.path} changed while it was being deployed (no longer a {kind})")
+        if then is not None and (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino):
+            raise SourceError(f"{node.path} changed while it was being deployed (replaced by another "
+                              f"{'folder' if folder else 'file'})")
+        if not folder and now.st_size != node.size:
+            raise SourceError(f"{node.path} changed while it was being deployed ({node.size} bytes, then {now.st_size})")
+    except BaseException:
         os.close(fd)
-        raise SourceError(f"{path} changed while it was being deployed (no longer a regular file)")
+        raise
+    return fd
+
+
+def _folder_fd(folder: _Dir) -> tuple[int, bool]:
+    """A checked descriptor of a scanned folder: (fd, whether the caller must close it)."""
+    chain = []
+    while folder.parent is not None:
+        chain.append(folder)
+        folder = folder.parent
+    if folder.fd is not None:
+        fd, owned = folder.fd, False
+    else:
+        fd, owned = _open_checked(folder, None), True
+    try:
+        for step in reversed(chain):
+            inner = _open_checked(step, fd)
+            if owned:
+                os.close(fd)
+            fd, owned = inner, True
+    except BaseException:
+        if owned:
+            os.close(fd)
+        raise
+    return fd, owned
+
+
+class _parent_of:
+    """``with _parent_of(node) as dir_fd``: the checked descriptor of the file's folder (None
+    for a source that is a single file, opened by the path the user gave)."""
+
+    __slots__ = ("node", "fd", "owned")
+
+    def __init__(self, node: _File):
+        self.node = node
+
+    def __enter__(self) -> int | None:
+        self.fd, self.owned = _folder_fd(self.node.parent) if self.node.parent is not None else (None, False)
+        return self.fd
+
+    def __exit__(self, *exc) -> None:
+        if self.owned:
+            os.close(self.fd)
+
+
+def _open_regular(node: _File):
+    """Open a scanned file for reading, refusing it unless it is the very file the scan saw."""
+    with _parent_of(node) as dir_fd:
+        fd = _open_checked(node, dir_fd)
     return os.fdopen(fd, "rb", buffering=0)
+
+
+class _held_root:
+    """Hold the source root open (checked against the scan) while a deploy reads it: each file
+    is then reached from it, whatever happens to the path above it meanwhile."""
+
+    def __init__(self, node: "_File | _Dir"):
+        self.node = node if isinstance(node, _Dir) and node.fd is None else None
+
+    def __enter__(self):
+        if self.node is not None:
+            self.node.fd = _open_checked(self.node, None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.node is not None:
+            fd, self.node.fd = self.node.fd, None
+            os.close(fd)
 
 
 class _Builder:
@@ -186,7 +300,8 @@ class _Builder:
 
     def file(self, node: _File) -> tuple[str, int]:
         if self.consume and self.stage is not None and node.stat is not None:
-            linked = self.stage.add_link(node.path, node.stat)
+            with _parent_of(node) as dir_fd:
+                linked = self.stage.add_link(node.path, node.stat, dir_fd, node.name)
             if linked is not None:
                 oid, size, st = linked
                 self.taken[node.path] = _identity(st)
@@ -201,7 +316,7 @@ class _Builder:
             oid = self.known.pop(node.path, None) or self.cache.lookup(node.path, node.stat)
             if oid is not None:
                 if self.stage is not None:
-                    self.stage.reuse(oid, node.path, node.size)
+                    self.stage.reuse(oid, node.path, lambda: _open_regular(node), node.stat)
                 self.file_count += 1
                 return oid, node.size
         self.file_count += 1
@@ -209,10 +324,11 @@ class _Builder:
 
     def _read(self, node: _File, buffer: bytearray) -> tuple[str, int]:
         """Read the file once: hash it, and stage it when storing. Runs on worker threads too."""
-        src = _open_regular(node.path)
+        src = _open_regular(node)
         with src:
             if self.stage is not None:
                 oid, size = self.stage.add_stream(src, node.path, buffer)
+                self.stage.origin(oid, node.stat or os.fstat(src.fileno()))
             else:
                 oid, size = hash_stream(src, buffer)
             if self.consume:
@@ -316,8 +432,9 @@ def stage(staging, source: str | os.PathLike, cache=None, consume: "Consumption 
     elif node is None:
         node = scan(source)
     builder = _Builder(staging, cache, consume is not None)
-    builder.store_ahead(node)
-    built = builder.artifact(node)
+    with _held_root(node):
+        builder.store_ahead(node)
+        built = builder.artifact(node)
     if consume is not None:
         consume.taken, consume.linked = builder.taken, builder.linked
     elif builder.trusted and isinstance(node, _Dir):
@@ -390,17 +507,65 @@ class Consumption:
         self.left: list[str] = []
 
 
-def plan_consumption(source: str | os.PathLike, store_dir: str | os.PathLike) -> Consumption:
-    """Check, before anything is written, that ``source`` can be handed over and deleted.
+def _ancestors(path: str):
+    """(dev, ino) of ``path`` (resolved) and of every folder above it, nearest first."""
+    current = os.path.realpath(path)
+    while True:
+        try:
+            st = os.stat(current)
+            yield st.st_dev, st.st_ino
+        except OSError:
+            pass
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
 
-    Refused: a source inside the store (its files are objects and materialized trees), and a
-    source whose folders (or whose parent) this user cannot modify -- deleting it afterwards
-    would fail half way.
+
+def refuse_own_folders(source: str | os.PathLike, own: "dict[str, str | os.PathLike]") -> None:
+    """Refuse a source that is, holds, or is inside one of the root's own folders (``own``:
+    label -> path, e.g. store/, manifests/, logs/): deploying it would version the store's
+    own files, and consuming it would delete them.
+
+    Folders are compared by device and inode along the resolved path, so neither another
+    spelling, a symlink nor a bind mount of the same folder gets past it.
     """
     path = os.path.abspath(source)
-    real, store = os.path.realpath(path), os.path.realpath(store_dir)
-    if real == store or real.startswith(store + os.sep) or store.startswith(real + os.sep):
-        raise SourceError(f"cannot consume {path}: it is or holds the store itself; deploy it without --consume")
+    folders = {}
+    for label, folder in own.items():
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        folders[(st.st_dev, st.st_ino)] = (label, folder)
+    if not folders:
+        return
+    for depth, key in enumerate(_ancestors(path)):
+        if key in folders:
+            label = folders[key][0]
+            where = "is" if depth == 0 else "is inside"
+            raise SourceError(f"cannot deploy {path}: it {where} the store itself (the root's {label}); "
+                              "deploy a copy kept outside store/, manifests/ and logs/")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # the scan says what is wrong with it
+    mine = (st.st_dev, st.st_ino)
+    for label, folder in folders.values():
+        if mine in _ancestors(os.fspath(folder)):
+            raise SourceError(f"cannot deploy {path}: it holds the store itself (the root's {label}); "
+                              "deploy a copy kept outside store/, manifests/ and logs/")
+
+
+def plan_consumption(source: str | os.PathLike, own: "dict[str, str | os.PathLike]") -> Consumption:
+    """Check, before anything is written, that ``source`` can be handed over and deleted.
+
+    Refused: a source that is, holds or is inside the root's own folders (``own``, see
+    :func:`refuse_own_folders`), and a source whose folders (or whose parent) this user cannot
+    modify -- deleting it afterwards would fail half way.
+    """
+    path = os.path.abspath(source)
+    refuse_own_folders(path, own)
     node = scan(path)
     folders = [os.path.dirname(path)]
     if isinstance(node, _Dir):
@@ -479,7 +644,8 @@ def hash_only(source: "str | os.PathLike | _File | _Dir", cache=None) -> Built:
     """The tree oid ``source`` (a path, or what :func:`scan` made of one) would get, computed
     without writing anything (dry runs)."""
     node = source if isinstance(source, (_File, _Dir)) else scan(source)
-    return _Builder(None, cache).artifact(node)
+    with _held_root(node):
+        return _Builder(None, cache).artifact(node)
 
 
 def artifact_path(tree_dir: Path, name: str | None) -> Path:

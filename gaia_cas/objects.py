@@ -126,7 +126,16 @@ class Staging:
         self.halted = False  # set by halt(): streams still running stop at their next chunk
         self._liveness: int | None = None
         self.new_bytes = 0  # bytes of objects the store did not have, counted by install()
-        self._reused: dict[str, str | bytes] = {}  # oid -> source path, or a tree's bytes
+        self._reused: dict[str, tuple | bytes] = {}  # oid -> (source path, opener, stat), or a tree's bytes
+        # oid -> (dev, ino) of the source files it was read from: an object found in the store
+        # that *is* one of those inodes (left by an interrupted --consume) is not trusted.
+        self._origins: dict[str, set] = {}
+        self._linked: dict[str, str] = {}  # oid -> source path, for oids staged by hard link (--consume)
+        self._placed: list[tuple[str, os.stat_result]] = []  # objects install() added, as they were then
+        self._made: list[str] = []  # fan-out folders install() created
+        self._tree: tuple[str, os.stat_result] | None = None  # a tree materialized from this batch
+        self._kept = False  # the manifest naming this batch committed: nothing is taken back then
+        self.replaced: dict[tuple, str] = {}  # (dev, ino) of an untrusted object -> its path now
 
     def __enter__(self) -> "Staging":
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
@@ -135,8 +144,61 @@ class Staging:
         self.dir, self._liveness = make_locked_dir(self.layout.tmp, "stage")
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.discard()
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if kind is not None and self._linked and self._placed and not self._kept:
+                self._take_back()
+        finally:
+            self.discard()
+
+    def keep(self) -> None:
+        """The commit that names this batch's objects happened: never take them back."""
+        self._kept = True
+
+    def materialized(self, tree_dir: str | os.PathLike, created: bool) -> None:
+        """Record the tree this deploy materialized (``created``: it was not there before)."""
+        if created:
+            try:
+                self._tree = (os.fspath(tree_dir), os.lstat(tree_dir))
+            except OSError:
+                pass
+
+    def _take_back(self) -> None:
+        """A --consume deploy failed after its install: the objects it added are the source's
+        own inodes, which stay with the source (a failed deploy deletes nothing), so the user's
+        next in-place rewrite of a checkpoint would rewrite them. Take the objects out again --
+        and first the tree materialized from them, unless another writer took it up meanwhile
+        (it refreshed its mtime); the same checks as :meth:`_withdraw` spare any object another
+        writer took up."""
+        if self._tree is not None:
+            path, was = self._tree
+            try:
+                now = os.lstat(path)
+                if (now.st_ino, now.st_mtime_ns) == (was.st_ino, was.st_mtime_ns):
+                    os.chmod(path, 0o755)  # moving a folder to another parent needs write access to it
+                    aside = self._new_name()
+                    os.rename(path, aside)
+                    if os.lstat(aside).st_mtime_ns != was.st_mtime_ns:
+                        os.rename(aside, path)  # touched in between: in use, keep it
+                        os.chmod(path, 0o555)
+                    else:
+                        from .materialize import remove_tree
+
+                        remove_tree(aside)
+                        fsync_dir(os.path.dirname(path))
+            except OSError:
+                pass  # the tree stays, and with it the objects it links (given up below)
+        self._withdraw(self._placed, self._made)
+        self._placed = []
+        # What stayed (another writer took it up: it may commit a version of it) must not stay
+        # the source's too: the source file gets a copy of its own, the object keeps the inode.
+        for oid, source in self._linked.items():
+            try:
+                kept, mine = os.lstat(self.store.path_str(oid)), os.lstat(source)
+                if (kept.st_dev, kept.st_ino) == (mine.st_dev, mine.st_ino):
+                    _copy_in_place(source, mine)
+            except OSError:
+                continue
 
     def _new_name(self) -> str:
         return f"{self.dir}/{next(self._names)}"
@@ -145,19 +207,25 @@ class Staging:
         path = self._new_name()
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
-    def add_link(self, source: str, scanned: os.stat_result) -> tuple[str, int, os.stat_result] | None:
+    def add_link(self, source: str, scanned: os.stat_result, src_dir_fd: int | None = None,
+                 src_name: str | None = None) -> tuple[str, int, os.stat_result] | None:
         """Take ``source`` into staging by hard link instead of a copy (``deploy --consume``).
 
         The staged name and the source then share one inode, which is hashed through the staged
         name. Returns (oid, size, the file's stat after hashing), or None when the file cannot
         be taken without a copy: another filesystem, another owner, or a file with other names
         already (a second name could rewrite the object later). The caller copies those.
+        With ``src_dir_fd``, the file is ``src_name`` in that (checked) folder, not a path.
         """
-        if scanned.st_nlink != 1 or (scanned.st_uid != os.geteuid() and os.geteuid() != 0):
+        # Root too: a file another user owns stays theirs to chmod and rewrite, object or not.
+        if scanned.st_nlink != 1 or scanned.st_uid != os.geteuid():
             return None
         path = self._new_name()
         try:
-            os.link(source, path)  # link() does not follow a symlink swapped in since the scan
+            if src_dir_fd is None:  # link() does not follow a symlink swapped in since the scan
+                os.link(source, path, follow_symlinks=False)
+            else:
+                os.link(src_name, path, src_dir_fd=src_dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             raise SourceError(f"{source} vanished while it was being deployed") from None
         except OSError as exc:
@@ -185,7 +253,14 @@ class Staging:
             os.unlink(path)
             raise SourceError(f"{source} changed while it was being deployed (written to while it was hashed)")
         self._keep(oid, path)
+        if self._staged.get(oid) == path:
+            self._linked[oid] = source
+        self.origin(oid, after)
         return oid, size, after
+
+    def origin(self, oid: str, st) -> None:
+        """``oid`` was read from the source file of stat ``st``."""
+        self._origins.setdefault(oid, set()).add((st.st_dev, st.st_ino))
 
     def add_stream(self, src, label: str = "the source", buffer: bytearray | None = None) -> tuple[str, int]:
         """Copy an open binary file into staging while hashing it: one read, one write.
@@ -239,10 +314,14 @@ class Staging:
             os.close(fd)
         self._keep(oid, path)
 
-    def reuse(self, oid: str, source: str, size: int) -> None:
-        """An object the stat cache says ``source`` already has in the store: nothing is read now."""
+    def reuse(self, oid: str, source: str, opener, st=None) -> None:
+        """An object the stat cache says ``source`` (of stat ``st``) already has in the store:
+        nothing is read now. ``opener()`` opens the source (checked as any source read) should
+        the object be gone by install time, or be that very source file."""
+        if st is not None:
+            self.origin(oid, st)
         if oid not in self._staged:
-            self._reused.setdefault(oid, source)
+            self._reused.setdefault(oid, (source, opener))
 
     def _make_durable(self) -> None:
         """Every staged byte on disk before any object gets its final name (the write protocol).
@@ -270,29 +349,129 @@ class Staging:
         """Give every staged object its final name. Returns how many were new to the store.
 
         Runs under the store barrier, so gc cannot remove anything between the existence check
-        of a reused object here and the manifest commit that references it.
+        of a reused object here and the manifest commit that references it. If it fails part
+        way (disk full, out of inodes, Ctrl-C), the objects this batch added are taken out again
+        (:meth:`_withdraw`): the store is left as it was.
         """
         self._settle_reused()
         self._make_durable()
         new = 0
         touched: set[str] = set()
-        for oid, staged in self._staged.items():
-            final = self.store.path_str(oid)
-            os.chmod(staged, READ_ONLY)
-            size = os.lstat(staged).st_size
-            try:
-                added = _place(staged, final)
-            except FileNotFoundError:  # first object in this fan-out folder
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                touched.add(os.path.dirname(os.path.dirname(final)))
-                added = _place(staged, final)
-            new += added
-            self.new_bytes += size if added else 0
-            touched.add(os.path.dirname(final))
-        if len(touched) < self.BATCH_SYNC or not sync_filesystem(self.dir):
-            for folder in touched:
-                fsync_dir(folder)
+        placed: list[tuple[str, os.stat_result]] = []  # objects this batch added, as they were then
+        made: list[str] = []  # fan-out folders this batch created
+        try:
+            for oid, staged in self._staged.items():
+                final = self.store.path_str(oid)
+                os.chmod(staged, READ_ONLY)
+                size = os.lstat(staged).st_size
+                try:
+                    added = _place(staged, final)
+                except FileNotFoundError:  # first object in this fan-out folder
+                    folder = os.path.dirname(final)
+                    try:
+                        os.mkdir(folder)
+                        made.append(folder)
+                    except FileExistsError:
+                        pass
+                    touched.add(os.path.dirname(folder))
+                    added = _place(staged, final)
+                if added:
+                    placed.append((final, os.lstat(final)))
+                elif self._is_a_source(oid, final):
+                    self._replace(staged, final)
+                new += added
+                self.new_bytes += size if added else 0
+                touched.add(os.path.dirname(final))
+            if len(touched) < self.BATCH_SYNC or not sync_filesystem(self.dir):
+                for folder in touched:
+                    fsync_dir(folder)
+        except BaseException:
+            self._withdraw(placed, made)
+            raise
+        self._placed, self._made = placed, made
         return new
+
+    def _is_a_source(self, oid: str, final: str) -> bool:
+        """Whether the stored object ``oid`` is the very inode of a source file it was read from
+        (an interrupted --consume linked it in): rewriting that file would rewrite the object."""
+        sources = self._origins.get(oid)
+        if not sources:
+            return False
+        try:
+            st = os.lstat(final)
+        except FileNotFoundError:
+            return False
+        return st.st_nlink > 1 and (st.st_dev, st.st_ino) in sources and oid not in self._linked
+
+    def _replace(self, staged: str, final: str) -> None:
+        """Put this batch's own copy (same bytes, by their hash) in place of an object that is a
+        source file's inode: one rename, so readers see the same bytes throughout."""
+        was = os.lstat(final)
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(staged, final)
+        self.replaced[(was.st_dev, was.st_ino)] = final
+
+    def repair_tree(self, tree_dir: str | os.PathLike) -> None:
+        """Relink the files of a materialized tree that still are an untrusted object's old
+        inode (see :meth:`_replace`) to the object now in its place, each by one rename."""
+        if not self.replaced:
+            return
+        for dirpath, _, files in os.walk(tree_dir):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                st = os.lstat(full)
+                final = self.replaced.get((st.st_dev, st.st_ino))
+                if final is None:
+                    continue
+                mode = stat.S_IMODE(os.lstat(dirpath).st_mode)
+                os.chmod(dirpath, mode | 0o700)
+                try:
+                    tmp = os.path.join(dirpath, f".{name}.gaia-cas-relink-{os.urandom(4).hex()}")
+                    os.link(final, tmp)
+                    os.rename(tmp, full)
+                finally:
+                    os.chmod(dirpath, mode)
+                fsync_dir(dirpath)
+
+    def _withdraw(self, placed: list[tuple[str, os.stat_result]], made: list[str]) -> None:
+        """Take out the objects a failed install added, and the fan-out folders it made.
+
+        Another writer may have found one of them in the meantime and be about to commit a
+        version that needs it; it then refreshed its mtime (or linked it into a materialized
+        tree). Such an object is left alone: it is checked before it is moved aside, and again
+        after (a refresh that came in between puts it back). A writer whose refresh finds it
+        gone fails cleanly instead of committing ("vanished while being reused").
+        """
+        folders = set()
+        for final, was in reversed(placed):
+            try:
+                now = os.lstat(final)
+                if (now.st_ino, now.st_mtime_ns, now.st_nlink) != (was.st_ino, was.st_mtime_ns, was.st_nlink):
+                    continue
+                aside = self._new_name()
+                os.rename(final, aside)
+                moved = os.lstat(aside)
+                if (moved.st_mtime_ns, moved.st_nlink) != (was.st_mtime_ns, was.st_nlink):
+                    os.rename(aside, final)  # someone took it up after all: keep it published
+                folders.add(os.path.dirname(final))
+            except OSError:
+                continue  # best effort: what stays is unreferenced, gc's to collect
+        for folder in reversed(made):
+            try:
+                os.rmdir(folder)
+                folders.discard(folder)
+                folders.add(os.path.dirname(folder))
+            except OSError:
+                pass  # another writer's object arrived in it
+        for folder in folders:
+            try:
+                fsync_dir(folder)
+            except OSError:
+                pass
 
     def _settle_reused(self) -> None:
         """Refresh the objects reused without reading; stage any that vanished since (a gc ran)."""
@@ -302,17 +481,21 @@ class Staging:
             if oid in self._staged:
                 continue
             try:
-                _refresh(self.store.path_str(oid))
+                final = self.store.path_str(oid)
+                _refresh(final)
+                if not isinstance(origin, bytes) and self._is_a_source(oid, final):
+                    raise StoreError(final)  # the source file itself: stage a copy to put in its place
                 continue
             except StoreError:
                 pass  # gone: fall through and stage it from its source
             if isinstance(origin, bytes):
                 self._write_bytes(oid, origin)
                 continue
-            with open(origin, "rb", buffering=0) as src:
-                got, _ = self.add_stream(src, origin)
+            label, opener = origin
+            with opener() as src:
+                got, _ = self.add_stream(src, label)
             if got != oid:
-                raise SourceError(f"{origin} changed while it was being deployed")
+                raise SourceError(f"{label} changed while it was being deployed")
 
     def discard(self) -> None:
         if self.dir is not None and os.path.exists(self.dir):
@@ -326,6 +509,30 @@ class Staging:
 
 
 _NO_HARD_LINKS = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
+
+
+def _copy_in_place(path: str, st: os.stat_result) -> None:
+    """Give ``path`` an inode of its own holding the same bytes (temp file, fsync, rename)."""
+    import shutil
+
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.gaia-cas-copy-{os.urandom(4).hex()}")
+    try:
+        shutil.copyfile(path, tmp, follow_symlinks=False)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(folder)
 
 
 def _place(staged: str, final: str) -> bool:

@@ -215,6 +215,7 @@ class Repository:
             source_path = Path(source).absolute()
             if not source_path.exists():
                 raise SourceError(f"source {source_path} does not exist")
+            ingest.refuse_own_folders(source_path, self._own_folders())
             config.source = str(source_path)
         if link is not None:
             config.link = normalize_link(link, self.root)
@@ -323,7 +324,12 @@ class Repository:
             request = request._replace(label=source_label)
         snapshot = request.snapshot
         current = snapshot.current_version() if snapshot else None
-        consumption = ingest.plan_consumption(request.source, self.layout.store) if consume else None
+        if consume:
+            consumption = ingest.plan_consumption(request.source, self._own_folders())
+        else:
+            consumption = None
+            if source_label is None:  # not an extraction of ours in store/tmp
+                ingest.refuse_own_folders(request.source, self._own_folders())
         # A temporary extraction (source_label set) would only fill the cache with dead entries,
         # and so would a consumed source, which is gone after the deploy.
         cache = StatCache(self.layout.store / "statcache.msgpack") if source_label is None and not consume else None
@@ -360,8 +366,11 @@ class Repository:
                     fmt = formats.detect(request.source)
                     with self._writing():  # from here to the commit, gc waits (the store barrier)
                         new_objects = staging.install()
+                        existed = self.layout.tree_path(built.tree).is_dir()
                         tree_dir = self._materialize(built.tree)
-                        number, unchanged, previous = self._commit_deploy(request, built, fmt)
+                        staging.materialized(tree_dir, created=not existed)
+                        staging.repair_tree(tree_dir)  # no file of it may be a source's inode
+                        number, unchanged, previous = self._commit_deploy(request, built, fmt, staging.keep)
                     committed = True
             if cache is not None:
                 cache.save(str(request.source))
@@ -448,12 +457,20 @@ class Repository:
         return _DeployRequest(model, Path(path).absolute(), snapshot, explicit, bump_kind, force, reason,
                               dict(metadata or {}), user, host, token=token)
 
-    def _commit_deploy(self, request: "_DeployRequest", built: ingest.Built, fmt: str) -> tuple[str, bool, str | None]:
-        """Under the model's lock: decide the number (or 'unchanged') against the fresh manifest."""
+    def _commit_deploy(self, request: "_DeployRequest", built: ingest.Built, fmt: str,
+                       committed=None) -> tuple[str, bool, str | None]:
+        """Under the model's lock: decide the number (or 'unchanged') against the fresh manifest.
+        ``committed()`` is called the moment the commit is visible."""
         now = _now()  # the moment the version is committed is its timestamp
         at = now.isoformat(timespec="seconds")
+
+        def on_commit(manifest: Manifest) -> None:
+            if committed is not None:
+                committed()
+            self._sync_link(manifest)
+
         with self.manifests.edit(request.model, create=True, check_tree=self._check_complete,
-                                 on_commit=self._sync_link) as manifest:
+                                 on_commit=on_commit) as manifest:
             previous = manifest.current
             current = manifest.current_version()
             if current is not None and current.tree == built.tree and not request.force and not current.broken:
@@ -871,6 +888,10 @@ class Repository:
         return resolve(name, root=self.root)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _own_folders(self) -> dict[str, Path]:
+        """The root's folders no source may be, hold or be inside."""
+        return {"store/": self.layout.store, "manifests/": self.layout.manifests, "logs/": self.layout.logs}
 
     def _materialize(self, tree_oid: str) -> Path:
         return materialize(self.layout, self.objects, tree_oid)

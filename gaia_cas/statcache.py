@@ -2,9 +2,11 @@
 
 An unchanged redeploy then costs a stat walk instead of reading every byte again. A cache hit
 is only trusted when every one of those five values matches; anything else means re-hash.
-Files modified within the last two seconds are not remembered at all (git's "racy" problem: a
-file rewritten again within the timestamp granularity could keep the same stat and hide a
-change). The cache is derived data in ``store/statcache.msgpack``: written atomically, and
+Files modified or changed within the last two seconds -- by mtime *or* ctime -- are not
+remembered at all (git's "racy" rule: a file rewritten again within the timestamp granularity
+could keep the same stat and hide a change). ctime counts as much as mtime: ``touch -d`` or
+``cp -p`` restores an old mtime after a same-size rewrite, and only the ctime, which no user can
+set, still says the file was just written. The cache is derived data in ``store/statcache.msgpack``: written atomically, and
 losing or corrupting it only costs a re-hash.
 
 Beside it, ``store/statcache-trees.msgpack`` remembers, per deployed source folder, a digest of
@@ -67,7 +69,8 @@ class StatCache:
 
     def remember(self, path: str, st: os.stat_result, oid: str) -> bool:
         """Remember ``path``'s oid under its stat; False if the file is too fresh to trust."""
-        if time.time_ns() - st.st_mtime_ns < RACY_NS:
+        now = time.time_ns()
+        if now - st.st_mtime_ns < RACY_NS or now - st.st_ctime_ns < RACY_NS:
             return False
         self._seen[path] = [*stat_key(st), oid]
         return True

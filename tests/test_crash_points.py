@@ -353,6 +353,21 @@ def _current_trees(root: Path, models) -> dict[str, str | None]:
     return result
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _stat_cache_clock_ahead():
+    """_age() sets mtimes back, but utime moves the ctime to now, and a file changed in the last
+    seconds by either is never trusted: the stat cache's clock runs an hour ahead, so it trusts
+    the aged sources alike in every run, however long the runs take."""
+    from types import SimpleNamespace
+
+    from gaia_cas import statcache
+
+    real = time.time_ns
+    with pytest.MonkeyPatch.context() as patch:  # module-wide: the recorded runs need it too
+        patch.setattr(statcache, "time", SimpleNamespace(time_ns=lambda: real() + 3600 * 10**9))
+        yield
+
+
 def _age(path: Path) -> Path:
     """Sources an hour old: the deploy's stat cache then behaves the same in every run (it does
     not trust files modified in the last seconds), so every run makes the same mutations."""

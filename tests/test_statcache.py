@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,12 +31,25 @@ def opened(monkeypatch):
     return calls
 
 
+_settled = []
+
+
+@pytest.fixture(autouse=True)
+def _clock(monkeypatch):
+    """Once a test has settled its source, the stat cache's clock runs a minute ahead: utime
+    ages the mtime, but it moves the ctime to now, and no one can set a ctime back."""
+    _settled.clear()
+    real = time.time_ns
+    monkeypatch.setattr(statcache, "time", SimpleNamespace(time_ns=lambda: real() + (60 * 10**9 if _settled else 0)))
+
+
 def settle(path):
-    """Age every file's mtime past the racy window, as a source written a while ago would be."""
+    """Age every file past the racy window, as a source written a while ago would be."""
     past = time.time() - 60
     for dirpath, _, files in os.walk(path):
         for name in files:
             os.utime(os.path.join(dirpath, name), (past, past))
+    _settled.append(path)
 
 
 def test_unchanged_redeploy_reads_no_file(repo, savedmodel, opened):
