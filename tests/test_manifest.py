@@ -527,7 +527,7 @@ def test_generation_increments_by_one_per_commit(repo, root, tmp_path):
     assert path.read_bytes() == data
     assert repo.manifest("ssd").generation == 3
 
-    repo.deploy("ssd", b, force=False)  # b differs from current 1.0.0: a new version
+    repo.deploy("ssd", b, force=True)  # b was rolled back from: deployed again only on purpose
     assert repo.manifest("ssd").generation == 4
     repo.set_model("ssd", metadata={"team": "vision"})
     assert repo.manifest("ssd").generation == 5
@@ -716,7 +716,7 @@ def test_lock_is_free_again_after_the_holder_is_killed(two_versions, cli, root):
         # the kernel dropped the dead process's flock: the next writer gets it at once
         run = cli("--lock-timeout", "5", "rollback", "ssd", "1.0.0")
         assert run.code == 0, run.err
-        deploy = cli("--lock-timeout", "5", "--json", "deploy", "ssd", two_versions["b"])
+        deploy = cli("--lock-timeout", "5", "--json", "deploy", "ssd", two_versions["b"], "--force")
         assert deploy.code == 0, deploy.err
     assert deploy.json()["version"] == "1.2.0"
     manifest = Repository(root).manifest("ssd")
