@@ -75,7 +75,7 @@ def user_metadata(doc: dict) -> dict:
 def export_version(repo, model: str, version, output: Path) -> Path:
     from .ingest import artifact_path
 
-    source = artifact_path(repo._materialize(version.tree), version.name)
+    source = artifact_path(repo.materialize(version.tree), version.name)
     output = Path(output).absolute()
     if not output.parent.is_dir():
         raise InvalidInputError(f"cannot write {output}: {output.parent} is not a folder")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import formats, ingest, links
+from . import clock, formats, ingest, links
 from .codec import check_value
 from .errors import GaiaCasError, InvalidInputError, SourceError
 from .manifest import Version, moment, record
@@ -356,7 +356,7 @@ def _plan_link(repo, plan: ModelImport, existing, keep_links: bool) -> None:
     relative = os.path.relpath(parent, root) + "/current" if parent != root else "current"
     try:
         links.check_location(repo.layout, relative)
-        repo._check_link_free(plan.model, "current", relative)
+        repo.check_link_free(plan.model, "current", relative)
     except InvalidInputError as exc:
         plan.problems.append(f"{plan.folder}/current cannot become {plan.model}'s link ({exc}); left as it is")
         return
@@ -382,11 +382,11 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
     model's default metadata is seeded from the legacy current version's metadata.json, minus
     the fields that describe one version (:data:`PER_VERSION_FIELDS`, ``model_size_*``).
     """
-    from .repo import _now, _translate_store_errors, _who
+    from .repo import _translate_store_errors
 
     zone = TimeZone(timezone)
     plans = scan(Path(path).absolute(), mapping or {}, zone, repo.layout.trees)
-    user, host = _who()
+    user, host = clock.who()
     for plan in plans:
         existing = repo.manifests.read(plan.model) if plan.model in repo.models() else None
         done = _already_imported(existing)
@@ -398,7 +398,7 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
         _assign_numbers(plan, existing)
         _plan_link(repo, plan, existing, keep_links)
         if existing is None and plan.take_over is None:
-            repo._check_link_free(plan.model, "current", repo.layout.default_link(plan.model))
+            repo.check_link_free(plan.model, "current", repo.layout.default_link(plan.model))
         if dry_run or not fresh:
             plan.current = existing.current if existing else None
             if dry_run and plan.take_over and existing is None:
@@ -416,10 +416,10 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
                 except SourceError as exc:
                     plan.skipped.append((v.label, str(exc)))
             fresh = plan.versions = [v for v in fresh if v.label in built]
-            with repo._writing():
+            with repo.writing():
                 staging.install()
                 plan.new_bytes = staging.new_bytes
-                manifest = _commit(repo, plan, built, user, host, reason, _now)
+                manifest = _commit(repo, plan, built, user, host, reason, clock.now)
         plan.logical_bytes = sum(built[v.label].size for v in fresh)
         _next_command(repo, plan, manifest)
         repo.oplog.write("gaia_cas.import", f"imported {len(fresh)} legacy versions of {plan.model} from "
@@ -461,8 +461,8 @@ def _assign_numbers(plan: ModelImport, existing) -> None:
 
 
 def _commit(repo, plan, built, user, host, reason, now):
-    with repo.manifests.edit(plan.model, create=True, check_tree=repo._check_complete,
-                             on_commit=repo._sync_link) as manifest:
+    with repo.manifests.edit(plan.model, create=True, check_tree=repo.check_complete,
+                             on_commit=repo.sync_link) as manifest:
         if not manifest.config.aliases and plan.aliases:
             taken = {a for m in repo.models() if m != plan.model for a in repo.manifest(m).config.aliases}
             manifest.config.aliases = [a for a in plan.aliases if a not in taken and a not in repo.models()]
@@ -479,7 +479,7 @@ def _commit(repo, plan, built, user, host, reason, now):
         labels = {v.label: v for v in plan.versions}
         current_label = plan.current_label if plan.current_label in labels else None
         had_current = manifest.current
-        at = now().isoformat(timespec="seconds")
+        at = clock.stamp(now())
         for v in plan.versions:
             b = built[v.label]
             manifest.versions.append(Version(
@@ -499,7 +499,7 @@ def _commit(repo, plan, built, user, host, reason, now):
             if current_label is None and plan.versions:
                 plan.problems.append(f"made the newest imported version {chosen} current")
             if chosen:
-                repo._materialize(manifest.find(chosen).tree)
+                repo.materialize(manifest.find(chosen).tree)
                 before = manifest.current
                 manifest.current = chosen
                 details = {"legacy_current": True}
@@ -513,7 +513,7 @@ def _commit(repo, plan, built, user, host, reason, now):
                     details["default_metadata_from"] = source.label
                 if current_label and plan.take_over and manifest.config.link in (None, plan.take_over):
                     # The legacy current is the version made current: the link keeps serving
-                    # the same bytes, now from the store (replaced by rename in _sync_link).
+                    # the same bytes, now from the store (replaced by rename in sync_link).
                     manifest.config.link = plan.take_over
                     plan.link_taken = True
                     details["link_taken_over"] = plan.take_over

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from collections import namedtuple
 
-from . import history, ingest, links
+from . import clock, history, ingest, links
 from .errors import (
     CorruptionError,
     GaiaCasError,
@@ -114,26 +114,6 @@ def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
     return check_value(result, "--meta")  # what the manifest could not hold fails now, before any write
 
 
-def _who() -> tuple[str, str]:
-    # getpass.getuser()'s own order, without importing getpass (and termios) when the
-    # environment answers, as it almost always does.
-    user = next(filter(None, map(os.environ.get, ("LOGNAME", "USER", "LNAME", "USERNAME"))), None)
-    if user is None:
-        import pwd
-
-        try:
-            user = pwd.getpwuid(os.getuid()).pw_name
-        except KeyError:  # no passwd entry and no $USER: fall back to the uid
-            user = str(os.getuid())
-    return user, os.uname().nodename  # gethostname(), without the 3 ms import of socket
-
-
-def _now() -> datetime:
-    from datetime import datetime  # not at import: commands that record no time never need it
-
-    return datetime.now().astimezone()
-
-
 class Repository:
     """A gaia-cas data root: its object store, manifests, links and log."""
 
@@ -199,7 +179,7 @@ class Repository:
             clash = set(config.aliases) & set(theirs.config.aliases)
             if clash:
                 raise InvalidInputError(f"alias '{sorted(clash)[0]}' already belongs to model '{other}'")
-        self._check_link_free(model, "current", link)
+        self.check_link_free(model, "current", link)
 
     def _config_from(self, base: ModelConfig, *, aliases, source, link, metadata) -> ModelConfig:
         check_text(source, "--source")
@@ -224,7 +204,7 @@ class Repository:
         return config
 
     @contextmanager
-    def _claims(self):
+    def claims(self):
         """Hold the store-wide settings lock (``manifests/.config.lock``) for the body.
 
         A link or an alias is claimed by checking that no other model owns it, then committing
@@ -245,7 +225,7 @@ class Repository:
     def add_model(self, name: str, *, aliases: list[str] | None = None, source: str | None = None,
                   link: str | None = None, metadata: dict | None = None, reason: str | None = None) -> ModelConfig:
         check_model_name(name)
-        with self._claims():
+        with self.claims():
             return self._add_model(name, aliases=aliases, source=source, link=link, metadata=metadata, reason=reason)
 
     def _add_model(self, name: str, *, aliases, source, link, metadata, reason) -> ModelConfig:
@@ -265,7 +245,7 @@ class Repository:
                   link: str | None = None, metadata: dict | None = None, keep: int | None = None,
                   keep_within: str | None = None, reason: str | None = None) -> ModelConfig:
         """Change a model's settings; ``keep``/``keep_within`` set its retention policy."""
-        with self._claims():
+        with self.claims():
             return self._set_model(name, aliases=aliases, source=source, link=link, metadata=metadata, keep=keep,
                                    keep_within=keep_within, reason=reason)
 
@@ -285,21 +265,21 @@ class Repository:
     def _commit_config(self, model: str, config: ModelConfig, action: str, reason, *, create: bool,
                        details: dict | None = None) -> ModelConfig:
         check_text(reason, "--reason")
-        user, host = _who()
+        user, host = clock.who()
         new_link = config.link or self.layout.default_link(model)
 
         def relink(manifest: Manifest) -> None:
-            self._sync_link(manifest)
+            self.sync_link(manifest)
             if old_link != new_link:
                 links.drop_link(self.layout, old_link)
 
-        with self._writing():
+        with self.writing():
             with self.manifests.edit(model, create=create, on_commit=relink) as manifest:
                 if create and manifest.generation:
                     raise InvalidInputError(f"model '{model}' already exists")
                 old_link = manifest.config.link or self.layout.default_link(model)
                 manifest.config = config
-                record(manifest, action, version=None, before=manifest.current, at=_now().isoformat(timespec="seconds"),
+                record(manifest, action, version=None, before=manifest.current, at=clock.stamp(clock.now()),
                        user=user, host=host, reason=reason, details=details)
         self.oplog.write("gaia_cas.model", f"{action} {model}: aliases={config.aliases} source={config.source} "
                          f"link={new_link} metadata={config.metadata} retention={config.retention} by {user}@{host}"
@@ -364,10 +344,10 @@ class Repository:
                     from . import formats  # zipfile and friends: only deploys that commit pay for them
 
                     fmt = formats.detect(request.source)
-                    with self._writing():  # from here to the commit, gc waits (the store barrier)
+                    with self.writing():  # from here to the commit, gc waits (the store barrier)
                         new_objects = staging.install()
                         existed = self.layout.tree_path(built.tree).is_dir()
-                        tree_dir = self._materialize(built.tree)
+                        tree_dir = self.materialize(built.tree)
                         staging.materialized(tree_dir, created=not existed)
                         staging.repair_tree(tree_dir)  # no file of it may be a source's inode
                         number, unchanged, previous = self._commit_deploy(request, built, fmt, staging.keep)
@@ -439,10 +419,10 @@ class Repository:
                                         f"'gaia-cas model set {model} --source PATH'")
             path = snapshot.config.source
         if snapshot is None:
-            self._check_link_free(model, "current", self.layout.default_link(model))
+            self.check_link_free(model, "current", self.layout.default_link(model))
         else:
             snapshot.versions  # decoded and checked in full now: a bad manifest fails before any write
-            self._check_link_locations(snapshot)
+            self.check_link_locations(snapshot)
         if explicit is not None and snapshot is not None and explicit in snapshot.assigned():
             raise InvalidInputError(f"version {explicit} of '{model}' was already assigned; "
                                     "version numbers are never reused")
@@ -453,7 +433,7 @@ class Repository:
             from .codec import check_value
 
             check_value(metadata, "--meta")  # before a byte is staged: the commit would refuse it
-        user, host = _who()
+        user, host = clock.who()
         return _DeployRequest(model, Path(path).absolute(), snapshot, explicit, bump_kind, force, reason,
                               dict(metadata or {}), user, host, token=token)
 
@@ -461,15 +441,15 @@ class Repository:
                        committed=None) -> tuple[str, bool, str | None]:
         """Under the model's lock: decide the number (or 'unchanged') against the fresh manifest.
         ``committed()`` is called the moment the commit is visible."""
-        now = _now()  # the moment the version is committed is its timestamp
-        at = now.isoformat(timespec="seconds")
+        now = clock.now()  # the moment the version is committed is its timestamp
+        at = clock.stamp(now)
 
         def on_commit(manifest: Manifest) -> None:
             if committed is not None:
                 committed()
-            self._sync_link(manifest)
+            self.sync_link(manifest)
 
-        with self.manifests.edit(request.model, create=True, check_tree=self._check_complete,
+        with self.manifests.edit(request.model, create=True, check_tree=self.check_complete,
                                  on_commit=on_commit) as manifest:
             previous = manifest.current
             current = manifest.current_version()
@@ -488,7 +468,7 @@ class Repository:
                     number = bump(number, "patch")
             metadata = {**manifest.config.metadata, **request.metadata}
             manifest.versions.append(Version(
-                version=number, deployment_id=now.strftime("%Y%m%d_%H%M%S"), created_at=at,
+                version=number, deployment_id=clock.deployment_id(now), created_at=at,
                 tree=built.tree, artifact=built.artifact, name=built.name, size_bytes=built.size,
                 file_count=built.file_count, format=fmt, metadata=metadata, reason=request.reason,
                 user=request.user, host=request.host, source=request.label or str(request.source),
@@ -538,14 +518,14 @@ class Repository:
         if target.broken:
             raise CorruptionError(f"version {target.version} of '{model}' is marked broken by verify "
                                   "(objects it needs are corrupt or missing); it cannot be made current")
-        self._check_link_locations(manifest)
+        self.check_link_locations(manifest)
         check_text(reason, "--reason")
-        user, host = _who()
-        now = _now().isoformat(timespec="seconds")
+        user, host = clock.who()
+        now = clock.stamp(clock.now())
         outcome: dict[str, Any] = {}
-        with self._writing():
-            self._materialize(target.tree)
-            with self.manifests.edit(model, on_commit=self._sync_link, reuse=snap) as manifest:
+        with self.writing():
+            self.materialize(target.tree)
+            with self.manifests.edit(model, on_commit=self.sync_link, reuse=snap) as manifest:
                 chosen = self.select(manifest, selector)  # re-resolved under the lock
                 if chosen.broken:
                     raise CorruptionError(f"version {chosen.version} of '{model}' is marked broken by verify "
@@ -554,10 +534,10 @@ class Repository:
                 outcome.update(version=chosen.version, previous=previous, tree=chosen.tree, name=chosen.name)
                 if chosen.version == previous:
                     outcome["unchanged"] = True
-                    self._sync_link(manifest)  # also how a stale link is regenerated by hand
+                    self.sync_link(manifest)  # also how a stale link is regenerated by hand
                 else:
                     if chosen.tree != target.tree:
-                        self._materialize(chosen.tree)
+                        self.materialize(chosen.tree)
                     manifest.current = chosen.version
                     left = manifest.find(previous) if previous else None
                     record(manifest, "rollback", version=chosen.version, before=previous, at=now,
@@ -587,16 +567,16 @@ class Repository:
         model = self.model(name)
         self.select(self.manifest(model), selector)  # validate before taking any lock
         check_text(reason, "--reason")
-        user, host = _who()
+        user, host = clock.who()
         action = "pin" if pinned else "unpin"
-        with self._writing():
+        with self.writing():
             with self.manifests.edit(model) as manifest:
                 manifest.versions  # decoded into objects: the flag is changed on the stored version
                 version = self.select(manifest, selector)
                 if version.pinned != pinned:
                     version.pinned = pinned
                     record(manifest, action, version=version.version, before=manifest.current,
-                           at=_now().isoformat(timespec="seconds"), user=user, host=host, reason=reason)
+                           at=clock.stamp(clock.now()), user=user, host=host, reason=reason)
                     changed = True
                 else:
                     changed = False
@@ -610,7 +590,7 @@ class Repository:
         """What a cleanup would remove, model by model, and which rule keeps each survivor."""
         from .retention import Policy, plan_model
 
-        now = now or _now()
+        now = now or clock.now()
         models = [self.model(n) for n in names] if names else self.models()
         return [plan_model(m, Policy.of(m, keep, older_than), now) for m in (self.manifest(x) for x in models)]
 
@@ -623,11 +603,11 @@ class Repository:
         deploy, is never removed by a plan made before it. Objects are left to gc.
         """
         check_text(reason, "--reason")
-        now = _now()
+        now = clock.now()
         plans = self.plan_cleanup(names, keep=keep, older_than=older_than, now=now)
         if dry_run:
             return plans
-        user, host = _who()
+        user, host = clock.who()
         for plan in plans:
             plan.removed = []
             if not plan.remove:
@@ -642,14 +622,14 @@ class Repository:
         """Drop the versions both the plan and a fresh plan under the model's lock remove."""
         from .retention import plan_model
 
-        with self._writing(), self.manifests.edit(plan.model) as manifest:
+        with self.writing(), self.manifests.edit(plan.model) as manifest:
             fresh = plan_model(manifest, plan.policy, now)
             plan.removed = sorted(set(plan.remove) & set(fresh.remove), key=version_key)
             if plan.removed:
                 gone = set(plan.removed)
                 manifest.versions = [v for v in manifest.versions if v.version not in gone]
                 record(manifest, "cleanup", version=None, before=manifest.current,
-                       at=now.isoformat(timespec="seconds"), user=user, host=host, reason=reason,
+                       at=clock.stamp(now), user=user, host=host, reason=reason,
                        details={"removed": plan.removed, "policy": plan.policy.describe()})
         if plan.removed:
             self.oplog.write("gaia_cas.retention",
@@ -691,7 +671,7 @@ class Repository:
                 raise InvalidInputError("the current link is set with 'gaia-cas model set MODEL --link PATH'")
             return self.rollback(name, selector, reason=reason)
         check_channel_name(channel)
-        with self._claims():  # the channel's link is claimed like a model's
+        with self.claims():  # the channel's link is claimed like a model's
             return self._promote(name, selector, channel, link=link, reason=reason)
 
     def _promote(self, name: str, selector: str, channel: str, *, link, reason) -> RollbackResult:
@@ -703,19 +683,19 @@ class Repository:
                                   "it cannot be promoted")
         wanted_link = normalize_link(link, self.root) if link is not None else None
         link_now = wanted_link or (manifest.channels.get(channel) or {}).get("link") or f"models/{model}/{channel}"
-        self._check_link_free(model, channel, link_now)
-        self._check_link_locations(manifest)
+        self.check_link_free(model, channel, link_now)
+        self.check_link_locations(manifest)
         check_text(reason, "--reason")
-        user, host = _who()
+        user, host = clock.who()
         old_link = links.model_links(self.layout, manifest).get(channel)
 
         def relink(committed: Manifest) -> None:
-            self._sync_link(committed)
+            self.sync_link(committed)
             if old_link is not None and old_link != links.model_links(self.layout, committed)[channel]:
                 links.drop_link(self.layout, old_link)
 
-        with self._writing():
-            self._materialize(target.tree)
+        with self.writing():
+            self.materialize(target.tree)
             with self.manifests.edit(model, on_commit=relink) as manifest:
                 chosen = self.select(manifest, selector)
                 old = manifest.channels.get(channel)
@@ -725,7 +705,7 @@ class Repository:
                 if changed:
                     manifest.channels[channel] = {"version": chosen.version, "link": new_link}
                     record(manifest, "promote", version=chosen.version, before=before, after=chosen.version,
-                           at=_now().isoformat(timespec="seconds"), user=user, host=host, reason=reason,
+                           at=clock.stamp(clock.now()), user=user, host=host, reason=reason,
                            details={"channel": channel})
         path = str(ingest.artifact_path(self.layout.tree_path(chosen.tree), chosen.name))
         if changed:
@@ -735,7 +715,7 @@ class Repository:
                              f"(was {before or '-'}{moved}) by {user}@{host}" + (f" reason={reason!r}" if reason else ""))
         return RollbackResult(model, chosen.version, before, not changed, path)
 
-    def _check_link_free(self, model: str, channel: str, link: str) -> None:
+    def check_link_free(self, model: str, channel: str, link: str) -> None:
         """The link location is valid and no other model or channel owns it."""
         links.check_location(self.layout, link)
         for other in self.models():
@@ -893,10 +873,10 @@ class Repository:
         """The root's folders no source may be, hold or be inside."""
         return {"store/": self.layout.store, "manifests/": self.layout.manifests, "logs/": self.layout.logs}
 
-    def _materialize(self, tree_oid: str) -> Path:
+    def materialize(self, tree_oid: str) -> Path:
         return materialize(self.layout, self.objects, tree_oid)
 
-    def _check_complete(self, tree_oid: str) -> None:
+    def check_complete(self, tree_oid: str) -> None:
         """Every object the tree reaches exists (a gc must not have taken any of them)."""
         if not self.objects.exists(tree_oid):
             raise CorruptionError(f"tree {tree_oid} is missing from the store")
@@ -925,24 +905,24 @@ class Repository:
                         os.path.normpath(target) != os.path.normpath(wanted) or not os.path.exists(target))):
                     stale = True
             if stale:
-                with self._writing(), self.manifests.edit(model) as fresh:
-                    self._sync_link(fresh)  # under the lock, from the manifest as it is now
+                with self.writing(), self.manifests.edit(model) as fresh:
+                    self.sync_link(fresh)  # under the lock, from the manifest as it is now
                 fixed.append(model)
         return fixed
 
-    def _check_link_locations(self, manifest: Manifest) -> None:
+    def check_link_locations(self, manifest: Manifest) -> None:
         """Before a change that will regenerate links: every link of the model can be written."""
         for link, _ in self.link_targets(manifest).values():
             links.check_location(self.layout, link)
 
-    def _sync_link(self, manifest: Manifest) -> None:
+    def sync_link(self, manifest: Manifest) -> None:
         """Regenerate the model's links (current and every channel) from the manifest just committed."""
         for channel, (link, version) in self.link_targets(manifest).items():
             try:
                 if version is None or version.broken:  # a broken version is never served
                     links.drop_link(self.layout, link)
                     continue
-                tree_dir = self._materialize(version.tree)
+                tree_dir = self.materialize(version.tree)
                 links.point_link(self.layout, link, ingest.artifact_path(tree_dir, version.name))
             except (OSError, InvalidInputError) as exc:
                 # The manifest is already committed: say so, rather than report the change as failed.
@@ -954,7 +934,7 @@ class Repository:
                 ) from exc
 
     @contextmanager
-    def _writing(self):
+    def writing(self):
         """Translate store-side OS errors, and hold the store barrier shared (gc waits)."""
         with _translate_store_errors(self.layout):
             self.layout.store.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from . import clock
 from .errors import GaiaCasError
 from .ingest import artifact_path
 from .objects import hash_file, hash_stream
@@ -402,20 +403,19 @@ class _Recheck:
 def _repair(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
     # The barrier is taken once, for the whole repair (a nested one could deadlock against a
     # waiting gc, which holds the turnstile): gc cannot delete anything until repair is done.
-    with repo._writing():
+    with repo.writing():
         _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason)
 
 
 def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
     from .manifest import record
     from .materialize import retire_tree
-    from .repo import _now, _who
 
     recheck = _Recheck(repo, reader, corrupt, missing, bad_trees)
     # Quarantine corrupt objects first, so nothing rebuilt below can link to them. Each one is
     # re-hashed first: what is intact now (restored meanwhile) stays where it is.
     quarantine = repo.layout.store / "quarantine"
-    stamp = time.strftime("%Y%m%d_%H%M%S")
+    stamp = time.strftime(clock.DEPLOYMENT_ID_FORMAT)
     for problem in report.problems:
         if problem.kind == "corrupt-object" and problem.oid in corrupt:
             path = repo.objects.path(problem.oid)
@@ -437,7 +437,7 @@ def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problem
         why = "its objects are unusable"
         if not recheck.needs_any(problem.oid):
             try:
-                repo._materialize(problem.oid)
+                repo.materialize(problem.oid)
                 why = None
             except (GaiaCasError, OSError) as exc:
                 why = f"rebuilding failed: {getattr(exc, 'strerror', None) or exc}"
@@ -455,13 +455,13 @@ def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problem
     # Mark (and unmark) broken versions in every model, then regenerate links, each under the
     # model's lock: the lock a deploy commits under, so an object a deploy re-added before its
     # commit is seen here, and what is still missing now is missing for this manifest.
-    user, host = _who()
+    user, host = clock.who()
     for name in repo.models():
         try:
             repo.manifests.read(name)
         except (GaiaCasError, OSError):
             continue  # unreadable: reported as a problem, and nothing is written to it
-        with repo.manifests.edit(name, on_commit=repo._sync_link) as manifest:
+        with repo.manifests.edit(name, on_commit=repo.sync_link) as manifest:
             recheck.bad.clear()  # asked again under this lock
             changed = []
             for version in manifest.versions:
@@ -471,10 +471,10 @@ def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problem
                     changed.append(f"{version.version} {'broken' if broken else 'repaired'}")
             if changed:
                 record(manifest, "verify-repair", version=None, before=manifest.current,
-                       at=_now().isoformat(timespec="seconds"), user=user, host=host,
+                       at=clock.stamp(clock.now()), user=user, host=host,
                        reason=reason or "verify --repair", details={"changes": changed})
             else:
-                repo._sync_link(manifest)  # no commit to trigger it: regenerate the link anyway
+                repo.sync_link(manifest)  # no commit to trigger it: regenerate the link anyway
     for problem in report.problems:
         if problem.kind in _OBJECT_KINDS and problem.versions and not problem.resolved:
             problem.resolved = True

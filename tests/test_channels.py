@@ -281,7 +281,7 @@ def test_gc_keeps_a_channel_versions_materialized_tree_and_objects(three, cli, r
     assert not trees["1.1.0"].exists()  # gc does remove trees no pointer serves: the check above means something
     assert not trees["1.2.0"].exists() and not any(p.exists() for p in gone_objects)
     for version in ("1.0.0", "1.1.0", "1.3.0"):
-        three._check_complete(tree_of(three, version))  # every object still there
+        three.check_complete(tree_of(three, version))  # every object still there
     link = root / "models" / "m" / "staging"
     assert os.path.exists(link) and (link / "own.bin").read_bytes() == bytes([1]) * 50_000
     assert gaia_cas.resolve("m", root=root, channel="staging").path == trees["1.0.0"]

@@ -58,7 +58,7 @@ def test_gc_loop_never_takes_what_deploys_and_readers_need(repo, root, tmp_path)
         manifest = repo.manifest(model)
         assert len(manifest.versions) >= 2
         for version in manifest.versions:
-            repo._check_complete(version.tree)
+            repo.check_complete(version.tree)
         assert (root / "store" / "trees" / manifest.current_version().tree).is_dir()
     # After everything settles, one last gc leaves a store with nothing unreferenced.
     repo.cleanup(None, keep=2)

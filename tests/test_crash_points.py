@@ -56,7 +56,7 @@ from typing import Callable
 import pytest
 
 from conftest import LAUNCHER, make_joblib
-from gaia_cas import repo as repo_module
+from gaia_cas import clock
 from gaia_cas import resolve
 from gaia_cas.atomic import TMP_MARK
 from gaia_cas.errors import GaiaCasError
@@ -439,7 +439,7 @@ def _build_scenarios(base: Path, sources: Path) -> dict[str, Scenario]:
 @pytest.fixture(scope="module")
 def frozen_time():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(repo_module, "_now", lambda: FROZEN)
+        mp.setattr(clock, "now", lambda: FROZEN)
         yield
 
 
@@ -505,7 +505,7 @@ def check_crashed_store(root: Path, scenario: Scenario, outcome: str) -> list[st
     for model in scenario.models:
         for version in versions_of(repo, model):
             try:
-                repo._check_complete(version.tree)
+                repo.check_complete(version.tree)
             except GaiaCasError as exc:
                 problems.append(f"after the crash: {model} {version.version} is incomplete: {exc}")
 
@@ -554,7 +554,7 @@ def check_crashed_store(root: Path, scenario: Scenario, outcome: str) -> list[st
                 problems.append("after gc: " + problem)
             for version in versions_of(repo, model):
                 try:
-                    repo._check_complete(version.tree)
+                    repo.check_complete(version.tree)
                 except GaiaCasError as exc:
                     problems.append(f"after gc: {model} {version.version} is incomplete: {exc}")
         leftovers = sorted(p for p in all_paths(root) if any(TMP_MARK in part for part in p.split(os.sep)))

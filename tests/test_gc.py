@@ -52,7 +52,7 @@ def test_gc_deletes_unreferenced_objects_and_keeps_every_survivor_complete(clean
     assert object_count(root) == before - 6
     assert result.bytes_freed == plan.bytes >= 2 * 5000
     for v in cleaned.manifest("m").versions:
-        cleaned._check_complete(v.tree)
+        cleaned.check_complete(v.tree)
     assert cleaned.gc(grace=ZERO)[1].deleted == {}  # idempotent
 
 
@@ -106,7 +106,7 @@ def test_objects_shared_with_another_model_stay(repo, tmp_path, root):
     repo.cleanup(["a"], keep=0)  # a's 1.0.0 goes, but b's only version has the same tree
     _, result = repo.gc(grace=ZERO)
     assert result.deleted.get("object", 0) == 0
-    repo._check_complete(repo.manifest("b").versions[0].tree)
+    repo.check_complete(repo.manifest("b").versions[0].tree)
 
 
 def test_materialized_trees_current_and_recently_current_stay(repo, tmp_path, root):

@@ -148,7 +148,7 @@ def test_full_import_keeps_every_version_timestamp_and_metadata_field(cli, root,
         manifest = repo.manifest(model)
         for (folder, _), number in zip(folders, expected):
             version = manifest.find(number)
-            tree = repo._materialize(version.tree)
+            tree = repo.materialize(version.tree)
             built = tree / version.name if version.name else tree
             assert artifact_bytes(built) == artifact_bytes(legacy / f"{kind}_model" / "versions" / folder / name)
             if version.name:

@@ -65,7 +65,7 @@ def test_old_script_case_cleanup_then_gc(cli, repo, root, tmp_path):
     assert after["reclaimable_bytes"] == 0
     for model in ("ssd", "catboost"):
         for v in repo.manifest(model).versions:
-            repo._check_complete(v.tree)  # every survivor still has every object
+            repo.check_complete(v.tree)  # every survivor still has every object
 
     state = snapshot(root)
     assert_one_line_error(cli("rollback", "ssd", "1.2"), "removed by a cleanup")

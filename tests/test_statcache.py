@@ -114,7 +114,7 @@ def test_cache_hit_for_an_object_gc_removed_restages_it(repo, savedmodel, root):
     pb = ingest.hash_only(savedmodel)
     assert not repo.objects.exists(pb.tree)
     result = repo.deploy("m2", savedmodel)  # the stat cache still knows these files
-    repo._check_complete(result.hash)
+    repo.check_complete(result.hash)
 
 
 def test_corrupt_cache_files_cost_only_a_rehash(repo, savedmodel, root, opened):
