@@ -72,10 +72,10 @@ def user_metadata(doc: dict) -> dict:
     return meta
 
 
-def export_version(repo, model: str, version, output: Path) -> Path:
+def export_version(ctx, model: str, version, output: Path) -> Path:
     from .ingest import artifact_path
 
-    source = artifact_path(repo.materialize(version.tree), version.name)
+    source = artifact_path(ctx.materialize(version.tree), version.name)
     output = Path(output).absolute()
     if not output.parent.is_dir():
         raise InvalidInputError(f"cannot write {output}: {output.parent} is not a folder")
@@ -250,17 +250,17 @@ def _check_free_space(folder: Path, declared: int) -> None:
                          f"bytes, and {folder} has {free} free")
 
 
-def import_archive(repo, path: str | os.PathLike, model: str, *, reason: str | None = None,
+def import_archive(ctx, path: str | os.PathLike, model: str, *, reason: str | None = None,
                    metadata: dict | None = None, force: bool = False, max_expansion: float = MAX_EXPANSION):
     """Validate, extract into store/tmp, deploy from there; the extraction is always removed."""
     from .errors import NotFoundError
-    from .materialize import remove_tree
+    from .atomic import remove_tree
     from .names import check_model_name
 
     if not (isinstance(max_expansion, (int, float)) and max_expansion >= 1):
         raise InvalidInputError(f"--max-expansion must be a number of at least 1, not {max_expansion!r}")
     try:
-        repo.model(model)
+        ctx.model(model)
     except NotFoundError:
         check_model_name(model)  # a new model is created by the deploy
     path = Path(path).absolute()
@@ -274,9 +274,9 @@ def import_archive(repo, path: str | os.PathLike, model: str, *, reason: str | N
         checked = validate_archive(path, max_expansion, raw=raw)
         meta = _archive_metadata(path, checked)
         meta.update(metadata or {})
-        repo.layout.tmp.mkdir(parents=True, exist_ok=True)
-        _check_free_space(repo.layout.tmp, checked.declared)
-        folder, liveness = make_locked_dir(repo.layout.tmp, "import")  # gc leaves it alone while locked
+        ctx.layout.tmp.mkdir(parents=True, exist_ok=True)
+        _check_free_space(ctx.layout.tmp, checked.declared)
+        folder, liveness = make_locked_dir(ctx.layout.tmp, "import")  # gc leaves it alone while locked
         workdir = Path(folder)
         try:
             raw.seek(0)
@@ -298,10 +298,26 @@ def import_archive(repo, path: str | os.PathLike, model: str, *, reason: str | N
             except (tarfile.TarError, EOFError) as exc:
                 raise SourceError(f"{path} is damaged: {exc}") from None
             except OSError as exc:
-                raise StoreError(f"cannot extract {path} into {repo.layout.tmp}: {exc.strerror or exc}") from None
-            return repo.deploy(model, workdir / checked.top, reason=reason or f"imported from {path.name}",
-                               metadata=meta, force=force,
-                               source_label=f"{path}!/{checked.top}")  # keeps the artifact's own name
+                raise StoreError(f"cannot extract {path} into {ctx.layout.tmp}: {exc.strerror or exc}") from None
+            from .deploy import deploy
+
+            return deploy(ctx, model, workdir / checked.top, reason=reason or f"imported from {path.name}",
+                          metadata=meta, force=force,
+                          source_label=f"{path}!/{checked.top}")  # keeps the artifact's own name
         finally:
             remove_tree(workdir)
             os.close(liveness)
+
+
+def export(ctx, name: str, selector: str | None, output):
+    """Write one version (default: current) as a tar: the artifact plus metadata.json.
+    Returns the model, the version exported and the archive's path."""
+    from .errors import CorruptionError
+    from .selectors import select
+
+    manifest = ctx.manifest(name)
+    version = select(manifest, selector)
+    if version.broken:
+        raise CorruptionError(f"version {version.version} of '{manifest.model}' is marked broken; not exported")
+    with ctx.store_errors():
+        return manifest.model, version, export_version(ctx, manifest.model, version, output)

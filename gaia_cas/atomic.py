@@ -103,19 +103,19 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
         os.close(fd)
 
 
-_libc_calls: dict[str, object] = {}
+libc_calls: dict[str, object] = {}
 
 
 def _libc(name: str):
     """A libc function by name, or None where it does not exist (non-Linux, no ctypes)."""
-    if name not in _libc_calls:
+    if name not in libc_calls:
         try:
             import ctypes
 
-            _libc_calls[name] = getattr(ctypes.CDLL(None, use_errno=True), name)
+            libc_calls[name] = getattr(ctypes.CDLL(None, use_errno=True), name)
         except (OSError, AttributeError, ImportError):
-            _libc_calls[name] = None
-    return _libc_calls[name]
+            libc_calls[name] = None
+    return libc_calls[name]
 
 
 def sync_filesystem(path: str | os.PathLike) -> bool:
@@ -245,3 +245,21 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def remove_tree(path) -> None:
+    """Remove a (possibly read-only) materialized tree, never following symlinks."""
+    if not os.path.lexists(path):
+        return
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        os.unlink(path)
+        return
+    for dirpath, dirnames, _ in os.walk(path, followlinks=False):
+        os.chmod(dirpath, 0o755)
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o755)
+    import shutil
+
+    shutil.rmtree(path)

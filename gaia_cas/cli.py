@@ -213,7 +213,7 @@ def cmd_model(args, default_root):
         model = repo.model(args.name)
         config = repo.manifest(model).config
     else:
-        from .repo import parse_meta
+        from .deploy import parse_meta
 
         options = dict(aliases=args.alias, source=args.source, link=args.link,
                        metadata=parse_meta(args.meta), reason=args.reason)
@@ -259,7 +259,7 @@ def _deploy_text(result) -> str:
 
 
 def cmd_deploy(args, default_root):
-    from .repo import parse_meta
+    from .deploy import parse_meta
 
     repo = _repo(args, default_root)
     options = dict(bump_kind=args.bump, version=args.set_version, reason=args.reason,
@@ -524,7 +524,7 @@ def cmd_export(args, default_root):
 
 
 def cmd_import(args, default_root):
-    from .repo import parse_meta
+    from .deploy import parse_meta
 
     repo = _repo(args, default_root)
     result = repo.import_archive(args.archive, args.model, reason=args.reason, metadata=parse_meta(args.meta),

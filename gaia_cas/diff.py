@@ -52,3 +52,11 @@ def diff_versions(reader: TreeReader, model: str, a, b) -> Diff:
         if va != vb:
             result.metadata[key] = (None if va is _MISSING else va, None if vb is _MISSING else vb)
     return result
+
+
+def diff(ctx, name: str, a: str, b: str) -> Diff:
+    """Files added, removed and changed between two versions of a model, and metadata changed."""
+    from .selectors import select
+
+    manifest = ctx.manifest(name)
+    return diff_versions(ctx.trees, manifest.model, select(manifest, a), select(manifest, b))

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .atomic import TMP_MARK
+from .atomic import TMP_MARK, remove_tree
 from .errors import CorruptionError, GaiaCasError
 from .layout import Layout
 from .locking import try_flock_dir
 from .manifest import Manifest, Manifests, moment
-from .materialize import links_objects, remove_tree, retire_tree
+from .materialize import links_objects, retire_tree
 from .names import is_oid
 from .trees import DIR, MAX_DEPTH, TreeReader
 
@@ -462,3 +462,34 @@ def _unshared_bytes(path: Path) -> int:
             if stat.S_ISREG(fst.st_mode) and fst.st_nlink <= 1:
                 total += fst.st_size
     return total
+
+
+# -- the verb --------------------------------------------------------------------------------
+
+def plan(ctx, *, grace=None, log_age=None) -> GcPlan:
+    """What gc would delete now. ``log_age=None`` leaves logs out of the plan."""
+    return plan_gc(ctx.layout, ctx.manifests, ctx.trees, grace=DEFAULT_GRACE if grace is None else grace,
+                   log_age=log_age)
+
+
+def collect(ctx, *, grace=None, log_age=None, dry_run: bool = False):
+    """Delete what no manifest reaches. Returns (plan, result); result is None for a dry run.
+
+    Plans and sweeps under the store barrier held exclusively: no writer is between installing
+    objects and committing the manifest naming them while gc decides (design.md, Garbage
+    collection)."""
+    from .locking import store_barrier
+
+    grace = DEFAULT_GRACE if grace is None else grace
+    log_age = DEFAULT_LOG_AGE if log_age is None else log_age
+    if dry_run:
+        return plan(ctx, grace=grace, log_age=log_age), None
+    with ctx.store_errors():
+        ctx.layout.store.mkdir(parents=True, exist_ok=True)
+        with store_barrier(ctx.layout.store, ctx.manifests.lock_timeout, exclusive=True):
+            the_plan = plan(ctx, grace=grace, log_age=log_age)
+            result = execute(ctx.layout, the_plan, grace)
+    ctx.oplog.write("gaia_cas.gc", f"gc: deleted {result.deleted or 'nothing'}, freed {result.bytes_freed} bytes"
+                    f" ({result.bytes_freed / 1048576:.2f} MB), {the_plan.reachable_objects} objects in use, "
+                    f"{the_plan.young_unreferenced} unreferenced but within the grace period")
+    return the_plan, result

@@ -37,7 +37,7 @@ PARALLEL_MIN_BYTES = 32 << 20  # below this, starting threads costs more than it
 
 # Plain classes and NamedTuples rather than dataclasses: see manifest._Record for the cost.
 
-class _File:
+class ScannedFile:
     """A regular file as the scan saw it: its path, its name in ``parent`` (None for a source
     that is a single file) and its lstat, which the file opened later must still match.
 
@@ -47,7 +47,7 @@ class _File:
     __slots__ = ("path", "size", "stat", "parent", "name")
 
     def __init__(self, path: str, size: int, stat: os.stat_result | None = None,
-                 parent: "_Dir | None" = None, name: str | None = None):
+                 parent: "ScannedDir | None" = None, name: str | None = None):
         self.path = path
         self.size = size
         self.stat = stat
@@ -63,15 +63,15 @@ class _File:
         return self.path.endswith(*args)
 
 
-class _Dir:
+class ScannedDir:
     """A folder as the scan saw it; ``fd`` holds the source root open while a deploy reads it."""
 
     __slots__ = ("path", "children", "digest", "stat", "parent", "name", "fd")
 
-    def __init__(self, path: str, stat: os.stat_result | None = None, parent: "_Dir | None" = None,
+    def __init__(self, path: str, stat: os.stat_result | None = None, parent: "ScannedDir | None" = None,
                  name: str | None = None):
         self.path = path
-        self.children: dict[str, _File | _Dir] = {}
+        self.children: dict[str, ScannedFile | ScannedDir] = {}
         self.digest: str | None = None  # fingerprint(), computed once per scan
         self.stat = stat
         self.parent = parent
@@ -103,7 +103,7 @@ def _check_name(name: str, where: str) -> None:
     raise SourceError(f"cannot deploy {where}: the name {shown!r} {problem}")
 
 
-def scan(source: str | os.PathLike) -> _File | _Dir:
+def scan(source: str | os.PathLike) -> ScannedFile | ScannedDir:
     path = os.fspath(source)
     try:
         st = os.lstat(path)
@@ -113,31 +113,31 @@ def scan(source: str | os.PathLike) -> _File | _Dir:
         raise SourceError(f"cannot read source {path}: {exc.strerror}") from None
     if stat.S_ISREG(st.st_mode):
         _check_name(os.path.basename(os.path.abspath(path)), path)
-        return _File(path, st.st_size, st)
+        return ScannedFile(path, st.st_size, st)
     if not stat.S_ISDIR(st.st_mode):
         raise SourceError(f"source {path} is {_describe(st.st_mode)}; deploy a file or a folder")
-    root = _scan_dir(path, 0, st)
+    root = scan_dir(path, 0, st)
     if not _has_files(root):
         raise SourceError(f"source {path} holds no files (only empty folders, or nothing): nothing to deploy")
     return root
 
 
-def _files(node: _Dir):
+def _files(node: ScannedDir):
     for child in node.children.values():
-        if isinstance(child, _Dir):
+        if isinstance(child, ScannedDir):
             yield from _files(child)
         else:
             yield child
 
 
-def _has_files(node: "_Dir") -> bool:
-    return any(isinstance(c, _File) or _has_files(c) for c in node.children.values())
+def _has_files(node: "ScannedDir") -> bool:
+    return any(isinstance(c, ScannedFile) or _has_files(c) for c in node.children.values())
 
 
-def _scan_dir(path: str, depth: int, st: os.stat_result, parent: _Dir | None = None, name: str | None = None) -> _Dir:
+def scan_dir(path: str, depth: int, st: os.stat_result, parent: ScannedDir | None = None, name: str | None = None) -> ScannedDir:
     if depth > MAX_DEPTH:
         raise SourceError(f"cannot deploy {path}: folders nest deeper than {MAX_DEPTH} levels")
-    node = _Dir(path, st, parent, name)
+    node = ScannedDir(path, st, parent, name)
     try:
         with os.scandir(path) as it:
             items = list(it)
@@ -155,9 +155,9 @@ def _scan_dir(path: str, depth: int, st: os.stat_result, parent: _Dir | None = N
         except OSError as exc:
             raise SourceError(f"cannot read {item.path}: {exc.strerror}") from None
         if S_ISREG(st.st_mode):
-            children[name] = _File(item.path, st.st_size, st, node, name)
+            children[name] = ScannedFile(item.path, st.st_size, st, node, name)
         elif stat.S_ISDIR(st.st_mode):
-            children[name] = _scan_dir(item.path, depth + 1, st, node, name)
+            children[name] = scan_dir(item.path, depth + 1, st, node, name)
         else:
             extra = ""
             if stat.S_ISLNK(st.st_mode):
@@ -182,10 +182,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def _open_checked(node: "_File | _Dir", dir_fd: int | None) -> int:
+def _open_checked(node: "ScannedFile | ScannedDir", dir_fd: int | None) -> int:
     """Open ``node`` (by name in ``dir_fd``, or by its path for the source root) and check it
     is what the scan saw; returns the descriptor."""
-    folder = isinstance(node, _Dir)
+    folder = isinstance(node, ScannedDir)
     name = node.path if dir_fd is None else node.name
     try:
         fd = os.open(name, _DIR_FLAGS if folder else _FILE_FLAGS, dir_fd=dir_fd)
@@ -213,7 +213,7 @@ def _open_checked(node: "_File | _Dir", dir_fd: int | None) -> int:
     return fd
 
 
-def _folder_fd(folder: _Dir) -> tuple[int, bool]:
+def _folder_fd(folder: ScannedDir) -> tuple[int, bool]:
     """A checked descriptor of a scanned folder: (fd, whether the caller must close it)."""
     chain = []
     while folder.parent is not None:
@@ -242,7 +242,7 @@ class _parent_of:
 
     __slots__ = ("node", "fd", "owned")
 
-    def __init__(self, node: _File):
+    def __init__(self, node: ScannedFile):
         self.node = node
 
     def __enter__(self) -> int | None:
@@ -254,7 +254,7 @@ class _parent_of:
             os.close(self.fd)
 
 
-def _open_regular(node: _File):
+def open_source_file(node: ScannedFile):
     """Open a scanned file for reading, refusing it unless it is the very file the scan saw."""
     with _parent_of(node) as dir_fd:
         fd = _open_checked(node, dir_fd)
@@ -265,8 +265,8 @@ class _held_root:
     """Hold the source root open (checked against the scan) while a deploy reads it: each file
     is then reached from it, whatever happens to the path above it meanwhile."""
 
-    def __init__(self, node: "_File | _Dir"):
-        self.node = node if isinstance(node, _Dir) and node.fd is None else None
+    def __init__(self, node: "ScannedFile | ScannedDir"):
+        self.node = node if isinstance(node, ScannedDir) and node.fd is None else None
 
     def __enter__(self):
         if self.node is not None:
@@ -279,7 +279,7 @@ class _held_root:
             os.close(fd)
 
 
-class _Builder:
+class Builder:
     """Builds the tree bottom-up, either storing (staging given) or only hashing (dry run).
 
     With ``consume``, files are taken into staging by hard link where possible (no bytes copied),
@@ -298,7 +298,7 @@ class _Builder:
         self.known: dict[str, str] = {}  # path -> oid, found in the stat cache by store_ahead
         self.trusted = cache is not None  # every file's oid would be trusted again from its stat
 
-    def file(self, node: _File) -> tuple[str, int]:
+    def file(self, node: ScannedFile) -> tuple[str, int]:
         if self.consume and self.stage is not None and node.stat is not None:
             with _parent_of(node) as dir_fd:
                 linked = self.stage.add_link(node.path, node.stat, dir_fd, node.name)
@@ -316,15 +316,15 @@ class _Builder:
             oid = self.known.pop(node.path, None) or self.cache.lookup(node.path, node.stat)
             if oid is not None:
                 if self.stage is not None:
-                    self.stage.reuse(oid, node.path, lambda: _open_regular(node), node.stat)
+                    self.stage.reuse(oid, node.path, lambda: open_source_file(node), node.stat)
                 self.file_count += 1
                 return oid, node.size
         self.file_count += 1
         return self._read(node, self.buffer)
 
-    def _read(self, node: _File, buffer: bytearray) -> tuple[str, int]:
+    def _read(self, node: ScannedFile, buffer: bytearray) -> tuple[str, int]:
         """Read the file once: hash it, and stage it when storing. Runs on worker threads too."""
-        src = _open_regular(node)
+        src = open_source_file(node)
         with src:
             if self.stage is not None:
                 oid, size = self.stage.add_stream(src, node.path, buffer)
@@ -339,7 +339,7 @@ class _Builder:
             self.trusted = False
         return oid, size
 
-    def store_ahead(self, root: _File | _Dir) -> None:
+    def store_ahead(self, root: ScannedFile | ScannedDir) -> None:
         """Stage, on both cores, the files the stat cache does not know, when they are enough
         bytes to pay for a second thread; :meth:`tree` then builds in order from the results.
 
@@ -350,7 +350,7 @@ class _Builder:
         one chunk and is raised here once it has stopped; the staging area is then discarded as
         usual.
         """
-        if self.stage is None or self.consume or STAGING_THREADS < 2 or isinstance(root, _File):
+        if self.stage is None or self.consume or STAGING_THREADS < 2 or isinstance(root, ScannedFile):
             return
         todo = [f for f in _files(root) if not self._cached(f)]
         if len(todo) < 2 or sum(f.size for f in todo) < PARALLEL_MIN_BYTES:
@@ -361,7 +361,7 @@ class _Builder:
 
         local = threading.local()
 
-        def store(node: _File) -> tuple[str, int]:
+        def store(node: ScannedFile) -> tuple[str, int]:
             buffer = getattr(local, "buffer", None)
             if buffer is None:
                 buffer = local.buffer = bytearray(CHUNK)
@@ -382,7 +382,7 @@ class _Builder:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _cached(self, node: _File) -> bool:
+    def _cached(self, node: ScannedFile) -> bool:
         """Whether the stat cache knows the file; the answer is kept, so it is asked only once."""
         if self.cache is None or node.stat is None:
             return False
@@ -392,11 +392,11 @@ class _Builder:
         self.known[node.path] = oid
         return True
 
-    def tree(self, node: _Dir) -> tuple[str, int]:
+    def tree(self, node: ScannedDir) -> tuple[str, int]:
         entries = []
         total = 0
         for name, child in node.children.items():
-            if isinstance(child, _Dir):
+            if isinstance(child, ScannedDir):
                 oid, size = self.tree(child)
                 entries.append(Entry(name, DIR, oid, size))
             else:
@@ -407,8 +407,8 @@ class _Builder:
         oid = self.stage.add_bytes(data) if self.stage is not None else hash_bytes(data)
         return oid, total
 
-    def artifact(self, node: _File | _Dir) -> Built:
-        if isinstance(node, _File):
+    def artifact(self, node: ScannedFile | ScannedDir) -> Built:
+        if isinstance(node, ScannedFile):
             oid, size = self.file(node)
             name = os.path.basename(os.path.abspath(node.path))
             data = encode_tree([Entry(name, FILE, oid, size)])
@@ -419,7 +419,7 @@ class _Builder:
 
 
 def stage(staging, source: str | os.PathLike, cache=None, consume: "Consumption | None" = None,
-          node: "_File | _Dir | None" = None) -> Built:
+          node: "ScannedFile | ScannedDir | None" = None) -> Built:
     """Scan ``source`` and stream it into ``staging``; nothing reaches store/objects yet.
 
     With a stat cache, files whose stat is unchanged are not read again: their oid comes from
@@ -431,20 +431,20 @@ def stage(staging, source: str | os.PathLike, cache=None, consume: "Consumption 
         node = consume.node  # checked by plan_consumption
     elif node is None:
         node = scan(source)
-    builder = _Builder(staging, cache, consume is not None)
+    builder = Builder(staging, cache, consume is not None)
     with _held_root(node):
         builder.store_ahead(node)
         built = builder.artifact(node)
     if consume is not None:
         consume.taken, consume.linked = builder.taken, builder.linked
-    elif builder.trusted and isinstance(node, _Dir):
+    elif builder.trusted and isinstance(node, ScannedDir):
         cache.remember_tree(node.path, fingerprint(node), built.tree, built.size, built.file_count)
     return built
 
 
 # -- a folder whose every file is as it was: its tree without building it --------------------
 
-def fingerprint(node: _Dir) -> str:
+def fingerprint(node: ScannedDir) -> str:
     """A digest of a scanned folder: every path below it in scan order, and each file's stat key.
 
     Equal digests mean every file has the stat key it had before, so each would be a stat cache
@@ -458,9 +458,9 @@ def fingerprint(node: _Dir) -> str:
     rows: list = [node.path]
     add = rows.append
 
-    def walk(folder: _Dir) -> None:
+    def walk(folder: ScannedDir) -> None:
         for child in folder.children.values():
-            if child.__class__ is _Dir:
+            if child.__class__ is ScannedDir:
                 add(child.path)
                 walk(child)
             else:
@@ -471,11 +471,11 @@ def fingerprint(node: _Dir) -> str:
     return node.digest
 
 
-def recall(source: str | os.PathLike, cache) -> "tuple[_File | _Dir, Built | None]":
+def recall(source: str | os.PathLike, cache) -> "tuple[ScannedFile | ScannedDir, Built | None]":
     """Scan ``source``; if it is a folder the stat cache remembers with this very scan, also
     return its Built, known without looking at a single file's content or building a tree."""
     node = scan(source)
-    if cache is None or not isinstance(node, _Dir):
+    if cache is None or not isinstance(node, ScannedDir):
         return node, None
     remembered = cache.recall_tree(node.path, fingerprint(node))
     if remembered is None or len(remembered) != 3:
@@ -498,7 +498,7 @@ class Consumption:
 
     __slots__ = ("source", "node", "taken", "linked", "removed", "left")
 
-    def __init__(self, source: str, node: _File | _Dir):
+    def __init__(self, source: str, node: ScannedFile | ScannedDir):
         self.source = source
         self.node = node  # the scan whose folders were checked, deployed as it is
         self.taken: dict[str, tuple] = {}
@@ -568,12 +568,12 @@ def plan_consumption(source: str | os.PathLike, own: "dict[str, str | os.PathLik
     refuse_own_folders(path, own)
     node = scan(path)
     folders = [os.path.dirname(path)]
-    if isinstance(node, _Dir):
+    if isinstance(node, ScannedDir):
         stack = [node]
         while stack:
             folder = stack.pop()
             folders.append(folder.path)
-            stack.extend(c for c in folder.children.values() if isinstance(c, _Dir))
+            stack.extend(c for c in folder.children.values() if isinstance(c, ScannedDir))
     for folder in folders:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise SourceError(f"cannot consume {path}: no permission to delete files in {folder}")
@@ -640,12 +640,12 @@ def _same(path: str, identity: tuple | None) -> bool:
         return False
 
 
-def hash_only(source: "str | os.PathLike | _File | _Dir", cache=None) -> Built:
+def hash_only(source: "str | os.PathLike | ScannedFile | ScannedDir", cache=None) -> Built:
     """The tree oid ``source`` (a path, or what :func:`scan` made of one) would get, computed
     without writing anything (dry runs)."""
-    node = source if isinstance(source, (_File, _Dir)) else scan(source)
+    node = source if isinstance(source, (ScannedFile, ScannedDir)) else scan(source)
     with _held_root(node):
-        return _Builder(None, cache).artifact(node)
+        return Builder(None, cache).artifact(node)
 
 
 def artifact_path(tree_dir: Path, name: str | None) -> Path:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import clock, formats, ingest, links
 from .codec import check_value
-from .errors import GaiaCasError, InvalidInputError, SourceError
+from .errors import InvalidInputError, SourceError
 from .manifest import Version, moment, record
 from .names import check_model_name, check_text
 from .versions import format_version, version_key
@@ -336,27 +336,27 @@ def _current_label(folder: Path, plan: ModelImport, store_trees: Path | None = N
     return target[len(versions_dir):].split(os.sep, 1)[0]
 
 
-def _plan_link(repo, plan: ModelImport, existing, keep_links: bool) -> None:
+def _plan_link(ctx, plan: ModelImport, existing, keep_links: bool) -> None:
     """Decide whether the model takes over the legacy ``current`` link (so servers reading it
     move to the store with no gap), or why not."""
     default = existing.config.link if existing is not None and existing.config.link else \
-        repo.layout.default_link(plan.model)
+        ctx.layout.default_link(plan.model)
     plan.link = default
     if plan.legacy_link is None or plan.current_label is None or keep_links:
         return
-    root = os.path.realpath(repo.root)
+    root = os.path.realpath(ctx.root)
     parent = os.path.realpath(plan.legacy_link.parent)
     if not (parent + os.sep).startswith(root + os.sep):
         above = os.path.commonpath([root, parent])
         plan.problems.append(
-            f"{plan.folder}/current is outside the root {repo.root}: left as it is, still serving the legacy "
+            f"{plan.folder}/current is outside the root {ctx.root}: left as it is, still serving the legacy "
             f"copy; to have gaia-cas take it over, use a root that holds it (e.g. 'gaia-cas init {above}' and "
             f"import into that root)")
         return
     relative = os.path.relpath(parent, root) + "/current" if parent != root else "current"
     try:
-        links.check_location(repo.layout, relative)
-        repo.check_link_free(plan.model, "current", relative)
+        links.check_location(ctx.layout, relative)
+        ctx.check_link_free(plan.model, "current", relative)
     except InvalidInputError as exc:
         plan.problems.append(f"{plan.folder}/current cannot become {plan.model}'s link ({exc}); left as it is")
         return
@@ -371,7 +371,7 @@ def _plan_link(repo, plan: ModelImport, existing, keep_links: bool) -> None:
     plan.link = relative
 
 
-def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | None = None,
+def import_legacy(ctx, path: str | os.PathLike, *, mapping: dict[str, str] | None = None,
                   dry_run: bool = False, reason: str | None = None, keep_links: bool = False,
                   timezone: str | None = None) -> list[ModelImport]:
     """Import every model of the layout at ``path``.
@@ -382,13 +382,13 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
     model's default metadata is seeded from the legacy current version's metadata.json, minus
     the fields that describe one version (:data:`PER_VERSION_FIELDS`, ``model_size_*``).
     """
-    from .repo import _translate_store_errors
-
+    check_text(str(path), "legacy path")
+    check_text(reason, "--reason")
     zone = TimeZone(timezone)
-    plans = scan(Path(path).absolute(), mapping or {}, zone, repo.layout.trees)
+    plans = scan(Path(path).absolute(), mapping or {}, zone, ctx.layout.trees)
     user, host = clock.who()
     for plan in plans:
-        existing = repo.manifests.read(plan.model) if plan.model in repo.models() else None
+        existing = ctx.manifests.read(plan.model) if plan.model in ctx.models() else None
         done = _already_imported(existing)
         fresh = [v for v in plan.versions if str(v.folder) not in done]
         for v in plan.versions:
@@ -396,9 +396,9 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
                 plan.skipped.append((v.label, f"already imported as {done[str(v.folder)]}"))
         plan.versions = fresh
         _assign_numbers(plan, existing)
-        _plan_link(repo, plan, existing, keep_links)
+        _plan_link(ctx, plan, existing, keep_links)
         if existing is None and plan.take_over is None:
-            repo.check_link_free(plan.model, "current", repo.layout.default_link(plan.model))
+            ctx.check_link_free(plan.model, "current", ctx.layout.default_link(plan.model))
         if dry_run or not fresh:
             plan.current = existing.current if existing else None
             if dry_run and plan.take_over and existing is None:
@@ -406,9 +406,9 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
                                      f"({plan.take_over}), serving the same bytes from the store")
             for v in fresh:
                 plan.logical_bytes += _size(v.artifact)
-            _next_command(repo, plan, existing)
+            _next_command(ctx, plan, existing)
             continue
-        with _translate_store_errors(repo.layout), repo.objects.staging() as staging:
+        with ctx.store_errors(), ctx.objects.staging() as staging:
             built = {}
             for v in fresh:
                 try:
@@ -416,13 +416,13 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
                 except SourceError as exc:
                     plan.skipped.append((v.label, str(exc)))
             fresh = plan.versions = [v for v in fresh if v.label in built]
-            with repo.writing():
+            with ctx.writing():
                 staging.install()
                 plan.new_bytes = staging.new_bytes
-                manifest = _commit(repo, plan, built, user, host, reason, clock.now)
+                manifest = _commit(ctx, plan, built, user, host, reason, clock.now)
         plan.logical_bytes = sum(built[v.label].size for v in fresh)
-        _next_command(repo, plan, manifest)
-        repo.oplog.write("gaia_cas.import", f"imported {len(fresh)} legacy versions of {plan.model} from "
+        _next_command(ctx, plan, manifest)
+        ctx.oplog.write("gaia_cas.import", f"imported {len(fresh)} legacy versions of {plan.model} from "
                          f"{Path(path).absolute() / plan.folder}: {plan.logical_bytes} bytes, {plan.new_bytes} new "
                          f"in the store; current {plan.current or '-'}, link {plan.link}"
                          + (" (taken over from the legacy layout)" if plan.link_taken else "")
@@ -431,13 +431,13 @@ def import_legacy(repo, path: str | os.PathLike, *, mapping: dict[str, str] | No
     return plans
 
 
-def _next_command(repo, plan: ModelImport, manifest) -> None:
+def _next_command(ctx, plan: ModelImport, manifest) -> None:
     """The command still needed for 'gaia-cas deploy MODEL' to work: where new versions come from."""
     import shlex
 
     if manifest is not None and manifest.config.source:
         return
-    plan.next_command = f"gaia-cas --root {shlex.quote(str(repo.root))} model set {plan.model} --source PATH"
+    plan.next_command = f"gaia-cas --root {shlex.quote(str(ctx.root))} model set {plan.model} --source PATH"
 
 
 def _already_imported(manifest) -> dict[str, str]:
@@ -460,12 +460,12 @@ def _assign_numbers(plan: ModelImport, existing) -> None:
             v.notes.append(f"number {format_version(v.number)} was taken; imported as {v.assigned}")
 
 
-def _commit(repo, plan, built, user, host, reason, now):
-    with repo.manifests.edit(plan.model, create=True, check_tree=repo.check_complete,
-                             on_commit=repo.sync_link) as manifest:
+def _commit(ctx, plan, built, user, host, reason, now):
+    with ctx.manifests.edit(plan.model, create=True, check_tree=ctx.check_complete,
+                             on_commit=ctx.sync_link) as manifest:
         if not manifest.config.aliases and plan.aliases:
-            taken = {a for m in repo.models() if m != plan.model for a in repo.manifest(m).config.aliases}
-            manifest.config.aliases = [a for a in plan.aliases if a not in taken and a not in repo.models()]
+            taken = {a for m in ctx.models() if m != plan.model for a in ctx.manifest(m).config.aliases}
+            manifest.config.aliases = [a for a in plan.aliases if a not in taken and a not in ctx.models()]
         # Decided again under the lock: a deploy or a second import may have run while the
         # versions were being staged, and a number must never be given twice.
         done = _already_imported(manifest)
@@ -499,7 +499,7 @@ def _commit(repo, plan, built, user, host, reason, now):
             if current_label is None and plan.versions:
                 plan.problems.append(f"made the newest imported version {chosen} current")
             if chosen:
-                repo.materialize(manifest.find(chosen).tree)
+                ctx.materialize(manifest.find(chosen).tree)
                 before = manifest.current
                 manifest.current = chosen
                 details = {"legacy_current": True}
@@ -519,7 +519,7 @@ def _commit(repo, plan, built, user, host, reason, now):
                     details["link_taken_over"] = plan.take_over
                 record(manifest, "import", version=chosen, before=before, at=at, user=user, host=host,
                        reason="current of the legacy layout", details=details)
-        plan.link = manifest.config.link or repo.layout.default_link(plan.model)
+        plan.link = manifest.config.link or ctx.layout.default_link(plan.model)
         plan.current = manifest.current
     return manifest
 

@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from .atomic import fsync_dir, tmp_name
+from .atomic import fsync_dir, remove_tree, tmp_name  # noqa: F401  (remove_tree: used here and by gc)
 from .errors import CorruptionError
 from .layout import Layout
 from .locking import make_locked_dir
@@ -103,24 +103,6 @@ def retire_tree(layout: Layout, path: Path) -> None:
         os.chmod(path, 0o755)  # moving a folder to another parent needs write access to it
     os.rename(path, doomed)
     remove_tree(doomed)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a (possibly read-only) materialized tree, never following symlinks."""
-    if not os.path.lexists(path):
-        return
-    if not stat.S_ISDIR(os.lstat(path).st_mode):
-        os.unlink(path)
-        return
-    for dirpath, dirnames, _ in os.walk(path, followlinks=False):
-        os.chmod(dirpath, 0o755)
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                os.chmod(full, 0o755)
-    import shutil
-
-    shutil.rmtree(path)
 
 
 def links_objects(tree_dir: Path) -> bool:

@@ -41,7 +41,7 @@ def hash_bytes(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def _read_source(src, buffer: bytearray, label) -> int:
+def read_source(src, buffer: bytearray, label) -> int:
     """Read from the artifact being deployed; its failures are the source's, not the store's."""
     try:
         return src.readinto(buffer)
@@ -182,7 +182,7 @@ class Staging:
                         os.rename(aside, path)  # touched in between: in use, keep it
                         os.chmod(path, 0o555)
                     else:
-                        from .materialize import remove_tree
+                        from .atomic import remove_tree
 
                         remove_tree(aside)
                         fsync_dir(os.path.dirname(path))
@@ -274,7 +274,7 @@ class Staging:
         path, fd = self._new_tmp()
         flushed = 0
         try:
-            while n := _read_source(src, buffer, label):
+            while n := read_source(src, buffer, label):
                 if self.halted:
                     raise Halted(label)
                 hasher.update(view[:n])

@@ -3,7 +3,7 @@
 A version is kept if ANY rule keeps it -- it is current or a channel's version, it is pinned, it is among the newest
 N deployed, or it is younger than the age limit -- so rules combine by union and can never
 conspire to remove something one of them protects. Planning is pure: it reads a manifest and
-returns a plan; :meth:`gaia_cas.repo.Repository.cleanup` executes a plan under the lock.
+returns a plan; :func:`cleanup` executes it under each model's lock.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .errors import InvalidInputError
-from .manifest import Manifest, moment
+from . import clock
+from .errors import GaiaCasError, InvalidInputError
+from .manifest import Manifest, moment, record
+from .names import check_text
+from .versions import version_key
 
 DEFAULT_KEEP = 3
 _AGE_RE = re.compile(r"(\d+)\s*([smhdw])")
@@ -113,3 +116,56 @@ def plan_model(manifest: Manifest, policy: Policy, now: datetime) -> ModelPlan:
             reasons.append(f"younger than {policy.keep_within}")
         decisions.append(VersionDecision(version.version, version.created_at, version.size_bytes, reasons))
     return ModelPlan(manifest.model, policy, decisions)
+
+
+# -- executing a plan ----------------------------------------------------------------------------
+
+def plan_cleanup(ctx, names: list[str] | None = None, *, keep: int | None = None,
+                 older_than: str | None = None, now: datetime | None = None) -> list:
+    """What a cleanup would remove, model by model, and which rule keeps each survivor."""
+    now = now or clock.now()
+    models = [ctx.model(n) for n in names] if names else ctx.models()
+    return [plan_model(m, Policy.of(m, keep, older_than), now) for m in (ctx.manifest(x) for x in models)]
+
+
+def cleanup(ctx, names: list[str] | None = None, *, keep: int | None = None, older_than: str | None = None,
+            dry_run: bool = False, reason: str | None = None) -> list:
+    """Apply retention: plan, then (unless ``dry_run``) drop the planned versions from manifests.
+
+    Under each model's lock the plan is made again on the fresh manifest, and only versions
+    that both plans remove go: a version that became current or pinned meanwhile, or a new
+    deploy, is never removed by a plan made before it. Objects are left to gc.
+    """
+    check_text(reason, "--reason")
+    now = clock.now()
+    plans = plan_cleanup(ctx, names, keep=keep, older_than=older_than, now=now)
+    if dry_run:
+        return plans
+    user, host = clock.who()
+    for plan in plans:
+        plan.removed = []
+        if not plan.remove:
+            continue
+        try:
+            _execute_cleanup(ctx, plan, now, user, host, reason)
+        except GaiaCasError as exc:
+            plan.error = str(exc)  # reported; the other models are still cleaned
+    return plans
+
+
+def _execute_cleanup(ctx, plan, now, user, host, reason) -> None:
+    """Drop the versions both the plan and a fresh plan under the model's lock remove."""
+    with ctx.writing(), ctx.manifests.edit(plan.model) as manifest:
+        fresh = plan_model(manifest, plan.policy, now)
+        plan.removed = sorted(set(plan.remove) & set(fresh.remove), key=version_key)
+        if plan.removed:
+            gone = set(plan.removed)
+            manifest.versions = [v for v in manifest.versions if v.version not in gone]
+            record(manifest, "cleanup", version=None, before=manifest.current,
+                   at=clock.stamp(now), user=user, host=host, reason=reason,
+                   details={"removed": plan.removed, "policy": plan.policy.describe()})
+    if plan.removed:
+        ctx.oplog.write("gaia_cas.retention",
+                         f"cleanup {plan.model} ({plan.policy.describe()}): removed "
+                         f"{', '.join(plan.removed)} by {user}@{host}" + (f" reason={reason!r}" if reason else ""))
+

@@ -99,21 +99,24 @@ def in_sample(oid: str, percent: float | None, day: int) -> bool:
     return (position - start) % 100.0 < percent
 
 
-def verify(repo, model: str | None = None, *, repair: bool = False, sample: float | None = None,
+def verify(ctx, model: str | None = None, *, repair: bool = False, sample: float | None = None,
            today: date | None = None, reason: str | None = None) -> VerifyReport:
+    from .names import check_text
+
+    check_text(reason, "--reason")
     if sample is not None and not 0 < sample <= 100:
         from .errors import InvalidInputError
 
         raise InvalidInputError(f"--sample must be a percentage above 0 and at most 100, not {sample:g}")
     report = VerifyReport(sampled=sample, repaired=repair)
     day = (today or date.today()).toordinal()
-    reader = TreeReader(repo.objects)
-    models = [repo.model(model)] if model else repo.models()
+    reader = TreeReader(ctx.objects)
+    models = [ctx.model(model)] if model else ctx.models()
 
     manifests = {}
     for name in models:
         try:
-            manifests[name] = repo.manifests.read(name)
+            manifests[name] = ctx.manifests.read(name)
         except GaiaCasError as exc:
             report.problems.append(Problem("manifest", f"manifest of '{name}' cannot be read: {exc}"))
         except OSError as exc:  # EIO: reported like a corrupt manifest; the other models are checked
@@ -138,7 +141,7 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
     corrupt: set[str] = set()
     missing: set[str] = {oid for oid, (kind, _) in bad_trees.items() if kind != "bad-tree"}
     for oid in sorted(files):
-        path = repo.objects.path(oid)
+        path = ctx.objects.path(oid)
         if not in_sample(oid, sample, day):
             try:  # not re-hashed today, but a size the trees contradict costs one stat to see
                 _check_claims(oid, os.stat(path).st_size, claims, bad_trees)
@@ -155,27 +158,27 @@ def verify(repo, model: str | None = None, *, repair: bool = False, sample: floa
             detail += f" (expected {files[oid]})"
         report.problems.append(Problem(kind, detail, oid=oid, path=str(path), versions=sorted(users[oid])))
     for oid, (kind, why) in sorted(bad_trees.items()):
-        report.problems.append(Problem(kind, why, oid=oid, path=str(repo.objects.path(oid)),
+        report.problems.append(Problem(kind, why, oid=oid, path=str(ctx.objects.path(oid)),
                                        versions=sorted(users.get(oid, ()))))
 
     # 3. Materialized trees against their tree objects.
-    tree_problems = _check_materialized(repo, reader, users, corrupt | missing | set(bad_trees), report)
+    tree_problems = _check_materialized(ctx, reader, users, corrupt | missing | set(bad_trees), report)
 
     # 4. Links against manifests.
     link_problems = []
     for name, manifest in manifests.items():
-        report.checked_links += len(repo.link_targets(manifest))
-        found = _check_links(repo, manifest)
+        report.checked_links += len(ctx.link_targets(manifest))
+        found = _check_links(ctx, manifest)
         link_problems += found
         report.problems += found
 
     if repair:
-        _repair(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason)
+        repair_findings(ctx, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason)
 
     # 5. Broken versions, and a broken current version (never fixed by moving current).
     for name in manifests:
         try:
-            manifest = repo.manifests.read(name)
+            manifest = ctx.manifests.read(name)
         except (GaiaCasError, OSError):
             continue
         for version in manifest.versions:
@@ -261,14 +264,14 @@ def _tree_kind(exc: GaiaCasError) -> str:
     return "missing-object" if "missing" in str(exc) else "bad-tree"
 
 
-def _check_materialized(repo, reader, users, bad_oids, report) -> list[Problem]:
+def _check_materialized(ctx, reader, users, bad_oids, report) -> list[Problem]:
     found = []
     try:
-        names = sorted(os.listdir(repo.layout.trees))
+        names = sorted(os.listdir(ctx.layout.trees))
     except FileNotFoundError:
         return found
     for name in names:
-        path = repo.layout.trees / name
+        path = ctx.layout.trees / name
         if name not in users:
             continue  # a tree no version needs: gc's business, not a problem
         why = None
@@ -276,7 +279,7 @@ def _check_materialized(repo, reader, users, bad_oids, report) -> list[Problem]:
             why = "its tree object is unusable"
         else:
             try:
-                why = _compare(repo, reader, name, path, bad_oids)
+                why = _compare(ctx, reader, name, path, bad_oids)
             except GaiaCasError as exc:
                 why = str(exc)
             except OSError as exc:  # a file of the checkout that cannot be read (EIO)
@@ -289,7 +292,7 @@ def _check_materialized(repo, reader, users, bad_oids, report) -> list[Problem]:
     return found
 
 
-def _compare(repo, reader, oid, path: Path, bad_oids, depth=0) -> str | None:
+def _compare(ctx, reader, oid, path: Path, bad_oids, depth=0) -> str | None:
     entries = reader.entries(oid)
     try:
         present = set(os.listdir(path))
@@ -305,7 +308,7 @@ def _compare(repo, reader, oid, path: Path, bad_oids, depth=0) -> str | None:
         if entry.kind == DIR:
             if not stat.S_ISDIR(st.st_mode):
                 return f"has {entry.name} as a non-folder"
-            why = _compare(repo, reader, entry.oid, child, bad_oids, depth + 1)
+            why = _compare(ctx, reader, entry.oid, child, bad_oids, depth + 1)
             if why:
                 return why
             continue
@@ -314,7 +317,7 @@ def _compare(repo, reader, oid, path: Path, bad_oids, depth=0) -> str | None:
         if entry.oid in bad_oids:
             return f"links {entry.name} to a corrupt or missing object"
         try:
-            obj = os.stat(repo.objects.path(entry.oid))
+            obj = os.stat(ctx.objects.path(entry.oid))
         except FileNotFoundError:
             return f"has {entry.name} whose object is missing"
         if (obj.st_dev, obj.st_ino) != (st.st_dev, st.st_ino):
@@ -325,21 +328,21 @@ def _compare(repo, reader, oid, path: Path, bad_oids, depth=0) -> str | None:
     return None
 
 
-def _check_links(repo, manifest) -> list[Problem]:
+def _check_links(ctx, manifest) -> list[Problem]:
     """Each link the model owns (current and every channel) against the manifest."""
     from . import links
 
     problems = []
-    for channel, (relative, version) in repo.link_targets(manifest).items():
-        link = repo.layout.link_path(relative)
-        target = links.read_link(repo.layout, relative)
+    for channel, (relative, version) in ctx.link_targets(manifest).items():
+        link = ctx.layout.link_path(relative)
+        target = links.read_link(ctx.layout, relative)
         label = [f"{manifest.model} {version.version}"] if version else []
         if version is None or version.broken:
             if os.path.lexists(link):
                 problems.append(Problem("link", f"{relative} exists but {channel} of '{manifest.model}' has "
                                         "nothing to serve", path=str(link), versions=label))
             continue
-        tree = repo.layout.tree_path(version.tree)
+        tree = ctx.layout.tree_path(version.tree)
         expected = artifact_path(tree, version.name)
         if target is None:
             what = "is not a symlink" if os.path.lexists(link) else "is missing"
@@ -362,8 +365,8 @@ class _Recheck:
     re-add the object at any moment, so it is asked again under each model's lock.
     """
 
-    def __init__(self, repo, reader, corrupt, missing, bad_trees):
-        self.repo, self.reader = repo, reader
+    def __init__(self, ctx, reader, corrupt, missing, bad_trees):
+        self.ctx, self.reader = ctx, reader
         self.suspects = set(corrupt) | set(missing) | set(bad_trees)
         self.trees = {oid for oid in bad_trees}
         self.lying = {oid for oid, (kind, _) in bad_trees.items() if kind == "bad-tree"}  # immutable: stays bad
@@ -383,7 +386,7 @@ class _Recheck:
                 return True
             ok = True  # its own entries are rechecked one by one by the callers' walks
         else:
-            ok = _examine(oid, self.repo.objects.path(oid))[0] == "intact"
+            ok = _examine(oid, self.ctx.objects.path(oid))[0] == "intact"
         (self.intact if ok else self.bad).add(oid)
         return not ok
 
@@ -392,33 +395,33 @@ class _Recheck:
         if self.unusable(tree_oid):
             return True
         try:
-            for _, entry in self.repo.trees.walk(tree_oid):
-                if self.unusable(entry.oid) or not self.repo.objects.exists(entry.oid):
+            for _, entry in self.ctx.trees.walk(tree_oid):
+                if self.unusable(entry.oid) or not self.ctx.objects.exists(entry.oid):
                     return True
         except (GaiaCasError, OSError):
             return True
         return False
 
 
-def _repair(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
+def repair_findings(ctx, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
     # The barrier is taken once, for the whole repair (a nested one could deadlock against a
     # waiting gc, which holds the turnstile): gc cannot delete anything until repair is done.
-    with repo.writing():
-        _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason)
+    with ctx.writing():
+        _repair_held(ctx, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason)
 
 
-def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
+def _repair_held(ctx, reader, report, corrupt, missing, bad_trees, tree_problems, link_problems, reason):
     from .manifest import record
     from .materialize import retire_tree
 
-    recheck = _Recheck(repo, reader, corrupt, missing, bad_trees)
+    recheck = _Recheck(ctx, reader, corrupt, missing, bad_trees)
     # Quarantine corrupt objects first, so nothing rebuilt below can link to them. Each one is
     # re-hashed first: what is intact now (restored meanwhile) stays where it is.
-    quarantine = repo.layout.store / "quarantine"
+    quarantine = ctx.layout.store / "quarantine"
     stamp = time.strftime(clock.DEPLOYMENT_ID_FORMAT)
     for problem in report.problems:
         if problem.kind == "corrupt-object" and problem.oid in corrupt:
-            path = repo.objects.path(problem.oid)
+            path = ctx.objects.path(problem.oid)
             now = _examine(problem.oid, path)[0]
             if now == "intact":
                 recheck.intact.add(problem.oid)
@@ -429,15 +432,15 @@ def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problem
             quarantine.mkdir(parents=True, exist_ok=True)
             target = quarantine / f"{problem.oid}-{stamp}"
             os.rename(path, target)
-            problem.action, problem.resolved = f"moved to {target.relative_to(repo.root)}", True
+            problem.action, problem.resolved = f"moved to {target.relative_to(ctx.root)}", True
 
     # Materialized trees that do not match: rebuild if possible, else just remove.
     for problem in tree_problems:
-        retire_tree(repo.layout, Path(problem.path))
+        retire_tree(ctx.layout, Path(problem.path))
         why = "its objects are unusable"
         if not recheck.needs_any(problem.oid):
             try:
-                repo.materialize(problem.oid)
+                ctx.materialize(problem.oid)
                 why = None
             except (GaiaCasError, OSError) as exc:
                 why = f"rebuilding failed: {getattr(exc, 'strerror', None) or exc}"
@@ -448,20 +451,20 @@ def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problem
     # materialized tree anywhere may keep linking to it.
     if recheck.suspects:
         handled = {p.oid for p in tree_problems}
-        for name in sorted(os.listdir(repo.layout.trees)) if repo.layout.trees.is_dir() else []:
+        for name in sorted(os.listdir(ctx.layout.trees)) if ctx.layout.trees.is_dir() else []:
             if name not in handled and recheck.needs_any(name):
-                retire_tree(repo.layout, repo.layout.trees / name)
+                retire_tree(ctx.layout, ctx.layout.trees / name)
 
     # Mark (and unmark) broken versions in every model, then regenerate links, each under the
     # model's lock: the lock a deploy commits under, so an object a deploy re-added before its
     # commit is seen here, and what is still missing now is missing for this manifest.
     user, host = clock.who()
-    for name in repo.models():
+    for name in ctx.models():
         try:
-            repo.manifests.read(name)
+            ctx.manifests.read(name)
         except (GaiaCasError, OSError):
             continue  # unreadable: reported as a problem, and nothing is written to it
-        with repo.manifests.edit(name, on_commit=repo.sync_link) as manifest:
+        with ctx.manifests.edit(name, on_commit=ctx.sync_link) as manifest:
             recheck.bad.clear()  # asked again under this lock
             changed = []
             for version in manifest.versions:
@@ -474,7 +477,7 @@ def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problem
                        at=clock.stamp(clock.now()), user=user, host=host,
                        reason=reason or "verify --repair", details={"changes": changed})
             else:
-                repo.sync_link(manifest)  # no commit to trigger it: regenerate the link anyway
+                ctx.sync_link(manifest)  # no commit to trigger it: regenerate the link anyway
     for problem in report.problems:
         if problem.kind in _OBJECT_KINDS and problem.versions and not problem.resolved:
             problem.resolved = True
@@ -487,6 +490,6 @@ def _repair_held(repo, reader, report, corrupt, missing, bad_trees, tree_problem
         problem.action, problem.resolved = "regenerated", True
     actions = [p for p in report.problems if p.action]
     if actions:
-        repo.oplog.write("gaia_cas.verify", f"verify --repair: {len(actions)} problem(s) acted on: "
+        ctx.oplog.write("gaia_cas.verify", f"verify --repair: {len(actions)} problem(s) acted on: "
                          + "; ".join(f"{p.kind} {p.oid or p.path or ''} -> {p.action}" for p in actions[:20])
                          + (f" reason={reason!r}" if reason else ""))

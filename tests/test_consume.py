@@ -16,6 +16,7 @@ import pytest
 import xxhash
 
 from conftest import assert_one_line_error, make_joblib, make_savedmodel, snapshot
+from gaia_cas import deploy as deploy_verb
 from gaia_cas import ingest, objects
 from gaia_cas.errors import GaiaCasError, SourceError
 from gaia_cas.reader import resolve
@@ -102,7 +103,7 @@ def test_a_failed_deploy_consumes_nothing(repo, root, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise GaiaCasError("the commit failed")
 
-    monkeypatch.setattr(Repository, "_commit_deploy", refuse)
+    monkeypatch.setattr(deploy_verb, "commit", refuse)
     with pytest.raises(GaiaCasError, match="the commit failed"):
         repo.deploy("ssd", source, consume=True)
     assert {rel: data for rel, (data, _) in contents(source).items()} == {rel: d for rel, (d, _) in before.items()}

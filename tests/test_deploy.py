@@ -248,14 +248,14 @@ def test_an_error_on_a_staging_thread_fails_the_deploy_and_changes_nothing(tmp_p
 
     Repository(root).deploy("ssd", make_savedmodel(tmp_path / "first"))
     src = _many_files(tmp_path / "model")
-    real_open = ingest._open_regular
+    real_open = ingest.open_source_file
 
     def open_regular(path):
         if path.endswith("f017.bin"):
             raise SourceError(f"cannot read {path}: Input/output error")
         return real_open(path)
 
-    monkeypatch.setattr(ingest, "_open_regular", open_regular)
+    monkeypatch.setattr(ingest, "open_source_file", open_regular)
     before = snapshot(root)
     run = cli("deploy", "ssd", str(src))
     assert run.code == 1 and run.err.startswith("gaia-cas: error: cannot read ") and "f017.bin" in run.err
@@ -280,7 +280,7 @@ def test_a_failing_file_halts_the_other_staging_thread_within_a_chunk(tmp_path, 
     (src / "bad.bin").write_bytes(b"bad")
     failed = threading.Event()
     chunks = []
-    real_read, real_open = objects._read_source, ingest._open_regular
+    real_read, real_open = objects.read_source, ingest.open_source_file
 
     def read_source(f, buffer, label):
         if label.endswith("big.bin") and chunks:
@@ -294,8 +294,8 @@ def test_a_failing_file_halts_the_other_staging_thread_within_a_chunk(tmp_path, 
             raise SourceError(f"cannot read {path}: Input/output error")
         return real_open(path)
 
-    monkeypatch.setattr(objects, "_read_source", read_source)
-    monkeypatch.setattr(ingest, "_open_regular", open_regular)
+    monkeypatch.setattr(objects, "read_source", read_source)
+    monkeypatch.setattr(ingest, "open_source_file", open_regular)
     with pytest.raises(SourceError, match="bad.bin"):
         Repository(root).deploy("ssd", src)
     assert 1 <= len(chunks) <= 3  # of 16: it stopped at the first chunk after the failure

@@ -502,7 +502,7 @@ def test_path_vanishing_between_scan_and_read_is_one_line_error(cli, root, tmp_p
         (src / sub).mkdir(parents=True)
         for i in range(2):
             (src / sub / f"part{i}.bin").write_bytes(os.urandom(50_000))
-    real_open = ingest._open_regular
+    real_open = ingest.open_source_file
     opened: list[str] = []
 
     def open_regular(path):
@@ -511,7 +511,7 @@ def test_path_vanishing_between_scan_and_read_is_one_line_error(cli, root, tmp_p
             mutate(path)
         return real_open(path)
 
-    monkeypatch.setattr(ingest, "_open_regular", open_regular)
+    monkeypatch.setattr(ingest, "open_source_file", open_regular)
     before = snapshot(root)
     run = cli("deploy", "m", src)
     assert len(opened) == 2, "the deploy did not reach the second file: the test proves nothing"

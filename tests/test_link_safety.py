@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error, make_savedmodel, snapshot
+from gaia_cas import models as models_verb
 from gaia_cas.errors import GaiaCasError
 from gaia_cas.repo import Repository
 from test_hostile_input import NOBODY, as_nobody, chown_tree, no_fsync, shared  # noqa: F401  (fixture)
@@ -248,7 +249,7 @@ def test_two_model_adds_claiming_the_same_link_cannot_both_win(root, monkeypatch
 
     options = {"link": "api/models/shared/current"} if claim == "link" else {"aliases": ["dl"]}
     a_checked, go_on, b_waits, b_done = (threading.Event() for _ in range(4))
-    real_commit = Repository._commit_config
+    real_commit = models_verb.commit_config
     real_sleep = time.sleep
 
     def commit(self, model, *args, **kwargs):
@@ -262,7 +263,7 @@ def test_two_model_adds_claiming_the_same_link_cannot_both_win(root, monkeypatch
             b_waits.set()  # B is polling a lock held by A
         return real_sleep(seconds)
 
-    monkeypatch.setattr(Repository, "_commit_config", commit)
+    monkeypatch.setattr(models_verb, "commit_config", commit)
     monkeypatch.setattr(time, "sleep", sleep)
     results = {}
 

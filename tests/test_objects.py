@@ -530,7 +530,7 @@ def _failing_source(repo, tmp_path, monkeypatch, mutate) -> Path:
     src = tmp_path / "v2" / "model"
     for i in range(3):
         write(src / f"part{i}.bin", rand_bytes(2 * CHUNK + i, 100 + i))
-    real_open = ingest._open_regular
+    real_open = ingest.open_source_file
     seen: list[str] = []
 
     def open_regular(path):
@@ -544,7 +544,7 @@ def _failing_source(repo, tmp_path, monkeypatch, mutate) -> Path:
             mutate(path)
         return real_open(path)
 
-    monkeypatch.setattr(ingest, "_open_regular", open_regular)
+    monkeypatch.setattr(ingest, "open_source_file", open_regular)
     return src
 
 
@@ -772,7 +772,7 @@ def test_start_writeback_leaves_content_and_is_a_no_op_without_libc(tmp_path, mo
     try:
         os.write(fd, b"x" * 10000)
         atomic.start_writeback(fd, 0, 10000)
-        monkeypatch.setitem(atomic._libc_calls, "sync_file_range", None)
+        monkeypatch.setitem(atomic.libc_calls, "sync_file_range", None)
         atomic.start_writeback(fd, 0, 10000)  # where the call does not exist: nothing, no error
     finally:
         os.close(fd)

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import assert_one_line_error, make_joblib, make_savedmodel, snapshot
+from gaia_cas import deploy as deploy_verb
 from gaia_cas import ingest, objects, statcache
 from gaia_cas.errors import GaiaCasError, SourceError
 from gaia_cas.reader import resolve
@@ -72,7 +73,7 @@ def _coarse_scan(monkeypatch, ctime_ns: int):
         stack = [node]
         while stack:
             item = stack.pop()
-            if isinstance(item, ingest._Dir):
+            if isinstance(item, ingest.ScannedDir):
                 stack.extend(item.children.values())
             else:
                 item.stat = coarse(item.stat)
@@ -339,7 +340,7 @@ def test_a_folder_swapped_for_a_symlink_after_the_scan_is_refused(cli, planted, 
 def test_a_folder_swapped_during_the_scan_and_back_is_refused(cli, planted, monkeypatch):
     """The scan itself went through the symlink (it listed and stat'ed the secret folder), then
     the real folder came back with same-named decoys: the inodes differ, nothing is read."""
-    real_scan_dir = ingest._scan_dir
+    real_scan_dir = ingest.scan_dir
     swapped = []
 
     def scan_dir(path, depth, *args):
@@ -353,7 +354,7 @@ def test_a_folder_swapped_during_the_scan_and_back_is_refused(cli, planted, monk
                 os.rename(planted.src / "sub.real", planted.src / "sub")
         return real_scan_dir(path, depth, *args)
 
-    monkeypatch.setattr(ingest, "_scan_dir", scan_dir)
+    monkeypatch.setattr(ingest, "scan_dir", scan_dir)
     before = snapshot(planted.root)
     run = cli("deploy", "m", planted.src, root_dir=planted.root)
     assert swapped, "the scan never reached sub: the test proves nothing"
@@ -535,7 +536,7 @@ def test_a_consume_failing_at_its_commit_leaves_no_object_on_the_sources_inodes(
     def refuse(*args, **kwargs):
         raise GaiaCasError("the commit failed")
 
-    monkeypatch.setattr(Repository, "_commit_deploy", refuse)
+    monkeypatch.setattr(deploy_verb, "commit", refuse)
     with pytest.raises(GaiaCasError, match="the commit failed"):
         repo.deploy("m", source, consume=True)
     monkeypatch.undo()
@@ -559,7 +560,7 @@ def test_a_normal_deploy_does_not_trust_an_object_that_is_the_sources_inode(repo
             def die(*args, **kwargs):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-            Repository._commit_deploy = die
+            deploy_verb.commit = die
             Repository(root, lock_timeout=5).deploy("m", source, consume=True)
         finally:
             os._exit(7)
@@ -617,7 +618,7 @@ def test_a_failed_consume_leaves_an_object_another_writer_took_up_but_not_on_the
         os.utime(object_path(root, oid), ns=(1, time.time_ns() + 10**9))  # the other writer's refresh
         raise GaiaCasError("the commit failed")
 
-    monkeypatch.setattr(Repository, "_commit_deploy", refuse)
+    monkeypatch.setattr(deploy_verb, "commit", refuse)
     with pytest.raises(GaiaCasError, match="the commit failed"):
         repo.deploy("m", source, consume=True)
     assert not (_source_inodes(source) & _store_inodes(root))

@@ -21,13 +21,13 @@ from gaia_cas.statcache import TREES_FORMAT, StatCache
 def opened(monkeypatch):
     """Records every source file a deploy opens for reading."""
     calls = []
-    real = ingest._open_regular
+    real = ingest.open_source_file
 
     def spy(path):
         calls.append(os.path.basename(path))
         return real(path)
 
-    monkeypatch.setattr(ingest, "_open_regular", spy)
+    monkeypatch.setattr(ingest, "open_source_file", spy)
     return calls
 
 
@@ -135,7 +135,7 @@ def forbid_building(monkeypatch, repo):
     def refuse(*_args, **_kwargs):
         raise AssertionError("the tree was built, not recalled")
 
-    monkeypatch.setattr(ingest._Builder, "artifact", refuse)
+    monkeypatch.setattr(ingest.Builder, "artifact", refuse)
     monkeypatch.setattr(StatCache, "lookup", refuse)
     monkeypatch.setattr(type(repo.objects), "staging", refuse)
 

@@ -99,13 +99,13 @@ def test_repair_isolates_an_unreadable_object(three, cli, eio, root, which):
 
 def between_scan_and_repair(monkeypatch, action):
     """Run ``action`` exactly once, after verify's scan and before its repair acts on the findings."""
-    real = gaia_cas.verify._repair
+    real = gaia_cas.verify.repair_findings
 
     def hooked(*args, **kwargs):
         action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gaia_cas.verify, "_repair", hooked)
+    monkeypatch.setattr(gaia_cas.verify, "repair_findings", hooked)
 
 
 def test_repair_does_not_break_a_version_whose_object_a_deploy_re_added(three, cli, root, tmp_path, monkeypatch):
