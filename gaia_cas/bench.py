@@ -49,7 +49,8 @@ from pathlib import Path
 import xxhash
 
 from .layout import Layout
-from .manifest import Manifests, Version, record
+from .manifest import Version, record
+from .manifest_store import Manifests
 from .repo import Repository
 from .statcache import RACY_NS
 from .trees import DIR, FILE, Entry, encode_tree

@@ -20,7 +20,8 @@ from .errors import CorruptionError, GaiaCasError, InvalidInputError, ModelNotFo
 from .ingest import artifact_path
 from .layout import Layout
 from .locking import store_barrier
-from .manifest import Manifest, Manifests, Version
+from .manifest import Manifest, Version
+from .manifest_store import Manifests
 from .materialize import materialize
 from .objects import ObjectStore
 from .oplog import OpLog

@@ -28,7 +28,8 @@ from .atomic import TMP_MARK, remove_tree
 from .errors import CorruptionError, GaiaCasError
 from .layout import Layout
 from .locking import try_flock_dir
-from .manifest import Manifest, Manifests, moment
+from .manifest import Manifest, moment
+from .manifest_store import Manifests
 from .materialize import links_objects, retire_tree
 from .names import is_oid
 from .trees import DIR, MAX_DEPTH, TreeReader

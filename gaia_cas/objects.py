@@ -15,11 +15,11 @@ import os
 import stat
 from pathlib import Path
 
-import xxhash
-
 from .atomic import fsync_dir, start_writeback, sync_filesystem, write_all
 from .errors import CorruptionError, SourceError, StoreError
+from .hashing import hash_bytes, new_hasher  # noqa: F401  (hash_bytes: part of this module's API)
 from .names import check_oid
+from .storage import BaseObjectStore
 from .layout import Layout
 from .locking import make_locked_dir
 
@@ -31,14 +31,6 @@ WRITEBACK_STEP = 8 << 20  # start the disk on every 8 MiB a large file stages, n
 class Halted(Exception):
     """A stream stopped because its staging area was halted; never seen by users (the error
     or interrupt that halted it is what propagates)."""
-
-
-def new_hasher():
-    return xxhash.xxh3_128()
-
-
-def hash_bytes(data: bytes) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
 
 
 def read_source(src, buffer: bytearray, label) -> int:
@@ -66,7 +58,9 @@ def hash_file(path: str | os.PathLike, buffer: bytearray | None = None) -> tuple
         return hash_stream(src, buffer)
 
 
-class ObjectStore:
+class DiskObjectStore(BaseObjectStore):
+    """Objects as read-only files under ``store/objects/<oid[:2]>/<oid[2:]>`` (design.md, Layout)."""
+
     def __init__(self, layout: Layout):
         self.layout = layout
         self._root = str(layout.objects)
@@ -99,6 +93,66 @@ class ObjectStore:
 
     def staging(self) -> "Staging":
         return Staging(self)
+
+    def open(self, oid: str):
+        """The object's bytes as a stream, never through a symlink planted in its place."""
+        try:
+            fd = os.open(self.path_str(oid), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise CorruptionError(f"object {oid} is missing from the store") from None
+        f = os.fdopen(fd, "rb", buffering=0)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            f.close()
+            raise CorruptionError(f"object {oid} is not a regular file")
+        return f
+
+    def oids(self):
+        """Every object's oid, from a scan of the fan-out folders (names that are not oids skipped)."""
+        from .names import is_oid
+
+        try:
+            shards = os.listdir(self._root)
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            if len(shard) != 2:
+                continue
+            try:
+                names = os.listdir(f"{self._root}/{shard}")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                if is_oid(shard + name):
+                    yield shard + name
+
+    def delete(self, oid: str) -> bool:
+        try:
+            os.unlink(self.path_str(oid))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def quarantine(self, oid: str) -> str | None:
+        """Move the object to ``store/quarantine/<oid>-<time>``: out of reach, kept for
+        inspection. Returns where it went (relative to the root), None if it was not there."""
+        import time
+
+        from .clock import DEPLOYMENT_ID_FORMAT
+
+        folder = self.layout.store / "quarantine"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{oid}-{time.strftime(DEPLOYMENT_ID_FORMAT)}"
+        try:
+            os.rename(self.path_str(oid), target)
+        except FileNotFoundError:
+            return None
+        return str(target.relative_to(self.layout.root))
+
+    def refresh(self, oid: str) -> None:
+        _refresh(self.path_str(oid))
+
+
+ObjectStore = DiskObjectStore  # the name the rest of the package and its callers know
 
 
 class Staging:

@@ -29,7 +29,7 @@ from typing import Any
 from .errors import CorruptionError, GaiaCasError, NotFoundError, StoreError
 from .ingest import artifact_path
 from .layout import Layout, find_root
-from .manifest import Manifests, file_token
+from .manifest_store import Manifests, file_token
 
 
 @dataclass(frozen=True)

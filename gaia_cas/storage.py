@@ -24,11 +24,23 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import namedtuple
 
 from .errors import CorruptionError, GaiaCasError, ModelNotFoundError
+from .hashing import hash_bytes
 from .names import check_model_name, check_oid
 
 MAX_UPDATE_ATTEMPTS = 50
+
+
+class Snapshot(namedtuple("Snapshot", "manifest token")):
+    """A manifest as read, plus a token naming the exact stored state it came from.
+
+    ``token`` changes whenever the manifest is replaced (each commit is a new inode), so a
+    server can tell with one ``stat`` whether anything changed since it last read.
+    """
+
+    __slots__ = ()
 
 
 class StaleTokenError(GaiaCasError):
@@ -66,8 +78,9 @@ class BaseObjectStore:
         """Remove one object; False if it was not there."""
         raise NotImplementedError
 
-    def quarantine(self, oid: str) -> bool:
-        """Move a corrupt object out of reach (kept for inspection, never served); False if absent."""
+    def quarantine(self, oid: str) -> str | None:
+        """Move a corrupt object out of reach (kept for inspection, never served); returns where
+        it went, None if it was not there."""
         raise NotImplementedError
 
     def refresh(self, oid: str) -> None:
@@ -136,8 +149,6 @@ class MemoryStaging:
         self.discard()
 
     def add_bytes(self, data: bytes) -> str:
-        from .objects import hash_bytes
-
         oid = hash_bytes(data)
         self._staged.setdefault(oid, bytes(data))
         return oid
@@ -194,13 +205,13 @@ class MemoryObjectStore(BaseObjectStore):
         with self._lock:
             return self._objects.pop(check_oid(oid), None) is not None
 
-    def quarantine(self, oid: str) -> bool:
+    def quarantine(self, oid: str) -> str | None:
         with self._lock:
             data = self._objects.pop(check_oid(oid), None)
             if data is None:
-                return False
+                return None
             self.quarantined[oid] = data
-            return True
+            return f"quarantine/{oid}"
 
     def refresh(self, oid: str) -> None:
         if check_oid(oid) not in self._objects:
@@ -221,7 +232,7 @@ class MemoryManifestStore(BaseManifestStore):
         return sorted(self._stored)
 
     def snapshot(self, model: str):
-        from .manifest import Snapshot, decode
+        from .manifest import decode
 
         check_model_name(model)
         with self._lock:

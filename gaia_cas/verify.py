@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -417,8 +416,6 @@ def _repair_held(ctx, reader, report, corrupt, missing, bad_trees, tree_problems
     recheck = _Recheck(ctx, reader, corrupt, missing, bad_trees)
     # Quarantine corrupt objects first, so nothing rebuilt below can link to them. Each one is
     # re-hashed first: what is intact now (restored meanwhile) stays where it is.
-    quarantine = ctx.layout.store / "quarantine"
-    stamp = time.strftime(clock.DEPLOYMENT_ID_FORMAT)
     for problem in report.problems:
         if problem.kind == "corrupt-object" and problem.oid in corrupt:
             path = ctx.objects.path(problem.oid)
@@ -429,10 +426,9 @@ def _repair_held(ctx, reader, report, corrupt, missing, bad_trees, tree_problems
                 continue
             if now != "corrupt-object":
                 continue  # gone or unreadable by now: nothing to move; marked broken below if still so
-            quarantine.mkdir(parents=True, exist_ok=True)
-            target = quarantine / f"{problem.oid}-{stamp}"
-            os.rename(path, target)
-            problem.action, problem.resolved = f"moved to {target.relative_to(ctx.root)}", True
+            target = ctx.objects.quarantine(problem.oid)
+            if target is not None:
+                problem.action, problem.resolved = f"moved to {target}", True
 
     # Materialized trees that do not match: rebuild if possible, else just remove.
     for problem in tree_problems:

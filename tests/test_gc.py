@@ -235,7 +235,7 @@ def test_a_working_folder_locked_after_gc_planned_is_not_removed(repo, root):
     from gaia_cas import gc as gc_module
     from gaia_cas.layout import Layout
     from gaia_cas.locking import try_flock_dir
-    from gaia_cas.manifest import Manifests
+    from gaia_cas.manifest_store import Manifests
     from gaia_cas.trees import TreeReader
 
     layout = Layout(root)

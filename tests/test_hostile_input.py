@@ -58,7 +58,8 @@ from gaia_cas import ingest
 from gaia_cas.cli import main
 from gaia_cas.errors import GaiaCasError
 from gaia_cas.layout import Layout
-from gaia_cas.manifest import Manifests, Version, record
+from gaia_cas.manifest import Version, record
+from gaia_cas.manifest_store import Manifests
 from gaia_cas.repo import Repository
 from gaia_cas.trees import MAX_DEPTH
 

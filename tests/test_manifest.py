@@ -21,6 +21,7 @@ import pytest
 
 from conftest import CHECKOUT, assert_one_line_error, make_savedmodel, run_launcher, snapshot
 from gaia_cas import manifest as mf
+from gaia_cas.manifest_store import Manifests
 from gaia_cas.errors import CorruptionError, GaiaCasError, LockTimeoutError
 from gaia_cas.layout import Layout
 from gaia_cas.manifest import Event, Manifest, ModelConfig, Version
@@ -444,7 +445,7 @@ def test_non_string_map_key_is_corruption():
 def test_manifest_file_of_another_model_is_rejected(root):
     (root / "manifests" / "ssd.msgpack").write_bytes(pack(raw_doc(model="other")))
     with pytest.raises(CorruptionError):
-        mf.Manifests(Layout(root)).read("ssd")
+        Manifests(Layout(root)).read("ssd")
 
 
 # -- a corrupted manifest through the CLI ----------------------------------------------------

@@ -11,14 +11,15 @@ import xxhash
 
 from gaia_cas.errors import CorruptionError, ModelNotFoundError
 from gaia_cas.layout import Layout
-from gaia_cas.manifest import Manifest, Manifests, ModelConfig, Version, record
+from gaia_cas.manifest import Manifest, ModelConfig, Version, record
+from gaia_cas.manifest_store import Manifests
 from gaia_cas.objects import ObjectStore
 from gaia_cas.repo import Repository
 from gaia_cas.storage import (BaseManifestStore, BaseObjectStore, MemoryManifestStore, MemoryObjectStore,
                               StaleTokenError)
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["disk", "memory"])
 def objects(request, tmp_path) -> BaseObjectStore:
     if request.param == "memory":
         return MemoryObjectStore()
@@ -26,7 +27,7 @@ def objects(request, tmp_path) -> BaseObjectStore:
     return ObjectStore(Layout(tmp_path / "root"))
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["disk", "memory"])
 def manifests(request, tmp_path) -> BaseManifestStore:
     if request.param == "memory":
         return MemoryManifestStore()
@@ -99,8 +100,8 @@ def test_delete_quarantine_and_refresh(objects):
     a, b, c = _add(objects, b"a", b"b", b"c")
     assert objects.delete(a) is True and objects.delete(a) is False
     assert not objects.exists(a)
-    assert objects.quarantine(b) is True
-    assert not objects.exists(b) and objects.quarantine(b) is False
+    assert objects.quarantine(b)
+    assert not objects.exists(b) and objects.quarantine(b) is None
     objects.refresh(c)
     assert sorted(objects.oids()) == [c]
 

@@ -222,7 +222,7 @@ def test_a_tree_whose_sizes_do_not_match_its_objects_is_a_bad_tree(three, cli, e
 
 def test_resolve_on_an_unreadable_manifest_raises_a_store_error(three, root, monkeypatch):
     from gaia_cas.errors import GaiaCasError, StoreError
-    from gaia_cas.manifest import Manifests
+    from gaia_cas.manifest_store import Manifests
 
     def failing(self, model):
         raise OSError(errno.EIO, os.strerror(errno.EIO), str(self.layout.manifest_path(model)))
@@ -258,7 +258,7 @@ def test_resolve_on_a_read_only_store_that_must_rebuild_a_tree_raises_a_store_er
 
 
 def test_an_unreadable_manifest_is_a_finding_and_the_other_models_are_checked(three, cli, tmp_path, monkeypatch):
-    from gaia_cas.manifest import Manifests
+    from gaia_cas.manifest_store import Manifests
 
     three.deploy("other", make_savedmodel(tmp_path / "other"))
     real = Manifests.snapshot
