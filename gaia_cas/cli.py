@@ -335,7 +335,7 @@ def cmd_status(args, default_root):
     else:
         ratio = f", {s.logical_bytes / s.used_bytes:.1f}x" if s.used_bytes else ""
         lines.append(f"\nstore: {s.objects} objects; versions use {_mb(s.used_bytes)} on disk for "
-                     f"{_mb(s.logical_bytes)} of files (deduplication saves {_mb(s.saved_bytes)}{ratio}); "
+                     f"{_mb(s.logical_bytes)} of files (deduplication saves {_mb(max(s.saved_bytes, 0))}{ratio}); "
                      f"{_mb(s.garbage_bytes)} used by no version (gc frees it)")
     if s.staging_bytes:
         lines.append(f"       {_mb(s.staging_bytes)} in store/tmp (deploys in flight or interrupted; gc frees what "
@@ -511,7 +511,7 @@ def cmd_import_legacy(args, default_root):
             lines.append(f"  next: {p.next_command}   (where new versions of {p.model} come from)")
     lines.append(f"legacy timestamps read in {zone.name} (--timezone to choose)")
     if saved is not None:
-        lines.append(f"identical copies stored once: {_mb(saved)} saved")
+        lines.append(f"identical copies stored once: {_mb(max(saved, 0))} saved")
     _emit(args, {"dry_run": args.dry_run, "bytes_saved": saved, "timezone": zone.name,
                  "models": [p.to_json() for p in plans]}, "\n".join(lines))
 

@@ -71,7 +71,11 @@ def _check(value, depth: int) -> None:
             shown = digits if len(digits) <= 40 else f"{digits[:20]}... ({len(digits)} digits)"
             raise _Unencodable(f"the integer {shown} is out of range: a manifest holds integers from "
                                "-2**63 to 2**64-1 (give a larger number as text)")
-    elif kind in (float, bool) or value is None:
+    elif kind is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            # msgpack would carry it, but every JSON reader of --json output and exports refuses it
+            raise _Unencodable(f"the number {value!r}, which is not finite (JSON cannot carry it; give it as text)")
+    elif kind is bool or value is None:
         return
     elif kind is dict:
         if depth <= 0:

@@ -48,6 +48,10 @@ DeployRequest = namedtuple("DeployRequest", "model source snapshot explicit bump
                                             "user host label token", defaults=(None, None))
 
 
+def _not_a_number(text: str):
+    raise ValueError(text)
+
+
 def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
     """``K=V`` pairs; V is read as JSON when it parses (numbers, lists), else kept as text."""
     result: dict[str, Any] = {}
@@ -60,7 +64,8 @@ def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise InvalidInputError(f"invalid metadata {pair!r}: expected KEY=VALUE")
         try:
-            result[key.strip()] = json.loads(value)
+            # NaN and Infinity stay the text they were: no JSON reader would take them back
+            result[key.strip()] = json.loads(value, parse_constant=_not_a_number)
         except (ValueError, RecursionError):
             result[key.strip()] = value
     from .codec import check_value

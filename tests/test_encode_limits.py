@@ -120,3 +120,30 @@ def test_api_deploy_with_unencodable_metadata_installs_nothing(repo, root, tmp_p
     with pytest.raises(InvalidInputError, match="'n'"):
         repo.deploy("m", other, metadata={"n": 10 ** 30})
     assert snapshot(root) == before
+
+
+# -- numbers JSON cannot carry -------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_that_is_not_finite_is_refused(value):
+    with pytest.raises(InvalidInputError) as info:
+        codec.check_value({"threshold": value}, "--meta")
+    assert "threshold" in str(info.value) and "finite" in str(info.value)
+
+
+def test_meta_nan_is_kept_as_the_text_it_was_and_json_output_stays_json(cli, root, tmp_path):
+    src = make_savedmodel(tmp_path / "m")
+    assert cli("deploy", "ssd", src, "--meta", "thr=NaN", "--meta", "big=Infinity").code == 0
+    shown = cli("--json", "show", "ssd")
+    assert shown.code == 0
+    doc = json.loads(shown.out)  # strict: NaN would not parse back into the same document
+    assert doc["metadata"]["thr"] == "NaN" and doc["metadata"]["big"] == "Infinity"
+    json.dumps(doc, allow_nan=False)
+
+
+def test_model_set_meta_infinity_from_the_api_is_one_error_and_writes_nothing(repo, root, tmp_path):
+    repo.deploy("ssd", make_savedmodel(tmp_path / "m"))
+    before = snapshot(root)
+    with pytest.raises(InvalidInputError):
+        repo.set_model("ssd", metadata={"thr": float("inf")})
+    assert snapshot(root) == before

@@ -68,3 +68,12 @@ def test_clean_store_has_no_garbage_or_staging(repo, cli, tmp_path):
     assert store["garbage_bytes"] == 0 and store["staging_bytes"] == 0
     assert store["used_bytes"] == store["bytes_on_disk"] == used_by_versions(repo)
     assert store["saved_bytes"] == store["logical_bytes"] - store["used_bytes"] > 0
+
+
+def test_a_single_version_never_shows_a_negative_saving(repo, cli, tmp_path):
+    """One version: its tree objects are overhead, so the saving is at most zero -- shown as 0."""
+    from conftest import make_joblib
+
+    repo.deploy("ml", make_joblib(tmp_path / "m.joblib"))
+    run = cli("status")
+    assert run.code == 0 and "saves 0.00 MB" in run.out and "-0.00" not in run.out
