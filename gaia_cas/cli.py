@@ -39,13 +39,16 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
         print(f"{PROG}: error: a command is required (see '{PROG} --help')", file=sys.stderr)
         return 2
     _REPOS.clear()  # main() can run many times in one process (tests, embedding)
-    restore_signals = _stop_on_signals()
+    from .interrupts import stop_on_signals
+
+    restore_signals = stop_on_signals()
     try:
         code = _COMMANDS[args.command](args, default_root) or 0
         _warn_about_log()
         return code
     except Terminated as exc:
-        print(f"{PROG}: terminated by {exc.name}", file=sys.stderr)
+        after = "; the change under way was committed first (see 'gaia-cas history')" if exc.committed else ""
+        print(f"{PROG}: terminated by {exc.name}{after}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -66,32 +69,6 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
     finally:
         restore_signals()
 
-
-def _stop_on_signals():
-    """SIGTERM (systemd, docker, Kubernetes) and SIGHUP (a closed terminal) stop a command the
-    way Ctrl-C does: an exception unwinds it, so staging folders are removed, locks released and
-    the store left as before, instead of the default kill leaving a deploy's staged bytes in
-    ``store/tmp`` for gc's whole grace period. A signal someone set to be ignored (``nohup``)
-    stays ignored. Returns what puts the previous handlers back (main() may run many times in
-    one process)."""
-    import signal
-
-    def stop(signum, frame):
-        raise Terminated(signum, signal.Signals(signum).name)
-
-    previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        try:
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                previous[signum] = signal.signal(signum, stop)
-        except ValueError:  # not the main thread: the embedding program owns its signals
-            pass
-
-    def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-    return restore
 
 
 _REPOS: list = []  # repositories opened by this command, to report a log that could not be written

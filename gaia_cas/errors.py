@@ -59,9 +59,10 @@ class Terminated(KeyboardInterrupt):
     """The process was asked to stop (SIGTERM, SIGHUP): unwinds like Ctrl-C, so every staging
     folder is removed on the way out and the store is left as it was."""
 
-    def __init__(self, signum: int, name: str):
+    def __init__(self, signum: int, name: str, committed: bool = False):
         self.signum = signum
         self.name = name
+        self.committed = committed  # it arrived while a commit became visible, and waited for it
         super().__init__(name)
 
 

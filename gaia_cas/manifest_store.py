@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from .atomic import NotDurableError, UnsafeFileError, make_dirs, open_regular, write_atomic
 from .errors import CorruptionError, InvalidInputError, StoreError
+from .interrupts import held_back
 from .layout import MANIFEST_SUFFIX, Layout
 from .locking import hold_lock, lock_timeout_from_env
 from .manifest import MAX_MANIFEST_BYTES, Manifest, decode, encode
@@ -127,9 +128,10 @@ class DiskManifestStore(BaseManifestStore):
             for event in manifest.new_events:
                 if event.generation < 0:  # placeholder set by record(): fill in the commit's number
                     event.generation = manifest.generation
-            self._write(model, manifest, on_commit)
-            if on_commit is not None:
-                on_commit(manifest)
+            with held_back():  # from the rename to the end of the link swap, a stop request waits
+                self._write(model, manifest, on_commit)
+                if on_commit is not None:
+                    on_commit(manifest)
 
     def _write(self, model: str, manifest: Manifest, on_commit=None) -> None:
         """The commit point: temp file, fsync, rename over the manifest, fsync the folder."""

@@ -93,7 +93,17 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
     except STEP_ERRORS as exc:
         print(f"gaia-cas-nightly: error: {exc}", file=sys.stderr)
         return 1
-    ok, summary = run(repo, grace=grace, log_age=log_age, dry_run=args.dry_run, verify_sample=args.verify_sample)
+    from .errors import Terminated
+    from .interrupts import stop_on_signals
+
+    restore_signals = stop_on_signals()  # a scheduler's SIGTERM stops the job like Ctrl-C, in one line
+    try:
+        ok, summary = run(repo, grace=grace, log_age=log_age, dry_run=args.dry_run, verify_sample=args.verify_sample)
+    except Terminated as exc:
+        print(f"gaia-cas-nightly: terminated by {exc.name}", file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        restore_signals()
     paragraph = f"gaia-cas nightly on {repo.root}: " + " ".join(summary)
     if not args.dry_run:
         repo.oplog.write("gaia_cas.nightly", paragraph, level="INFO" if ok else "ERROR")

@@ -204,3 +204,70 @@ def test_the_handlers_are_restored_after_main_returns(cli, root):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     cli("list")
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+
+
+SIGNAL_DURING_LINK_SWAP = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[1])
+    from gaia_cas import links
+    real = links.point_link
+    def slow(*args, **kwargs):
+        print("swapping", flush=True)
+        time.sleep(1.0)  # the signal arrives here, after the manifest commit
+        return real(*args, **kwargs)
+    links.point_link = slow
+    from gaia_cas.cli import run
+    run(sys.argv[2:])
+""")
+
+
+def test_a_signal_after_the_commit_lets_the_link_follow_and_says_so(root, tmp_path):
+    """Between the manifest's rename and the link swap a SIGTERM is held back: the link follows
+    the committed manifest, and the one line says the change was committed."""
+    repo = Repository(root)
+    repo.deploy("ssd", make_savedmodel(tmp_path / "v1" / "saved_model", variant=1))
+    src = make_savedmodel(tmp_path / "v2" / "saved_model", variant=2)
+    proc = subprocess.Popen([sys.executable, "-c", SIGNAL_DURING_LINK_SWAP, str(CHECKOUT), "--root", str(root),
+                             "deploy", "ssd", str(src)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline().strip() == "swapping"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "SIGTERM" in lines[0] and "committed" in lines[0], err
+    manifest = repo.manifest("ssd")
+    assert manifest.current == "1.1.0"
+    link = root / "models" / "ssd" / "current"
+    assert os.path.realpath(link) == str(root / "store" / "trees" / manifest.current_version().tree)
+    assert not [p for p in repo.verify().problems if p.kind == "link"]
+
+
+STALLED_NIGHTLY = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[1])
+    from gaia_cas import nightly
+    def stalled(*args, **kwargs):
+        print("running", flush=True)
+        time.sleep(30)
+    nightly.run = stalled
+    sys.exit(nightly.main(sys.argv[2:]))
+""")
+
+
+def test_sigterm_stops_the_nightly_job_in_one_line(root):
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_NIGHTLY, str(CHECKOUT), "--root", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip() == "gaia-cas-nightly: terminated by SIGTERM"
