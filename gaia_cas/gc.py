@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from . import defaults
 from .atomic import TMP_MARK, remove_tree
 from .errors import CorruptionError, GaiaCasError
 from .layout import Layout
@@ -32,10 +33,11 @@ from .manifest import Manifest, moment
 from .manifest_store import Manifests
 from .materialize import links_objects, retire_tree
 from .names import is_oid
+from .retention import parse_age
 from .trees import DIR, MAX_DEPTH, TreeReader
 
-DEFAULT_GRACE = timedelta(hours=1)
-DEFAULT_LOG_AGE = timedelta(days=90)
+DEFAULT_GRACE = parse_age(defaults.GRACE)
+DEFAULT_LOG_AGE = parse_age(defaults.LOG_AGE)
 
 
 class GcRefusedError(CorruptionError):

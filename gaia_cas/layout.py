@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from collections import namedtuple
 
+from . import defaults
 from .errors import InvalidInputError, RootNotFoundError
 from .names import check_model_name, check_oid
 
@@ -77,7 +78,7 @@ class Layout(namedtuple("Layout", "root")):
         return self.manifests / ".config.lock"
 
     def default_link(self, model: str) -> str:
-        return f"models/{check_model_name(model)}/current"
+        return defaults.LINK.format(model=check_model_name(model), channel="current")
 
     def link_path(self, relative: str) -> Path:
         return self.root / check_link(relative)

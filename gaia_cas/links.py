@@ -20,6 +20,7 @@ import os
 import stat
 from pathlib import Path
 
+from . import defaults
 from .atomic import replace_symlink
 from .errors import InvalidInputError
 from .layout import Layout
@@ -31,7 +32,7 @@ def model_links(layout: Layout, manifest) -> dict[str, str]:
     """Every link a model owns: 'current' and each channel -> its path relative to the root."""
     result = {"current": manifest.config.link or layout.default_link(manifest.model)}
     for name, channel in sorted(manifest.channels.items()):
-        result[name] = channel["link"] or f"models/{manifest.model}/{name}"
+        result[name] = channel["link"] or defaults.LINK.format(model=manifest.model, channel=name)
     return result
 
 

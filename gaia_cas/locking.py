@@ -12,9 +12,10 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import defaults
 from .errors import LockTimeoutError, StoreError
 
-DEFAULT_LOCK_TIMEOUT = 30.0
+DEFAULT_LOCK_TIMEOUT = defaults.LOCK_TIMEOUT
 
 
 def lock_timeout_from_env(value: float | None = None) -> float:

@@ -6,26 +6,11 @@ most when something went wrong); the exit status is 1 if any step failed, so cro
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from .errors import GaiaCasError
 
 STEP_ERRORS = (GaiaCasError, OSError)  # a step that fails this way is reported; the next one still runs
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gaia-cas-nightly",
-        description="Apply every model's retention policy, collect garbage and verify the store.")
-    parser.add_argument("--root", metavar="DIR", help="the data root (default: as for gaia-cas)")
-    parser.add_argument("--grace", metavar="AGE", default="1h", help="gc grace period (default 1h)")
-    parser.add_argument("--log-age", metavar="AGE", default="90d", help="delete logs older than AGE (default 90d)")
-    parser.add_argument("--verify-sample", metavar="PERCENT", type=float, default=None,
-                        help="re-hash only this share of the objects each night (default: all)")
-    parser.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=None)
-    parser.add_argument("--dry-run", action="store_true", help="plan every step; change nothing")
-    return parser
 
 
 def run(repo, *, grace, log_age, dry_run=False, verify_sample=None) -> tuple[bool, list[str]]:
@@ -83,7 +68,9 @@ def run(repo, *, grace, log_age, dry_run=False, verify_sample=None) -> tuple[boo
 
 
 def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .parser import build_nightly_parser
+
+    args = build_nightly_parser().parse_args(argv)
     try:
         from .repo import Repository
         from .retention import parse_age

@@ -8,6 +8,16 @@ import argparse
 import os
 import sys
 
+try:
+    from . import defaults
+except ImportError:  # loaded as a lone file by argparse-manpage (setup.cfg's pyfile=): no package
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("gaia_cas_defaults",
+                                                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaults.py"))
+    defaults = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(defaults)
+
 PROG = "gaia-cas"
 DESCRIPTION = "Versioned ML model deployment on a content-addressed, deduplicated store."
 EPILOG = """\
@@ -87,7 +97,7 @@ def _common(parser, top):
                         help="the data root holding store/ and manifests/")
     parser.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=default(None),
                         help="how long to wait for a model's lock "
-                             "(default $GAIA_CAS_LOCK_TIMEOUT, else 30)")
+                             f"(default $GAIA_CAS_LOCK_TIMEOUT, else {defaults.LOCK_TIMEOUT:g})")
 
 
 class _Unused:
@@ -149,6 +159,28 @@ def command_in(argv) -> str | None:
     return None
 
 
+def _gc_ages(p) -> None:
+    p.add_argument("--grace", metavar="AGE", default=defaults.GRACE,
+                   help=f"never delete anything younger than AGE (default {defaults.GRACE})")
+    p.add_argument("--log-age", metavar="AGE", default=defaults.LOG_AGE,
+                   help=f"delete gaia-cas's own log files older than AGE (default {defaults.LOG_AGE})")
+
+
+def build_nightly_parser() -> argparse.ArgumentParser:
+    """``gaia-cas-nightly``: the job cron runs (its man page is generated from this too)."""
+    parser = _Parser(prog="gaia-cas-nightly",
+                     description="Apply every model's retention policy, collect garbage and verify the store; "
+                                 "exit status 1 when any step failed.")
+    parser.add_argument("--root", metavar="DIR", help="the data root (default: as for gaia-cas)")
+    _gc_ages(parser)
+    parser.add_argument("--verify-sample", metavar="PERCENT", type=float, default=None,
+                        help="re-hash only this share of the objects each night (default: all)")
+    parser.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=None,
+                        help=f"how long to wait for a lock (default $GAIA_CAS_LOCK_TIMEOUT, else {defaults.LOCK_TIMEOUT:g})")
+    parser.add_argument("--dry-run", action="store_true", help="plan every step; change nothing")
+    return parser
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or (``only``) the top level plus one subcommand, which parses that
     subcommand's arguments exactly as the whole one would."""
@@ -186,7 +218,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                         help="default metadata for every version; V is read as JSON when it parses (repeatable)")
         if action == "set":
             mp.add_argument("--keep", type=int, metavar="N",
-                            help="retention: always keep the newest N versions (default 3)")
+                            help=f"retention: always keep the newest N versions (default {defaults.KEEP})")
             mp.add_argument("--keep-within", metavar="AGE",
                             help="retention: always keep versions younger than AGE (30d, 12h, 2w); '' clears it")
         reason(mp)
@@ -236,16 +268,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = command("cleanup", "drop old versions from manifests: kept if current, pinned, among the newest N "
                            "or younger than AGE (any rule keeps); objects are left to gc")
     p.add_argument("model", nargs="?", metavar="MODEL", help="one model, or 'all' (the default)")
-    p.add_argument("--keep", type=int, metavar="N", help="keep the newest N (default: the model's policy, else 3)")
+    p.add_argument("--keep", type=int, metavar="N",
+                   help=f"keep the newest N (default: the model's policy, else {defaults.KEEP})")
     p.add_argument("--older-than", metavar="AGE", help="only remove versions older than AGE (30d, 12h, 2w)")
     p.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
     reason(p)
 
     p = command("gc", "delete objects, trees, temp files and old logs that no manifest reaches")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
-    p.add_argument("--grace", metavar="AGE", default="1h",
-                   help="never delete anything younger than AGE (default 1h)")
-    p.add_argument("--log-age", metavar="AGE", default="90d", help="delete log files older than AGE (default 90d)")
+    _gc_ages(p)
 
     p = command("promote", "point a channel (e.g. staging, canary) at a version; it gets its own link")
     p.add_argument("model", metavar="MODEL")

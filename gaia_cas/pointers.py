@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import namedtuple
 
-from . import clock, ingest, links
+from . import clock, defaults, ingest, links
 from .errors import CorruptionError, InvalidInputError, NotFoundError
 from .layout import normalize_link
 from .manifest import Manifest, Version, record
@@ -109,7 +109,8 @@ def _promote(ctx, name: str, selector: str, channel: str, *, link, reason) -> Ro
         raise CorruptionError(f"version {target.version} of '{model}' is marked broken by verify; "
                               "it cannot be promoted")
     wanted_link = normalize_link(link, ctx.root) if link is not None else None
-    link_now = wanted_link or (manifest.channels.get(channel) or {}).get("link") or f"models/{model}/{channel}"
+    link_now = wanted_link or (manifest.channels.get(channel) or {}).get("link") \
+        or defaults.LINK.format(model=model, channel=channel)
     ctx.check_link_free(model, channel, link_now)
     ctx.check_link_locations(manifest)
     check_text(reason, "--reason")

@@ -12,13 +12,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from . import clock
+from . import clock, defaults
 from .errors import GaiaCasError, InvalidInputError
 from .manifest import Manifest, moment, record
 from .names import check_text
 from .versions import version_key
 
-DEFAULT_KEEP = 3
+DEFAULT_KEEP = defaults.KEEP
 _AGE_RE = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

@@ -26,6 +26,25 @@ def test_man_page_is_generated_from_the_parser_and_lists_every_command(tmp_path)
     assert "--lock-timeout" in page and "--dry-run" in page
 
 
+def test_the_nightly_job_has_a_man_page_from_the_same_parser_file(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from argparse_manpage.cli import main; sys.exit(main())",
+         "--pyfile", str(CHECKOUT / "gaia_cas" / "parser.py"), "--function", "build_nightly_parser",
+         "--prog", "gaia-cas-nightly", "--project-name", "gaia-cas"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    page = proc.stdout.replace("\\-", "-")
+    assert page.startswith(".TH GAIA-CAS-NIGHTLY")
+    for option in ("--grace", "--log-age", "--verify-sample", "--dry-run"):
+        assert option in page, option
+    assert "default 1h" in page and "default 90d" in page  # the defaults of gaia_cas/defaults.py
+    cfg = configparser.ConfigParser()
+    cfg.read(CHECKOUT / "setup.cfg")
+    assert "function=build_nightly_parser" in cfg["build_manpages"]["manpages"]
+    assert "man/gaia-cas-nightly.1" in cfg["options.data_files"]["share/man/man1"]
+
+
 def test_setup_cfg_declares_the_package_the_script_and_the_manpage():
     cfg = configparser.ConfigParser()
     cfg.read(CHECKOUT / "setup.cfg")
