@@ -1,6 +1,6 @@
 """The one place where gaia-cas makes a change durable and atomic.
 
-Every writer goes through these helpers so the write protocol (DESIGN.md) lives in one spot:
+Every writer goes through these helpers so the write protocol (docs/design.md, Write order) lives in one spot:
 write to a temporary name in the destination's own directory, fsync, rename over the final
 name, fsync the directory. A reader therefore sees the old bytes or the new bytes, never a mix,
 and after a crash the rename has either happened or not.

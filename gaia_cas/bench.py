@@ -16,7 +16,7 @@ start-up, the peak RSS of a deploy and, when `dvc` is available, `dvc add`.
 
 Every figure is the median of ``--repeat`` runs. Absolute times on shared machines are noise,
 so the table gives each median as a ratio to `cp -r` measured in the same run, and the targets
-(DESIGN.md, Performance) are checked on ratios wherever they are stated as ratios. The targets
+(docs/design.md, Performance budget) are checked on ratios wherever they are stated as ratios. The targets
 are set for the default size; at other sizes their PASS/FAIL is indicative only.
 
 Options: ``--size`` scales the tree (0.01 is ~10 MiB and 1% of the files, at least 20),

@@ -1,6 +1,6 @@
 """Garbage collection: plan what no manifest reaches, then delete it.
 
-Safe to run while deploys and servers run (DESIGN.md, gc):
+Safe to run while deploys and servers run (docs/design.md, Garbage collection):
 
 - gc holds the store barrier (``store/gc.lock``) exclusively while it marks and sweeps; every
   writer holds it shared from installing its objects until its manifest commit, so gc never

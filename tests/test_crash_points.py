@@ -20,7 +20,7 @@ The stores are small (a SavedModel-shaped folder of 5 files, a joblib file) so t
 file runs in well under a minute; fsync is counted and crashed at, but flushes nothing (a
 killed process loses no page cache, so it cannot change what a crash leaves).
 
-After each crash the state is checked against the invariants of DESIGN.md (see
+After each crash the state is checked against the invariants of docs/design.md (see
 :func:`check_crashed_store`): each manifest is byte for byte the old one or the new one, the
 ``current`` link and ``resolve()`` lead to a complete version, no committed version lost an
 object, the only leftovers are temporary entries, gc (grace 0) removes them and leaves nothing
