@@ -26,16 +26,12 @@ from __future__ import annotations
 
 import os
 
-from . import deploy as _deploy_verb
-from . import models as _models_verb
-from . import pointers as _pointers_verb
 from .context import Context
-from .deploy import DeployResult, parse_meta  # noqa: F401  (part of the library API)
 from .errors import InvalidInputError, StoreError
 from .layout import find_root
-from .pointers import RollbackResult  # noqa: F401
-from .selectors import select
-from .status import Status  # noqa: F401
+
+# Each verb module is imported by the method that uses it: an unchanged redeploy then loads
+# deploy's modules only, not those of rollback, status or the model settings.
 
 
 class Repository:
@@ -78,38 +74,55 @@ class Repository:
 
     def add_model(self, name: str, **settings):
         """Register a model: ``aliases``, ``source``, ``link``, ``metadata``, ``reason``."""
-        return _models_verb.add_model(self.ctx, name, **settings)
+        from .models import add_model
+
+        return add_model(self.ctx, name, **settings)
 
     def set_model(self, name: str, **settings):
         """Change a model's settings; ``keep``/``keep_within`` set its retention policy."""
-        return _models_verb.set_model(self.ctx, name, **settings)
+        from .models import set_model
+
+        return set_model(self.ctx, name, **settings)
 
     # -- deploy and pointers -------------------------------------------------------------------
 
-    def deploy(self, name: str, path: str | os.PathLike | None = None, **options) -> DeployResult:
-        """Deploy a file or folder as the model's next version and make it current."""
-        return _deploy_verb.deploy(self.ctx, name, path, **options)
+    def deploy(self, name: str, path: str | os.PathLike | None = None, **options):
+        """Deploy a file or folder as the model's next version and make it current: a DeployResult."""
+        from .deploy import deploy
+
+        return deploy(self.ctx, name, path, **options)
 
     def deploy_all(self, **options):
         """Deploy every model from its default source: (results, skipped, failed)."""
-        return _deploy_verb.deploy_all(self.ctx, **options)
+        from .deploy import deploy_all
 
-    def rollback(self, name: str | None, selector: str, *, reason: str | None = None) -> RollbackResult:
-        """Make an existing version current again; ``name`` None means the root's only model."""
-        return _pointers_verb.rollback(self.ctx, name, selector, reason=reason)
+        return deploy_all(self.ctx, **options)
+
+    def rollback(self, name: str | None, selector: str, *, reason: str | None = None):
+        """Make an existing version current again (a RollbackResult); ``name`` None means the
+        root's only model."""
+        from .pointers import rollback
+
+        return rollback(self.ctx, name, selector, reason=reason)
 
     def promote(self, name: str, selector: str, channel: str, *, link: str | None = None,
-                reason: str | None = None) -> RollbackResult:
+                reason: str | None = None):
         """Point a channel (e.g. staging, canary) at a version; 'current' is the default channel."""
-        return _pointers_verb.promote(self.ctx, name, selector, channel, link=link, reason=reason)
+        from .pointers import promote
+
+        return promote(self.ctx, name, selector, channel, link=link, reason=reason)
 
     def pin(self, name: str, selector: str, *, pinned: bool = True, reason: str | None = None):
         """Pin (or unpin) a version: a pinned version survives every cleanup."""
-        return _pointers_verb.pin(self.ctx, name, selector, pinned=pinned, reason=reason)
+        from .pointers import pin
+
+        return pin(self.ctx, name, selector, pinned=pinned, reason=reason)
 
     def sync_links(self) -> list[str]:
         """Regenerate every link that lags behind its manifest (after a crash); the models fixed."""
-        return _pointers_verb.sync_links(self.ctx)
+        from .pointers import sync_links
+
+        return sync_links(self.ctx)
 
     # -- retention, gc, verify -----------------------------------------------------------------
 
@@ -147,13 +160,17 @@ class Repository:
 
     def select(self, manifest, selector: str | None):
         """The version a selector names (see :mod:`gaia_cas.selectors`); None means current."""
+        from .selectors import select
+
         return select(manifest, selector)
 
     def show(self, name: str, selector: str | None = None):
+        from .selectors import select
+
         manifest = self.ctx.manifest(name)
         return manifest, select(manifest, selector)
 
-    def status(self) -> Status:
+    def status(self):
         from .status import status
 
         return status(self.ctx)
@@ -194,7 +211,7 @@ class Repository:
 
         return export(self.ctx, name, selector, output)
 
-    def import_archive(self, path, name: str, **options) -> DeployResult:
+    def import_archive(self, path, name: str, **options):
         """Validate an exported tar, then deploy its artifact as the model's next version."""
         from .archive import import_archive
 
