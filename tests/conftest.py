@@ -182,3 +182,41 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
+
+# -- worker processes (tests/workers.py) --------------------------------------------------------
+
+WORKERS = Path(__file__).with_name("workers.py")
+
+
+def spawn_worker(*args) -> subprocess.Popen:
+    """Start ``python tests/workers.py ROLE ROOT [ARGS...]``; it prints one JSON line per event."""
+    return subprocess.Popen([sys.executable, str(WORKERS), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def finish_worker(proc, timeout=180):
+    """(exit code, the JSON events it printed, stderr), killing it if it outlives ``timeout``."""
+    import json
+
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+
+
+def signal_when_ready(script: str, argv: list, ready: str, signum: int, timeout: float = 20):
+    """Run ``python -c script *argv``; once it prints the line ``ready``, send ``signum``.
+    Returns (exit code, stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline().strip() == ready
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, out, err

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
-from conftest import make_savedmodel
+from conftest import finish_worker, make_savedmodel, spawn_worker
 
-WORKERS = Path(__file__).with_name("workers.py")
-
-
-def spawn(*args):
-    return subprocess.Popen([sys.executable, str(WORKERS), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-
-
-def finish(proc, timeout=180):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        proc.kill()
-    return proc.returncode, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+spawn, finish = spawn_worker, finish_worker
 
 
 def test_gc_loop_never_takes_what_deploys_and_readers_need(repo, root, tmp_path):

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from conftest import CHECKOUT, assert_one_line_error, make_joblib, make_savedmodel, snapshot
+from conftest import CHECKOUT, assert_one_line_error, make_joblib, make_savedmodel, signal_when_ready, snapshot
 from gaia_cas.errors import RolledBackContentError
 from gaia_cas.repo import Repository
 
@@ -178,17 +175,8 @@ STALLED_DEPLOY = textwrap.dedent("""
 def test_a_signal_mid_deploy_cleans_staging_and_exits_with_one_line(root, tmp_path, signum):
     src = make_savedmodel(tmp_path / "train" / "saved_model", variant=4)
     before = snapshot(root)
-    proc = subprocess.Popen([sys.executable, "-c", STALLED_DEPLOY, str(CHECKOUT), "--root", str(root),
-                             "deploy", "ssd", str(src)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout.readline().strip() == "staging"
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 128 + signum, (proc.returncode, err)
+    code, _, err = signal_when_ready(STALLED_DEPLOY, [CHECKOUT, "--root", root, "deploy", "ssd", src], "staging", signum)
+    assert code == 128 + signum, (code, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gaia-cas: "), err
     assert signal.Signals(signum).name in lines[0] or signum == signal.SIGINT
@@ -227,17 +215,9 @@ def test_a_signal_after_the_commit_lets_the_link_follow_and_says_so(root, tmp_pa
     repo = Repository(root)
     repo.deploy("ssd", make_savedmodel(tmp_path / "v1" / "saved_model", variant=1))
     src = make_savedmodel(tmp_path / "v2" / "saved_model", variant=2)
-    proc = subprocess.Popen([sys.executable, "-c", SIGNAL_DURING_LINK_SWAP, str(CHECKOUT), "--root", str(root),
-                             "deploy", "ssd", str(src)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout.readline().strip() == "swapping"
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    code, _, err = signal_when_ready(SIGNAL_DURING_LINK_SWAP, [CHECKOUT, "--root", root, "deploy", "ssd", src],
+                                     "swapping", signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "SIGTERM" in lines[0] and "committed" in lines[0], err
     manifest = repo.manifest("ssd")
@@ -260,14 +240,6 @@ STALLED_NIGHTLY = textwrap.dedent("""
 
 
 def test_sigterm_stops_the_nightly_job_in_one_line(root):
-    proc = subprocess.Popen([sys.executable, "-c", STALLED_NIGHTLY, str(CHECKOUT), "--root", str(root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout.readline().strip() == "running"
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    code, _, err = signal_when_ready(STALLED_NIGHTLY, [CHECKOUT, "--root", root], "running", signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err
     assert err.strip() == "gaia-cas-nightly: terminated by SIGTERM"

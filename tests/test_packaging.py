@@ -9,17 +9,22 @@ import sys
 from conftest import CHECKOUT
 
 
+def _man_page(function: str, prog: str, cwd) -> str:
+    """The page argparse-manpage writes for one parser function of gaia_cas/parser.py."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from argparse_manpage.cli import main; sys.exit(main())",
+         "--pyfile", str(CHECKOUT / "gaia_cas" / "parser.py"), "--function", function,
+         "--prog", prog, "--project-name", "gaia-cas"],
+        cwd=cwd, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.replace("\\-", "-")
+
+
 def test_man_page_is_generated_from_the_parser_and_lists_every_command(tmp_path):
     # The same call the build makes from setup.cfg's [build_manpages]: the parser file is loaded
     # on its own, outside the package, from another working directory.
-    proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from argparse_manpage.cli import main; sys.exit(main())",
-         "--pyfile", str(CHECKOUT / "gaia_cas" / "parser.py"), "--function", "build_parser",
-         "--prog", "gaia-cas", "--project-name", "gaia-cas"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    page = proc.stdout.replace("\\-", "-")
+    page = _man_page("build_parser", "gaia-cas", tmp_path)
     assert page.startswith(".TH GAIA-CAS")
     for command in ("init", "model", "deploy", "list", "status", "show", "rollback", "logs", "demo"):
         assert f"gaia-cas\\fR \\fI\\,{command}\\/" in page, command
@@ -27,14 +32,7 @@ def test_man_page_is_generated_from_the_parser_and_lists_every_command(tmp_path)
 
 
 def test_the_nightly_job_has_a_man_page_from_the_same_parser_file(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from argparse_manpage.cli import main; sys.exit(main())",
-         "--pyfile", str(CHECKOUT / "gaia_cas" / "parser.py"), "--function", "build_nightly_parser",
-         "--prog", "gaia-cas-nightly", "--project-name", "gaia-cas"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    page = proc.stdout.replace("\\-", "-")
+    page = _man_page("build_nightly_parser", "gaia-cas-nightly", tmp_path)
     assert page.startswith(".TH GAIA-CAS-NIGHTLY")
     for option in ("--grace", "--log-age", "--verify-sample", "--dry-run"):
         assert option in page, option

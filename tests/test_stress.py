@@ -9,7 +9,6 @@ replay one run; the seed is printed.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -20,26 +19,12 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from conftest import LAUNCHER, make_savedmodel
+from conftest import LAUNCHER, finish_worker, make_savedmodel, spawn_worker
 from gaia_cas import resolve
 from gaia_cas.repo import Repository
 
-WORKERS = Path(__file__).with_name("workers.py")
 SEED = int(os.environ.get("GAIA_CAS_STRESS_SEED", "20261201"))
-
-
-def spawn(*args):
-    return subprocess.Popen([sys.executable, str(WORKERS), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-
-
-def finish(proc, timeout=120):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        proc.kill()
-        proc.wait()
-    return proc.returncode, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+spawn, finish = spawn_worker, lambda proc: finish_worker(proc, timeout=120)
 
 
 def assert_store_sound(repo: Repository, root: Path) -> None:
