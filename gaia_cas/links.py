@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import defaults
@@ -141,19 +142,33 @@ def point_link(layout: Layout, relative: str, target: Path) -> bool:
         os.close(fd)
 
 
+@contextmanager
+def _existing_parent(layout: Layout, relative: str, *, unreachable=(InvalidInputError, OSError)):
+    """The link's folder held by descriptor, and the link's path; ``(None, None)`` when that folder
+    does not exist or is reachable only through a symlink (which gaia-cas never follows)."""
+    try:
+        fd, link = open_parent(layout, relative, create=False)
+    except unreachable:
+        fd, link = None, None
+    if fd is None:
+        yield None, None
+        return
+    try:
+        yield fd, link
+    finally:
+        os.close(fd)
+
+
 def drop_link(layout: Layout, relative: str) -> bool:
     """Remove a link gaia-cas made: one inside the root that points into its store.
 
     A symlink already at the location before the model existed (a legacy ``current`` that
     servers still follow) is left alone until a version replaces it.
     """
-    try:
-        fd, link = open_parent(layout, relative, create=False)
-    except InvalidInputError:
-        return False  # reached only through a symlink: not a link gaia-cas could have made
-    if fd is None:
-        return False
-    try:
+    # reached only through a symlink: not a link gaia-cas could have made
+    with _existing_parent(layout, relative, unreachable=InvalidInputError) as (fd, link):
+        if fd is None:
+            return False
         try:
             text = os.readlink(link.name, dir_fd=fd)
         except OSError:
@@ -165,38 +180,27 @@ def drop_link(layout: Layout, relative: str) -> bool:
         os.unlink(link.name, dir_fd=fd)
         os.fsync(fd)
         return True
-    finally:
-        os.close(fd)
 
 
 def read_link(layout: Layout, relative: str) -> Path | None:
     """Where the link points now (absolute, not resolved further), or None if absent (or only
     reachable through a symlink, which gaia-cas never follows)."""
-    try:
-        fd, link = open_parent(layout, relative, create=False)
-    except (InvalidInputError, OSError):
-        return None
-    if fd is None:
-        return None
-    try:
-        return Path(os.path.normpath(link.parent / os.readlink(link.name, dir_fd=fd)))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    with _existing_parent(layout, relative) as (fd, link):
+        if fd is None:
+            return None
+        try:
+            return Path(os.path.normpath(link.parent / os.readlink(link.name, dir_fd=fd)))
+        except OSError:
+            return None
 
 
 def stale_link_temps(layout: Layout, relative: str) -> list[tuple[Path, float]]:
     """Temporary links an interrupted swap left beside the link: (path, mtime) of each."""
     from .atomic import TMP_MARK
 
-    try:
-        fd, link = open_parent(layout, relative, create=False)
-    except (InvalidInputError, OSError):
-        return []
-    if fd is None:
-        return []
-    try:
+    with _existing_parent(layout, relative) as (fd, link):
+        if fd is None:
+            return []
         found = []
         prefix = f".{link.name}{TMP_MARK}"
         for name in sorted(os.listdir(fd)):
@@ -205,21 +209,14 @@ def stale_link_temps(layout: Layout, relative: str) -> list[tuple[Path, float]]:
                 if stat.S_ISLNK(st.st_mode):
                     found.append((link.parent / name, st.st_mtime))
         return found
-    finally:
-        os.close(fd)
 
 
 def remove_link_temp(layout: Layout, path: Path) -> bool:
     """Remove a stale temporary link found by :func:`stale_link_temps`, reached by descriptor
     again (its folder may have been swapped since); False if it is no longer there."""
-    relative = os.path.relpath(path, layout.root)
-    try:
-        fd, _ = open_parent(layout, relative, create=False)
-    except (InvalidInputError, OSError):
-        return False
-    if fd is None:
-        return False
-    try:
+    with _existing_parent(layout, os.path.relpath(path, layout.root)) as (fd, _):
+        if fd is None:
+            return False
         try:
             st = os.stat(path.name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -229,5 +226,3 @@ def remove_link_temp(layout: Layout, path: Path) -> bool:
         os.unlink(path.name, dir_fd=fd)
         os.fsync(fd)
         return True
-    finally:
-        os.close(fd)
