@@ -578,11 +578,24 @@ def cmd_watch(args, default_root):
         _emit(args, {"changes": count}, "")
 
 
+def cmd_serve(args, default_root):
+    from .layout import find_root
+    from .server import serve
+
+    if args.max_body < 0:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"--max-body must be 0 or more bytes, not {args.max_body}")
+    serve(args.models, root=find_root(args.root, default_root), host=args.host, port=args.port,
+          channel=args.channel, interval=args.interval, max_body=args.max_body,
+          report=lambda line: print(shown(line), flush=True))
+
+
 _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
     "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
     "demo": cmd_demo, "pin": cmd_pin, "unpin": cmd_pin, "cleanup": cmd_cleanup, "gc": cmd_gc,
     "verify": cmd_verify, "promote": cmd_promote, "history": cmd_history, "diff": cmd_diff,
     "import-legacy": cmd_import_legacy, "export": cmd_export, "import": cmd_import,
-    "watch": cmd_watch,
+    "watch": cmd_watch, "serve": cmd_serve,
 }

@@ -320,6 +320,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--pid", type=int, metavar="PID", help="the process --signal goes to")
     p.add_argument("--max-changes", type=int, metavar="N", help="stop after N changes (default: never)")
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds (default: never)")
+
+    p = command("serve", "serve models over the Open Inference Protocol (v2) REST API, reloading each new version")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="the port (default 8080; 0 picks a free one)")
+    p.add_argument("--channel", default="current", metavar="C", help="the channel to serve (default current)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+                   help="look for a new version at least every S seconds (default 1; at once where inotify exists)")
+    p.add_argument("--max-body", type=int, default=64 << 20, metavar="BYTES",
+                   help="refuse request bodies larger than this with 413 (default 64 MiB)")
     if only is not None and only not in sub.choices:
         return build_parser()  # not a command: the full parser lists the choices in its error
     return parser

@@ -123,7 +123,8 @@ def watch(model: str, action: Action, *, root=None, channel: str = "current", in
             handle.wait(left)
             if not handle.refresh():
                 if handle.last_error is not None:
-                    warn(f"{handle.last_error} (still serving {handle.get()[1].version})")
+                    error = handle.last_error
+                    warn(f"{error or type(error).__name__} (still serving {handle.get()[1].version})")
                     handle.last_error = None
                 continue
             active = handle.get()[1]
