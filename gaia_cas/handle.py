@@ -55,6 +55,7 @@ class ModelHandle:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watcher: _Watcher | None = None
+        self._watcher_made = threading.Lock()
         first = resolve(model, self.root, channel)
         self.model = first.model  # the name, if an alias was given
         self._manifest = first.manifest_path
@@ -165,8 +166,9 @@ class ModelHandle:
                 self._stop.wait(min(left, 0.05))
 
     def _watch(self) -> "_Watcher | None":
-        if self._watcher is None:
-            self._watcher = _Watcher.open(self._manifest.parent)
+        with self._watcher_made:  # one inotify descriptor, whichever thread waits first
+            if self._watcher is None:
+                self._watcher = _Watcher.open(self._manifest.parent)
         return self._watcher if self._watcher.fd is not None else None
 
     def start(self, interval: float = 1.0) -> "ModelHandle":

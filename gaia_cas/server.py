@@ -39,6 +39,13 @@ class InferenceServer:
                  loader: Callable | None = None):
         from .handle import ModelHandle
 
+        try:
+            import numpy  # noqa: F401  (the tensors of the protocol)
+        except ImportError:
+            from .loaders import UnsupportedFormatError
+
+            raise UnsupportedFormatError("gaia-cas serve needs numpy: pip install 'gaia-cas[serve]' "
+                                         "(or pip install numpy)") from None
         if not models:
             raise InvalidInputError("name at least one model to serve")
         if not interval > 0:

@@ -15,6 +15,7 @@ import pytest
 
 import gaia_cas
 from conftest import CHECKOUT, run_launcher
+from test_hostile_input import shared  # noqa: F401  (a fixture)
 from gaia_cas import handle as handle_module
 from gaia_cas import leases
 from gaia_cas.repo import Repository
@@ -279,3 +280,25 @@ def test_importing_the_package_and_the_handle_imports_no_framework():
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(CHECKOUT)], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_server_that_cannot_write_the_store_serves_without_a_lease(shared):
+    """Another user's store (here root's, served by nobody): no lease can be taken, serving works."""
+    from test_hostile_input import as_nobody
+
+    root = shared / "root"
+    repo = Repository.init(root)
+    deploy_bytes(repo, shared, b"one")
+    deploy_bytes(repo, shared, b"two")
+    os.chmod(shared / "src", 0o755)
+
+    def serve_as_nobody():
+        with gaia_cas.ModelHandle("m", root=root, loader=lambda p: Path(p).read_bytes()) as h:
+            obj, active = h.get()
+            print(obj.decode(), active.version, h.leased)
+            print(h.refresh())
+
+    run = as_nobody(serve_as_nobody, cwd=shared)
+    assert run.code == 0, run.err
+    assert run.out.split() == ["two", "1.1.0", "False", "False"]
+    assert lease_files(repo) == []
