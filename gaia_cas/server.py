@@ -157,9 +157,26 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
     server_version = "gaia-cas"
+    # Headers and body leave in one write, with Nagle off: as two small writes, the second
+    # waited for the client's delayed ACK, 40 ms a request on Linux (measured: 23 req/s).
+    wbufsize = 1 << 16
+
+    def setup(self):
+        super().setup()
+        import socket
+
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
     def log_message(self, format, *args):  # one line per request would cost more than the request
         pass
+
+    def handle_expect_100(self):
+        ok = super().handle_expect_100()
+        self.wfile.flush()  # the client (curl, for any body over 1 KiB) waits for it before the body
+        return ok
 
     def _send(self, status: int, document: dict) -> None:
         body = json.dumps(document, separators=(",", ":")).encode("utf-8")

@@ -186,6 +186,25 @@ def test_keep_alive_answers_many_requests_on_one_connection(repo, root, tmp_path
     assert os.listdir(leases.leases_dir(repo.layout)) == []
 
 
+def test_a_client_that_expects_100_continue_gets_it_before_sending_the_body(repo, root, tmp_path, start):
+    import socket
+
+    deploy_joblib(repo, tmp_path, 0)
+    server = start("lr")
+    body = json.dumps(infer_body()).encode()
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(f"POST /v2/models/lr/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")  # within the timeout, before the body
+        sock.sendall(body)
+        reply = b""
+        while b"model_version" not in reply:
+            chunk = sock.recv(65536)
+            assert chunk
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200")
+
+
 def test_a_switch_under_load_fails_no_request_and_mixes_no_versions(repo, root, tmp_path, start):
     sources = {"1.0.0": deploy_joblib(repo, tmp_path, 0)}
     server = start("lr")
