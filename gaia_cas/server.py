@@ -131,12 +131,13 @@ class InferenceServer:
             model, active = handle.get()  # once: the whole answer comes from this version
             if version is not None and version != active.version:
                 raise _Problem(404, f"model {name!r} version {version!r} is not served (serving {active.version})")
-            outputs = oip.infer(model, inputs)
             if wanted is not None:
-                known = {n for n, _ in outputs}
-                missing = [w for w in wanted if w not in known]
+                known = {o["name"] for o in oip.metadata(model)["outputs"]}
+                missing = [w for w in wanted if known and w not in known]
                 if missing:
                     raise oip.BadRequest(f"unknown output {missing[0]!r} (outputs: {', '.join(sorted(known))})")
+            outputs = oip.infer(model, inputs, wanted)  # only what was asked for, where that saves work
+            if wanted is not None:
                 outputs = [(n, v) for n, v in outputs if n in wanted]
             result = {"model_name": name, "model_version": active.version,
                       "outputs": [oip.encode_output(n, v) for n, v in outputs],

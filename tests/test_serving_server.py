@@ -135,6 +135,10 @@ def test_health_metadata_and_infer_for_a_joblib_and_an_onnx_model(repo, root, tm
     status, doc = server.request("POST", "/v2/models/ox/versions/1.0.0/infer",
                                  {**infer_body("X"), "outputs": [{"name": "probabilities"}]})
     assert status == 200 and [o["name"] for o in doc["outputs"]] == ["probabilities"]
+    status, doc = server.request("POST", "/v2/models/lr/infer", {**infer_body(), "outputs": [{"name": "predict"}]})
+    assert status == 200 and outputs_of(doc) == {"predict": local_sklearn(joblib_path)["predict"]}
+    status, doc = server.request("POST", "/v2/models/lr/infer", {**infer_body(), "outputs": [{"name": "nope"}]})
+    assert status == 400 and "unknown output 'nope'" in doc["error"]
 
 
 def test_bad_requests_get_json_errors_and_the_server_keeps_serving(repo, root, tmp_path, start):
