@@ -162,8 +162,9 @@ def acquire(layout: Layout, model: str, version: str, tree: str) -> Lease:
                 fd = open_regular(tmp, os.O_RDWR)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and ours: never busy
                 write_all(fd, _encode(info))
-        except FileNotFoundError:
-            # A gc took the temporary before it was locked (it looked dead): try a new name.
+        except (FileNotFoundError, BlockingIOError):
+            # A gc took the temporary before it was locked (it looked dead), or holds its lock
+            # to remove it: try a new name.
             if fd is not None:
                 os.close(fd)
             continue

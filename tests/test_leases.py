@@ -183,3 +183,36 @@ def test_a_locked_file_that_is_not_a_lease_names_nothing(repo, root, tmp_path, v
         assert "lease" not in result["deleted"]
         assert junk.exists()
     assert not repo.layout.tree_path(v1.hash).exists()
+
+
+def test_a_gc_removing_the_lease_temporary_before_it_is_locked_makes_the_holder_try_again(repo, v1, monkeypatch):
+    """The two interleavings of gc with a lease being made: gc unlinked the temporary (the rename
+    fails), or gc holds its lock to unlink it (the holder's lock is refused)."""
+    import fcntl
+
+    real_flock = fcntl.flock
+    interleavings = ["gc unlinks it", "gc holds it"]
+
+    def flock(fd, op):
+        if interleavings and op == fcntl.LOCK_EX | fcntl.LOCK_NB:
+            what = interleavings.pop(0)
+            name = next(n for n in os.listdir(leases.leases_dir(repo.layout)) if ".tmp-" in n)
+            path = leases.leases_dir(repo.layout) / name
+            if what == "gc unlinks it":
+                monkeypatch.setattr(fcntl, "flock", real_flock)  # gc's own locking is real
+                assert leases.remove_dead(repo.layout, path)
+                monkeypatch.setattr(fcntl, "flock", flock)
+            else:
+                raise BlockingIOError
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    lease = leases.hold_version(repo, v1.model, v1.version, v1.hash)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    try:
+        assert interleavings == []
+        assert os.listdir(leases.leases_dir(repo.layout)) == [lease.name]
+        live, dead, _ = leases.scan(repo.layout)
+        assert [x.tree for x in live] == [v1.hash] and dead == []
+    finally:
+        lease.release()
