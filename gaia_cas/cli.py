@@ -582,10 +582,12 @@ def cmd_serve(args, default_root):
     from .layout import find_root
     from .server import serve
 
-    if args.max_body < 0:
-        from .errors import InvalidInputError
+    from .errors import InvalidInputError
 
+    if args.max_body < 0:
         raise InvalidInputError(f"--max-body must be 0 or more bytes, not {args.max_body}")
+    if not 0 <= args.port <= 65535:
+        raise InvalidInputError(f"--port must be 0 to 65535, not {args.port}")
     serve(args.models, root=find_root(args.root, default_root), host=args.host, port=args.port,
           channel=args.channel, interval=args.interval, max_body=args.max_body,
           report=lambda line: print(shown(line), flush=True))

@@ -312,3 +312,25 @@ def test_serve_refuses_an_unknown_model_or_a_model_it_cannot_load_in_one_line(re
     assert_one_line_error(run_launcher("--root", root, "serve", "plain", "--port", "0", timeout=30),
                           "no default loader")
     assert os.listdir(leases.leases_dir(repo.layout)) == []
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--port", "70000"], "--port must be 0 to 65535"),
+    (["--interval", "0"], "--interval must be more than 0"),
+    (["--max-body", "-1"], "--max-body must be 0 or more"),
+])
+def test_serve_refuses_bad_options_in_one_line(repo, tmp_path, cli, argv, fragment):
+    from conftest import assert_one_line_error
+
+    deploy_joblib(repo, tmp_path, 0)
+    assert_one_line_error(cli("serve", "lr", *argv), fragment)
+
+
+def test_a_port_in_use_is_one_line_and_gives_the_lease_back(repo, root, tmp_path, start):
+    from conftest import assert_one_line_error, run_launcher
+
+    deploy_joblib(repo, tmp_path, 0)
+    server = start("lr")
+    run = run_launcher("--root", root, "serve", "lr", "--port", server.port, timeout=30)
+    assert_one_line_error(run, "in use")
+    assert len(os.listdir(leases.leases_dir(repo.layout))) == 1  # the running server's only
