@@ -8,7 +8,7 @@ from .errors import GaiaCasError
 
 __version__ = "0.1.0"
 
-__all__ = ["GaiaCasError", "Repository", "Resolved", "resolve"]
+__all__ = ["GaiaCasError", "ModelHandle", "Repository", "Resolved", "resolve"]
 
 
 def __getattr__(name):
@@ -16,6 +16,10 @@ def __getattr__(name):
         from .repo import Repository
 
         return Repository
+    if name == "ModelHandle":
+        from .handle import ModelHandle
+
+        return ModelHandle
     if name in ("resolve", "Resolved"):
         from . import reader
 

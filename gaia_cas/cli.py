@@ -533,10 +533,48 @@ def cmd_demo(args, default_root):
     cmd_status(args, default_root)
 
 
+# -- serving: watch, serve ---------------------------------------------------------------------
+
+def cmd_watch(args, default_root):
+    from .layout import find_root
+    from .watch import Action, watch
+
+    action = Action.parse(args.exec_command, args.signal_name, args.pid)
+    root = find_root(args.root, default_root)
+
+    def report(line: str) -> None:
+        if not args.json:
+            print(shown(line), flush=True)
+
+    def warn(line: str) -> None:
+        print(f"{PROG}: warning: {shown(line)}", file=sys.stderr, flush=True)
+
+    count = watch(args.model, action, root=root, channel=args.channel, interval=args.interval,
+                  max_changes=args.max_changes, timeout=args.timeout, report=report, warn=warn)
+    if args.json:
+        _emit(args, {"changes": count}, "")
+
+
+def cmd_serve(args, default_root):
+    from .layout import find_root
+    from .server import serve
+
+    from .errors import InvalidInputError
+
+    if args.max_body < 0:
+        raise InvalidInputError(f"--max-body must be 0 or more bytes, not {args.max_body}")
+    if not 0 <= args.port <= 65535:
+        raise InvalidInputError(f"--port must be 0 to 65535, not {args.port}")
+    serve(args.models, root=find_root(args.root, default_root), host=args.host, port=args.port,
+          channel=args.channel, interval=args.interval, max_body=args.max_body,
+          report=lambda line: print(shown(line), flush=True))
+
+
 _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
     "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
     "demo": cmd_demo, "pin": cmd_pin, "unpin": cmd_pin, "cleanup": cmd_cleanup, "gc": cmd_gc,
     "verify": cmd_verify, "promote": cmd_promote, "history": cmd_history, "diff": cmd_diff,
     "import-legacy": cmd_import_legacy, "export": cmd_export, "import": cmd_import,
+    "watch": cmd_watch, "serve": cmd_serve,
 }

@@ -80,5 +80,9 @@ class CorruptionError(GaiaCasError):
     """Stored data (manifest, tree or object) does not decode or does not match its hash."""
 
 
+class GcRefusedError(CorruptionError):
+    """gc found something it cannot read (a manifest, a tree, a lease folder) and deleted nothing."""
+
+
 class StoreError(GaiaCasError, OSError):
     """The store could not be written or read (disk full, permissions, read-only mount)."""

@@ -9,6 +9,8 @@ Safe to run while deploys and servers run (docs/design.md, Garbage collection):
   staging folders of deploys still running (their flock is held by a live process).
 - Nothing younger than the grace period is deleted (git's gc.pruneExpire): objects, staging
   leftovers and materialized trees alike.
+- Leases are roots too: a version a live process holds (its lease's flock is held) keeps its
+  tree, its objects and its materialized folder, whatever their age (gaia_cas/leases.py).
 - Materialized trees are derived data: those of every current version and of versions that
   were current within the grace period (a server may still be reading them) stay.
 - If any manifest or tree cannot be read, gc deletes nothing and says why (fail closed).
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from . import defaults
 from .atomic import TMP_MARK, remove_tree
-from .errors import CorruptionError, GaiaCasError
+from .errors import GaiaCasError, GcRefusedError  # noqa: F401  (GcRefusedError: part of gc's API)
 from .layout import Layout
 from .locking import try_flock_dir
 from .manifest import Manifest, moment
@@ -40,15 +42,11 @@ DEFAULT_GRACE = parse_age(defaults.GRACE)
 DEFAULT_LOG_AGE = parse_age(defaults.LOG_AGE)
 
 
-class GcRefusedError(CorruptionError):
-    """gc found something it cannot read and deleted nothing."""
-
-
 @dataclass
 class Doomed:
     path: Path
     size: int
-    kind: str  # object, tree, tmp, log, manifest-tmp, link-tmp
+    kind: str  # object, tree, tmp, log, manifest-tmp, link-tmp, lease
 
 
 @dataclass
@@ -166,6 +164,17 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
     trees_to_keep = protected_trees(all_manifests, now, grace) | linked_trees(layout, all_manifests)
     cutoff = time.time() - grace.total_seconds()
     plan = GcPlan()
+    from . import leases
+
+    live, dead, unreadable = leases.scan(layout)
+    plan.ignored.extend(unreadable)
+    for lease in live:  # roots whatever their age: their holders are alive
+        if reader.store.exists(lease.tree):
+            _mark_tree(reader, lease.tree, reachable, lease.model, lease.version)
+            trees_to_keep.add(lease.tree)
+        else:
+            plan.ignored.append(f"leases: {lease.model} {lease.version} (tree {lease.tree} is not in the store)")
+    plan.doomed.extend(Doomed(path, 0, "lease") for path in dead)
 
     for fanout in _scan(layout.objects):
         if not (fanout.is_dir(follow_symlinks=False) and len(fanout.name) == 2):
@@ -259,17 +268,19 @@ def _execute(layout: Layout, plan: GcPlan, grace: timedelta, held: "_HeldFolders
     cutoff = time.time() - grace.total_seconds()
     # Reverse reference order: derived trees and leftovers first, objects last, so no state
     # along the way has a tree pointing at a missing object.
-    order = {"link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "store-tmp": 3, "log": 4, "object": 5}
+    order = {"lease": 0, "link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "store-tmp": 3, "log": 4, "object": 5}
     refusal = layout.symlink_in_store(trees=True)  # again: a folder may have been swapped since the plan
     if refusal is not None:
         raise GcRefusedError(f"gc deleted nothing: {refusal}")
     touched_dirs: set[Path] = set()
     touched_fds: set[int] = set()
     for item in sorted(plan.doomed, key=lambda d: order[d.kind]):
-        if item.kind in ("link-tmp", "log"):
+        if item.kind in ("link-tmp", "log", "lease"):
+            from .leases import remove_dead
             from .links import remove_link_temp
 
-            gone = remove_link_temp(layout, item.path) if item.kind == "link-tmp" else _remove_own_log(layout, item)
+            gone = (remove_link_temp(layout, item.path) if item.kind == "link-tmp" else
+                    remove_dead(layout, item.path) if item.kind == "lease" else _remove_own_log(layout, item))
             if gone:
                 deleted[item.kind] = deleted.get(item.kind, 0) + 1
                 freed += item.size

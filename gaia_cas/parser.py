@@ -334,6 +334,33 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")
 
     command("demo", "deploy the bundled sample models (a SavedModel folder and a joblib file) and show them")
+
+    # -- serving: watch, serve --------------------------------------------------------------
+    p = command("watch", "on every change of a model's served version, run a command or signal a process")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--channel", default="current", metavar="C", help="the channel to follow (default current)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+                   help="look at the manifest at least every S seconds (default 1; changes are seen at once "
+                        "where inotify exists)")
+    p.add_argument("--exec", dest="exec_command", metavar="CMD",
+                   help="run CMD on every change, with GAIA_CAS_MODEL, GAIA_CAS_VERSION, GAIA_CAS_HASH and "
+                        "GAIA_CAS_PATH in its environment; CMD is a program and its arguments, split into "
+                        "words like a shell would but not run through a shell (no pipes, redirections or "
+                        "$VARIABLES: use sh -c '...' for those); the version stays leased while it runs")
+    p.add_argument("--signal", dest="signal_name", metavar="SIG", help="send SIG (e.g. HUP, USR1) to --pid on every change")
+    p.add_argument("--pid", type=int, metavar="PID", help="the process --signal goes to")
+    p.add_argument("--max-changes", type=int, metavar="N", help="stop after N changes (default: never)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds (default: never)")
+
+    p = command("serve", "serve models over the Open Inference Protocol (v2) REST API, reloading each new version")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="the port (default 8080; 0 picks a free one)")
+    p.add_argument("--channel", default="current", metavar="C", help="the channel to serve (default current)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+                   help="look for a new version at least every S seconds (default 1; at once where inotify exists)")
+    p.add_argument("--max-body", type=int, default=64 << 20, metavar="BYTES",
+                   help="refuse request bodies larger than this with 413 (default 64 MiB)")
     if only is not None and only not in sub.choices:
         return build_parser()  # not a command: the full parser lists the choices in its error
     return parser
