@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LAUNCHER, assert_one_line_error, lock_held_elsewhere, make_savedmodel, snapshot
-from test_hostile_input import NOBODY, as_nobody, chown_tree, shared  # noqa: F401  (shared: a fixture)
+from test_hostile_input import as_nobody, chown_tree, shared  # noqa: F401  (shared: a fixture)
 from test_legacy import build_legacy
 from gaia_cas import deploy as deploy_verb
 from gaia_cas import ingest, objects
@@ -287,4 +287,26 @@ def test_a_consume_interrupted_by_sigterm_restores_modes_even_for_objects_alread
     monkeypatch.setattr(deploy_verb, "commit", refuse)
     with pytest.raises(Terminated):
         repo.deploy("ssd", source, consume=True)
+    assert modes(source) == before
+
+
+def test_a_source_file_whose_object_stays_gets_its_own_inode_with_its_mode(repo, root, tmp_path, monkeypatch):
+    """Another writer took the object up meanwhile (refreshed it): the object keeps the inode,
+    the source file gets a copy of its own, with the mode it had (not the object's 0444)."""
+    source = make_savedmodel(tmp_path / "ssd")
+    os.chmod(source / "saved_model.pb", 0o640)
+    before = modes(source)
+    oid = objects.hash_bytes((source / "saved_model.pb").read_bytes())
+
+    def refuse(*args, **kwargs):
+        path = repo.objects.path(oid)
+        st = os.lstat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # another writer refreshed it
+        raise GaiaCasError("the commit failed")
+
+    monkeypatch.setattr(deploy_verb, "commit", refuse)
+    with pytest.raises(GaiaCasError):
+        repo.deploy("ssd", source, consume=True)
+    assert repo.objects.exists(oid)
+    assert os.lstat(repo.objects.path(oid)).st_ino != os.lstat(source / "saved_model.pb").st_ino
     assert modes(source) == before
