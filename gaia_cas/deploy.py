@@ -16,6 +16,7 @@ from pathlib import Path
 from . import clock, history, ingest
 from .errors import GaiaCasError, InvalidInputError, ModelNotFoundError, RolledBackContentError
 from .manifest import Manifest, Version, record
+from .materialize import build as build_tree
 from .names import check_model_name, check_text
 from .statcache import StatCache
 from .versions import BUMPS, bump, format_version, parse_version, version_key
@@ -130,10 +131,11 @@ def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: 
 
                 fmt = formats.detect(request.source)
                 with ctx.writing():  # from here to the commit, gc waits (the store barrier)
+                    # Any failure from here to the commit (a lock timeout, a signal, a refusal
+                    # under the lock) takes back what this deploy added (Staging._take_back).
                     new_objects = staging.install()
-                    existed = ctx.layout.tree_path(built.tree).is_dir()
-                    tree_dir = ctx.materialize(built.tree)
-                    staging.materialized(tree_dir, created=not existed)
+                    tree_dir, made = build_tree(ctx.layout, ctx.objects, built.tree)
+                    staging.materialized(tree_dir, made, lambda: tree_in_use(ctx, built.tree))
                     staging.repair_tree(tree_dir)  # no file of it may be a source's inode
                     number, unchanged, previous = commit(ctx, request, built, fmt, staging.keep)
                 committed = True
@@ -163,6 +165,16 @@ def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: 
         )
     return DeployResult(model, number, built.tree, unchanged, str(ingest.artifact_path(tree_dir, built.name)),
                         built.size, fmt, built.file_count, previous, new_objects, consumed=consumed)
+
+
+def tree_in_use(ctx, tree: str) -> bool:
+    """Whether a committed manifest of any model names ``tree`` (then a failed deploy that
+    materialized it must not take it back)."""
+    for model in ctx.models():
+        manifest = ctx.manifests.read(model)
+        if manifest is not None and any(v.tree == tree for v in manifest.versions):
+            return True
+    return False
 
 
 def _still_current(ctx, request: DeployRequest, built: ingest.Built, current) -> bool:

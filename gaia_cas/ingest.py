@@ -587,57 +587,105 @@ def consume_source(consumption: Consumption) -> Consumption:
 
     The source folder is first renamed to a hidden sibling, so that an interrupted deletion
     leaves no half-deleted model under the original name to be deployed again by mistake.
+    Every deletion is made relative to a folder held open by descriptor, each folder opened
+    without following a symlink and checked against the scan: the owner of the source can swap
+    a folder of it for a symlink at any moment, and root's deletions must never follow it.
     """
     path = consumption.source
-    if not os.path.isdir(path) or os.path.islink(path):
-        _remove_taken(consumption, path, path)
-        return consumption
     parent, name = os.path.split(path)
-    doomed = os.path.join(parent, f".{name}.gaia-cas-consumed-{os.urandom(4).hex()}")
     try:
-        os.rename(path, doomed)
+        parent_fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:  # the deploy has committed: report the source as kept rather than fail it
         consumption.left.append(path)
         return consumption
-    for dirpath, dirnames, filenames in os.walk(doomed, topdown=False):
-        for file_name in filenames:
-            full = os.path.join(dirpath, file_name)
-            _remove_taken(consumption, full, path + full[len(doomed):])
-        for dir_name in dirnames:
-            try:
-                os.rmdir(os.path.join(dirpath, dir_name))
-            except OSError:
-                pass  # still holds something kept above
     try:
-        os.rmdir(doomed)
-    except OSError:
         try:
-            os.rename(doomed, path)  # something was kept: give it back under its own name
-        except OSError:  # the name was taken again meanwhile: leave the rest where it is
-            consumption.left.append(doomed)
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except OSError:
+            return consumption  # gone already: nothing to delete
+        if not stat.S_ISDIR(st.st_mode):
+            _remove_taken(consumption, parent_fd, name, path)
+            return consumption
+        scanned = consumption.node.stat if isinstance(consumption.node, ScannedDir) else None
+        expected = (scanned.st_dev, scanned.st_ino) if scanned is not None else (st.st_dev, st.st_ino)
+        doomed = f".{name}.gaia-cas-consumed-{os.urandom(4).hex()}"
+        try:
+            os.rename(name, doomed, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except OSError:
+            consumption.left.append(path)
+            return consumption
+        if not _empty_folder(consumption, parent_fd, doomed, expected, path, 0):
+            try:
+                os.rename(doomed, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)  # give the rest back
+            except OSError:  # the name was taken again meanwhile: leave the rest where it is
+                consumption.left.append(os.path.join(parent, doomed))
+    finally:
+        os.close(parent_fd)
     return consumption
 
 
-def _remove_taken(consumption: Consumption, current: str, original: str) -> None:
-    """Delete one source file if it is still the one stored; otherwise list it as kept."""
-    if _same(current, consumption.taken.get(original)):
-        try:
-            os.unlink(current)
-            consumption.removed += 1
-            return
-        except OSError:
-            pass
-    if os.path.lexists(current):
-        consumption.left.append(original)
-
-
-def _same(path: str, identity: tuple | None) -> bool:
-    if identity is None:
+def _empty_folder(consumption: Consumption, parent_fd: int, name: str, expected: tuple, original: str,
+                  depth: int) -> bool:
+    """Delete what was taken from the folder ``name`` of ``parent_fd`` (the source's folder
+    ``original``), then the folder itself if that left it empty; True if it is gone."""
+    if depth > MAX_DEPTH:
         return False
     try:
-        return _identity(os.lstat(path)) == identity
-    except FileNotFoundError:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent_fd)
+    except OSError:
+        return False  # no longer a folder (a symlink swapped in?): left alone
+    emptied = True
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != expected:
+            return False  # another folder than the one scanned: not ours to empty
+        with os.scandir(fd) as it:
+            names = [entry.name for entry in it]
+        for child in names:
+            full = os.path.join(original, child)
+            try:
+                cst = os.stat(child, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(cst.st_mode):
+                if not _empty_folder(consumption, fd, child, (cst.st_dev, cst.st_ino), full, depth + 1):
+                    emptied = False
+            elif not _remove_taken(consumption, fd, child, full):
+                emptied = False
+    except OSError:
+        emptied = False
+    finally:
+        os.close(fd)
+    if not emptied:
         return False
+    try:
+        os.rmdir(name, dir_fd=parent_fd)  # fails on anything but an empty folder
+        return True
+    except OSError:
+        return False
+
+
+def _remove_taken(consumption: Consumption, dir_fd: int, name: str, original: str) -> bool:
+    """Delete the source file ``name`` of the folder held as ``dir_fd`` if it is still the one
+    stored (checked on the very entry deleted); otherwise list it as kept. True if it is gone."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        st = None
+    identity = consumption.taken.get(original)
+    if st is not None and identity is not None and _identity(st) == identity:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+            consumption.removed += 1
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            pass
+    consumption.left.append(original)
+    return False
 
 
 def hash_only(source: "str | os.PathLike | ScannedFile | ScannedDir", cache=None) -> Built:

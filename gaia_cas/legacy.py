@@ -29,7 +29,9 @@ from pathlib import Path
 from . import clock, formats, ingest, links
 from .codec import check_value
 from .errors import InvalidInputError, SourceError
+from .deploy import tree_in_use
 from .manifest import Version, moment, record
+from .materialize import build as build_tree
 from .names import check_model_name, check_text
 from .versions import format_version, version_key
 
@@ -416,10 +418,16 @@ def import_legacy(ctx, path: str | os.PathLike, *, mapping: dict[str, str] | Non
                 except SourceError as exc:
                     plan.skipped.append((v.label, str(exc)))
             fresh = plan.versions = [v for v in fresh if v.label in built]
+            # A failure from the install to the commit takes back what this import added
+            # (Staging._take_back): the store is left as it was.
             with ctx.writing():
-                staging.install()
-                plan.new_bytes = staging.new_bytes
-                manifest = _commit(ctx, plan, built, user, host, reason, clock.now)
+                try:
+                    staging.install()
+                    plan.new_bytes = staging.new_bytes
+                    manifest = _commit(ctx, plan, built, user, host, reason, clock.now, staging)
+                except OSError as exc:
+                    _refuse_moved(plan.model, fresh, exc)
+                    raise
         plan.logical_bytes = sum(built[v.label].size for v in fresh)
         _next_command(ctx, plan, manifest)
         ctx.oplog.write("gaia_cas.import", f"imported {len(fresh)} legacy versions of {plan.model} from "
@@ -460,9 +468,24 @@ def _assign_numbers(plan: ModelImport, existing) -> None:
             v.notes.append(f"number {format_version(v.number)} was taken; imported as {v.assigned}")
 
 
-def _commit(ctx, plan, built, user, host, reason, now):
+def _refuse_moved(model: str, versions, exc: OSError) -> None:
+    """A version folder moved or deleted since it was staged (the old script's cleanup) is the
+    source's failure, not the store's: say which, and that none of the model's versions was
+    imported (the store was left as it was)."""
+    for v in versions:
+        if not os.path.lexists(v.artifact):
+            raise SourceError(f"{v.artifact} moved or was deleted while it was being imported; "
+                              f"no version of {model} was imported") from exc
+
+
+def _commit(ctx, plan, built, user, host, reason, now, staging=None):
+    def on_commit(manifest) -> None:
+        if staging is not None:
+            staging.keep()  # committed: the batch is never taken back now
+        ctx.sync_link(manifest)
+
     with ctx.manifests.edit(plan.model, create=True, check_tree=ctx.check_complete,
-                             on_commit=ctx.sync_link) as manifest:
+                             on_commit=on_commit) as manifest:
         if not manifest.config.aliases and plan.aliases:
             taken = {a for m in ctx.models() if m != plan.model for a in ctx.manifest(m).config.aliases}
             manifest.config.aliases = [a for a in plan.aliases if a not in taken and a not in ctx.models()]
@@ -499,7 +522,12 @@ def _commit(ctx, plan, built, user, host, reason, now):
             if current_label is None and plan.versions:
                 plan.problems.append(f"made the newest imported version {chosen} current")
             if chosen:
-                ctx.materialize(manifest.find(chosen).tree)
+                tree = manifest.find(chosen).tree
+                if staging is None:
+                    ctx.materialize(tree)
+                else:
+                    tree_dir, made = build_tree(ctx.layout, ctx.objects, tree)
+                    staging.materialized(tree_dir, made, lambda: tree_in_use(ctx, tree))
                 before = manifest.current
                 manifest.current = chosen
                 details = {"legacy_current": True}

@@ -25,32 +25,49 @@ _COPY_INSTEAD = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
 
 
 def materialize(layout: Layout, store: ObjectStore, tree_oid: str) -> Path:
+    return build(layout, store, tree_oid)[0]
+
+
+def build(layout: Layout, store: ObjectStore, tree_oid: str) -> tuple[Path, os.stat_result | None]:
+    """Materialize the tree; also return, if this call created it, its stat as it was just
+    before it was published (None if it was there already or another process made it first).
+
+    The mtime in that stat is set just before the rename, one nanosecond before the tree's last
+    change: publishing is a rename, which keeps it, and any other writer that takes the tree up
+    afterwards (materialize() touches it) sets a later one, however coarse the clock. A failed
+    deploy takes back only a tree whose mtime is still this one.
+    """
     final = layout.tree_path(tree_oid)
     if final.is_dir():
         _touch(final)
-        return final
+        return final, None
     layout.trees.mkdir(parents=True, exist_ok=True)
     layout.tmp.mkdir(parents=True, exist_ok=True)
     path, liveness = make_locked_dir(layout.tmp, "tree-" + tree_oid)  # gc leaves it alone while locked
-    build = Path(path)
+    build_dir = Path(path)
     try:
-        _checkout(TreeReader(store), store, tree_oid, build, 0)
-        os.rename(build, final)
+        _checkout(TreeReader(store), store, tree_oid, build_dir, 0)
+        # An mtime no later touch can give it, even within the same clock tick (the kernel's
+        # file times are coarse): one nanosecond before its own.
+        st = os.lstat(build_dir)
+        os.utime(build_dir, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
+        made = os.lstat(build_dir)
+        os.rename(build_dir, final)
         # Only now: moving a directory to another parent needs write access to it (for '..').
         os.chmod(final, DIR_READ_ONLY)
     except OSError as exc:
-        remove_tree(build)
+        remove_tree(build_dir)
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.is_dir():
             _touch(final)  # another process materialized the same tree first: use theirs
-            return final
+            return final, None
         raise
     except BaseException:
-        remove_tree(build)
+        remove_tree(build_dir)
         raise
     finally:
         os.close(liveness)
     fsync_dir(layout.trees)
-    return final
+    return final, made
 
 
 def _checkout(reader: TreeReader, store: ObjectStore, oid: str, dest: Path, depth: int) -> None:

@@ -184,10 +184,12 @@ class Staging:
         # oid -> (dev, ino) of the source files it was read from: an object found in the store
         # that *is* one of those inodes (left by an interrupted --consume) is not trusted.
         self._origins: dict[str, set] = {}
-        self._linked: dict[str, str] = {}  # oid -> source path, for oids staged by hard link (--consume)
+        # oid -> (source path, staged path, the file's stat), for oids staged by hard link (--consume)
+        self._linked: dict[str, tuple[str, str, os.stat_result]] = {}
         self._placed: list[tuple[str, os.stat_result]] = []  # objects install() added, as they were then
         self._made: list[str] = []  # fan-out folders install() created
         self._tree: tuple[str, os.stat_result] | None = None  # a tree materialized from this batch
+        self._tree_in_use = None
         self._kept = False  # the manifest naming this batch committed: nothing is taken back then
         self.replaced: dict[tuple, str] = {}  # (dev, ino) of an untrusted object -> its path now
 
@@ -200,7 +202,7 @@ class Staging:
 
     def __exit__(self, kind, exc, tb) -> None:
         try:
-            if kind is not None and self._linked and self._placed and not self._kept:
+            if kind is not None and not self._kept:
                 self._take_back()
         finally:
             self.discard()
@@ -209,48 +211,82 @@ class Staging:
         """The commit that names this batch's objects happened: never take them back."""
         self._kept = True
 
-    def materialized(self, tree_dir: str | os.PathLike, created: bool) -> None:
-        """Record the tree this deploy materialized (``created``: it was not there before)."""
-        if created:
-            try:
-                self._tree = (os.fspath(tree_dir), os.lstat(tree_dir))
-            except OSError:
-                pass
+    def materialized(self, tree_dir: str | os.PathLike, made: os.stat_result | None, in_use=None) -> None:
+        """Record the tree this batch materialized: ``made`` is its stat just before it was
+        published (:func:`gaia_cas.materialize.build`), None if it was there already.
+        ``in_use()`` says whether a committed manifest names the tree (then it is never taken back)."""
+        if made is not None:
+            self._tree = (os.fspath(tree_dir), made)
+            self._tree_in_use = in_use
 
     def _take_back(self) -> None:
-        """A --consume deploy failed after its install: the objects it added are the source's
-        own inodes, which stay with the source (a failed deploy deletes nothing), so the user's
-        next in-place rewrite of a checkpoint would rewrite them. Take the objects out again --
-        and first the tree materialized from them, unless another writer took it up meanwhile
-        (it refreshed its mtime); the same checks as :meth:`_withdraw` spare any object another
-        writer took up."""
-        if self._tree is not None:
-            path, was = self._tree
-            try:
-                now = os.lstat(path)
-                if (now.st_ino, now.st_mtime_ns) == (was.st_ino, was.st_mtime_ns):
-                    os.chmod(path, 0o755)  # moving a folder to another parent needs write access to it
-                    aside = self._new_name()
-                    os.rename(path, aside)
-                    if os.lstat(aside).st_mtime_ns != was.st_mtime_ns:
-                        os.rename(aside, path)  # touched in between: in use, keep it
-                        os.chmod(path, 0o555)
-                    else:
-                        from .atomic import remove_tree
+        """The deploy or import failed after its install and before the commit naming the batch
+        (a lock that timed out, a signal, a refusal under the lock): take out what it added, so
+        the store is as it was -- first the tree it materialized, then the objects and fan-out
+        folders (:meth:`_withdraw`). Whatever another writer took up meanwhile stays: a tree
+        whose mtime changed since it was made (materialize() touches it) or that a committed
+        manifest names, an object whose mtime or link count changed.
 
-                        remove_tree(aside)
-                        fsync_dir(os.path.dirname(path))
-            except OSError:
-                pass  # the tree stays, and with it the objects it links (given up below)
+        With --consume, the objects are the source's own inodes: the install made them
+        read-only, so each source file gets its mode back; one whose object stays (taken up by
+        another writer) gets an inode of its own instead, so that rewriting it never rewrites
+        the object."""
+        if self._tree is not None:
+            self._take_back_tree(*self._tree)
+            self._tree = None
         self._withdraw(self._placed, self._made)
-        self._placed = []
-        # What stayed (another writer took it up: it may commit a version of it) must not stay
-        # the source's too: the source file gets a copy of its own, the object keeps the inode.
-        for oid, source in self._linked.items():
+        self._placed, self._made = [], []
+        self._give_back_sources()
+
+    def _take_back_tree(self, path: str, was: os.stat_result) -> None:
+        def untouched(st: os.stat_result) -> bool:
+            return (st.st_ino, st.st_mtime_ns) == (was.st_ino, was.st_mtime_ns)
+
+        def in_use() -> bool:
             try:
-                kept, mine = os.lstat(self.store.path_str(oid)), os.lstat(source)
-                if (kept.st_dev, kept.st_ino) == (mine.st_dev, mine.st_ino):
-                    _copy_in_place(source, mine)
+                return bool(self._tree_in_use is not None and self._tree_in_use())
+            except Exception:
+                return True  # cannot tell: keep it
+
+        try:
+            if not untouched(os.lstat(path)) or in_use():
+                return
+            os.chmod(path, 0o755)  # moving a folder to another parent needs write access to it
+            aside = self._new_name()
+            os.rename(path, aside)
+            if not untouched(os.lstat(aside)) or in_use():
+                os.rename(aside, path)  # taken up in between: keep it published
+                os.chmod(path, 0o555)
+                return
+            from .atomic import remove_tree
+
+            remove_tree(aside)
+            fsync_dir(os.path.dirname(path))
+        except OSError:
+            pass  # the tree stays, and with it the objects it links (kept by _withdraw's checks)
+
+    def _give_back_sources(self) -> None:
+        for oid, (source, staged, st) in self._linked.items():
+            try:
+                mode = stat.S_IMODE(st.st_mode)
+                try:
+                    kept = os.lstat(self.store.path_str(oid))
+                except FileNotFoundError:
+                    kept = None
+                if kept is not None and (kept.st_dev, kept.st_ino) == (st.st_dev, st.st_ino):
+                    mine = os.lstat(source)
+                    if (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino):
+                        _copy_in_place(source, mode)
+                    continue
+                # The inode is the source's alone again: its mode back, through the staged name
+                # (this batch's own link to it), never through the source's path.
+                fd = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    now = os.fstat(fd)
+                    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) and stat.S_IMODE(now.st_mode) != mode:
+                        os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
             except OSError:
                 continue
 
@@ -308,7 +344,7 @@ class Staging:
             raise SourceError(f"{source} changed while it was being deployed (written to while it was hashed)")
         self._keep(oid, path)
         if self._staged.get(oid) == path:
-            self._linked[oid] = source
+            self._linked[oid] = (source, path, before)
         self.origin(oid, after)
         return oid, size, after
 
@@ -565,7 +601,7 @@ class Staging:
 _NO_HARD_LINKS = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
 
 
-def _copy_in_place(path: str, st: os.stat_result) -> None:
+def _copy_in_place(path: str, mode: int) -> None:
     """Give ``path`` an inode of its own holding the same bytes (temp file, fsync, rename)."""
     import shutil
 
@@ -573,7 +609,7 @@ def _copy_in_place(path: str, st: os.stat_result) -> None:
     tmp = os.path.join(folder, f".{name}.gaia-cas-copy-{os.urandom(4).hex()}")
     try:
         shutil.copyfile(path, tmp, follow_symlinks=False)
-        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.chmod(tmp, mode)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
