@@ -130,7 +130,7 @@ def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: 
                 from . import formats  # zipfile and friends: only deploys that commit pay for them
 
                 fmt = formats.detect(request.source)
-                with ctx.writing():  # from here to the commit, gc waits (the store barrier)
+                with _claiming_if_new(ctx, request), ctx.writing():  # from here to the commit, gc waits
                     # Any failure from here to the commit (a lock timeout, a signal, a refusal
                     # under the lock) takes back what this deploy added (Staging._take_back).
                     new_objects = staging.install()
@@ -165,6 +165,24 @@ def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: 
         )
     return DeployResult(model, number, built.tree, unchanged, str(ingest.artifact_path(tree_dir, built.name)),
                         built.size, fmt, built.file_count, previous, new_objects, consumed=consumed)
+
+
+def _claiming_if_new(ctx, request: DeployRequest):
+    """A deploy that creates its model claims the model's default link, as ``model add`` does:
+    under the claims lock, taken before the barrier, the link is checked again against every
+    model -- one added since the request was read may own it by now."""
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    if request.snapshot is None:
+        stack.enter_context(ctx.claims())
+        if ctx.manifests.token(request.model) is None:  # still new: nobody made it meanwhile
+            try:
+                ctx.check_link_free(request.model, "current", ctx.layout.default_link(request.model))
+            except BaseException:
+                stack.close()
+                raise
+    return stack
 
 
 def tree_in_use(ctx, tree: str) -> bool:

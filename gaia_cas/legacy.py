@@ -338,7 +338,7 @@ def _current_label(folder: Path, plan: ModelImport, store_trees: Path | None = N
     return target[len(versions_dir):].split(os.sep, 1)[0]
 
 
-def _plan_link(ctx, plan: ModelImport, existing, keep_links: bool) -> None:
+def plan_link(ctx, plan: ModelImport, existing, keep_links: bool) -> None:
     """Decide whether the model takes over the legacy ``current`` link (so servers reading it
     move to the store with no gap), or why not."""
     default = existing.config.link if existing is not None and existing.config.link else \
@@ -356,6 +356,15 @@ def _plan_link(ctx, plan: ModelImport, existing, keep_links: bool) -> None:
             f"import into that root)")
         return
     relative = os.path.relpath(parent, root) + "/current" if parent != root else "current"
+    current = next((v for v in plan.versions if v.label == plan.current_label), None)
+    if current is not None and os.path.realpath(plan.legacy_link) != os.path.realpath(current.artifact):
+        # current -> versions/v1.5_…/ (the version folder): servers read current/saved_model/…
+        # and current/metadata.json, which the store's checkout of the artifact does not have.
+        plan.problems.append(
+            f"{plan.folder}/current points at the version folder, not at the model in it "
+            f"({os.path.basename(current.artifact)}): servers reading paths below it would break, so it "
+            f"is left as it is; 'gaia-cas model set {plan.model} --link PATH' gives the model a link of its own")
+        return
     try:
         links.check_location(ctx.layout, relative)
         ctx.check_link_free(plan.model, "current", relative)
@@ -398,7 +407,7 @@ def import_legacy(ctx, path: str | os.PathLike, *, mapping: dict[str, str] | Non
                 plan.skipped.append((v.label, f"already imported as {done[str(v.folder)]}"))
         plan.versions = fresh
         _assign_numbers(plan, existing)
-        _plan_link(ctx, plan, existing, keep_links)
+        plan_link(ctx, plan, existing, keep_links)
         if existing is None and plan.take_over is None:
             ctx.check_link_free(plan.model, "current", ctx.layout.default_link(plan.model))
         if dry_run or not fresh:
@@ -419,8 +428,10 @@ def import_legacy(ctx, path: str | os.PathLike, *, mapping: dict[str, str] | Non
                     plan.skipped.append((v.label, str(exc)))
             fresh = plan.versions = [v for v in fresh if v.label in built]
             # A failure from the install to the commit takes back what this import added
-            # (Staging._take_back): the store is left as it was.
-            with ctx.writing():
+            # (Staging._take_back): the store is left as it was. The link is claimed under the
+            # claims lock, decided again there against models added since the plan.
+            with ctx.claims(), ctx.writing():
+                ctx.check_link_free(plan.model, "current", plan.link)
                 try:
                     staging.install()
                     plan.new_bytes = staging.new_bytes

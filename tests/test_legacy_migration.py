@@ -374,3 +374,21 @@ def test_a_second_run_after_the_takeover_reports_no_problem_with_the_link(cli, r
     for model in again.json()["models"]:
         assert model["problems"] == [], model["problems"]
         assert model["imported"] == []
+
+
+def test_a_current_link_to_the_version_folder_is_left_serving_its_own_layout(cli, root, inside):
+    """The old layout may point current at the version folder (current/saved_model/..., with
+    current/metadata.json beside it). Taking it over would point it at the artifact and break
+    every path the API uses below it: it is left as it is, and the report says why."""
+    dl_link = inside / "dl_model" / "current"
+    dl_link.unlink()
+    dl_link.symlink_to("versions/v1.5_20250716_202917")
+    pb = dl_link / "saved_model" / "saved_model.pb"
+    before = pb.read_bytes()
+    run = cli("import-legacy", inside, "--json")
+    assert run.code == 0, run.err
+    ssd = {m["model"]: m for m in run.json()["models"]}["ssd"]
+    assert ssd["link_taken_over"] is False
+    assert any("version folder" in p for p in ssd["problems"]), ssd["problems"]
+    assert pb.read_bytes() == before and (dl_link / "metadata.json").is_file()
+    assert os.readlink(dl_link) == "versions/v1.5_20250716_202917"

@@ -315,3 +315,58 @@ def test_a_real_race_of_model_adds_claiming_one_link(root):
         owners = [m for m in (f"m{round_}a", f"m{round_}b")
                   if Repository(root).manifests.read(m) is not None]
         assert len(owners) == 1, owners
+
+
+# -- the first deploy of a new model and import-legacy claim links like model add ---------------
+
+def test_a_new_models_first_deploy_and_a_model_add_cannot_share_a_link(root, tmp_path, monkeypatch):
+    """Interleaving: 'deploy b PATH' (a new model, default link models/b/current) has checked its
+    link and is staging when 'model add a --link models/b/current' commits. The deploy must decide
+    its claim again under the claims lock, and refuse."""
+    from gaia_cas import ingest
+
+    repo = Repository(root, lock_timeout=10)
+    src = make_savedmodel(tmp_path / "b")
+    real_stage = ingest.stage
+
+    def stage_then_rival(*args, **kwargs):
+        built = real_stage(*args, **kwargs)
+        Repository(root, lock_timeout=10).add_model("a", link="models/b/current")
+        return built
+
+    monkeypatch.setattr(ingest, "stage", stage_then_rival)
+    with pytest.raises(GaiaCasError) as info:
+        repo.deploy("b", src)
+    assert "models/b/current" in str(info.value) and "'a'" in str(info.value)
+    assert repo.models() == ["a"]
+    owners = [m for m in repo.models() if repo.link_targets(repo.manifest(m))["current"][0] == "models/b/current"]
+    assert owners == ["a"]
+    assert not list((root / "store" / "objects").rglob("*"))  # what the refused deploy staged is gone
+
+
+def test_import_legacy_decides_its_link_claim_under_the_claims_lock(root, tmp_path, monkeypatch):
+    """Interleaving: between import-legacy's plan (the legacy current link is free) and its commit,
+    'model add other --link api/models/dl_model/current' commits: the import must not take it."""
+    from gaia_cas import legacy
+
+    versions = root / "api" / "models" / "dl_model" / "versions"
+    v = versions / "v1.0_20250711_143245"
+    make_savedmodel(v / "saved_model")
+    (v / "metadata.json").write_text('{"version": "1.0"}')
+    (root / "api" / "models" / "dl_model" / "current").symlink_to("versions/v1.0_20250711_143245/saved_model")
+    real_plan_link = legacy.plan_link
+
+    def plan_then_rival(*args, **kwargs):
+        result = real_plan_link(*args, **kwargs)
+        Repository(root, lock_timeout=10).add_model("other", link="api/models/dl_model/current")
+        return result
+
+    monkeypatch.setattr(legacy, "plan_link", plan_then_rival)
+    repo = Repository(root, lock_timeout=10)
+    try:
+        repo.import_legacy(root / "api" / "models")
+    except GaiaCasError:
+        pass  # refusing is right; so is importing without the link
+    owners = [m for m in repo.models()
+              if repo.link_targets(repo.manifest(m))["current"][0] == "api/models/dl_model/current"]
+    assert owners == ["other"]
