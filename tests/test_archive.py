@@ -370,3 +370,29 @@ def test_import_into_an_invalid_model_name_is_one_line(cli, root, ssd, tmp_path)
     assert_one_line_error(cli("import", out, "Bad/Name"), "invalid model name")
     assert_one_line_error(cli("import", out, "all"), "reserved")
     assert snapshot(root) == before
+
+
+def test_export_of_files_with_equal_content_imports_again(repo, tmp_path, cli):
+    src = make_savedmodel(tmp_path / "m")
+    (src / "a.txt").write_bytes(b"same")
+    (src / "b.txt").write_bytes(b"same")  # one object, two hard links in the materialized tree
+    repo.deploy("m", src)
+    out = tmp_path / "m.tar"
+    assert cli("export", "m", "-o", out).code == 0
+    with tarfile.open(out) as tar:
+        assert not any(m.islnk() or m.issym() for m in tar.getmembers())
+    run = cli("import", out, "copy", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["hash"] == repo.manifest("m").current_version().tree
+
+
+
+def test_importing_an_archive_leaves_no_stat_cache_entries(repo, root, tmp_path, cli):
+    repo.deploy("m", make_savedmodel(tmp_path / "s"))
+    out = tmp_path / "m.tar"
+    cli("export", "m", "-o", out)
+    cache = root / "store" / "statcache.msgpack"
+    before = cache.read_bytes() if cache.exists() else b""
+    assert cli("import", out, "copy").code == 0
+    after = cache.read_bytes() if cache.exists() else b""
+    assert after == before

@@ -369,3 +369,12 @@ def test_gc_sweeps_temp_links_a_crashed_channel_swap_left(three, cli, root):
     assert cli("gc", "--grace", "0").code == 0
     assert [p.name for p in leftovers if os.path.lexists(p)] == []
     assert os.path.islink(root / "models" / "m" / "staging") and os.path.islink(root / "api" / "canary")
+
+
+def test_moving_only_a_channel_link_is_a_change_and_is_logged(repo, root, tmp_path, cli):
+    repo.deploy("m", make_savedmodel(tmp_path / "s"))
+    assert cli("promote", "m", "1.0", "--to", "staging").code == 0
+    run = cli("promote", "m", "1.0", "--to", "staging", "--link", "srv/staging", "--json")
+    assert run.code == 0 and run.json()["unchanged"] is False
+    assert (root / "srv" / "staging" / "saved_model.pb").is_file()
+    assert any("link models/m/staging -> srv/staging" in line for line in repo.logs(10))

@@ -300,3 +300,19 @@ def test_a_failing_file_halts_the_other_staging_thread_within_a_chunk(tmp_path, 
         Repository(root).deploy("ssd", src)
     assert 1 <= len(chunks) <= 3  # of 16: it stopped at the first chunk after the failure
     assert os.listdir(root / "store" / "tmp") == []
+
+
+def test_deploy_all_reports_each_failure_and_still_deploys_the_others(cli, tmp_path):
+    good = make_savedmodel(tmp_path / "good")
+    doomed = make_savedmodel(tmp_path / "doomed")
+    assert cli("model", "add", "a", "--source", doomed).code == 0
+    assert cli("model", "add", "b", "--source", good).code == 0
+    import shutil
+
+    shutil.rmtree(doomed)  # a's source is gone by the time the nightly deploy runs
+    run = cli("deploy", "all", "--json")
+    assert run.code == 1
+    doc = run.json()
+    assert [d["model"] for d in doc["deployed"]] == ["b"]
+    assert doc["failed"][0]["model"] == "a" and "does not exist" in doc["failed"][0]["error"]
+    assert run.err.strip() == f"gaia-cas: error: deploy of a failed: {doc['failed'][0]['error']}"

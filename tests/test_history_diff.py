@@ -329,3 +329,31 @@ def test_diff_between_a_folder_and_a_file_version(cli, tmp_path):
         "fingerprint.pb", "saved_model.pb", "variables/variables.data-00000-of-00001", "variables/variables.index"]
     assert doc["changed"] == []
     assert json.dumps(doc)  # plain JSON
+
+
+def test_history_is_stored_as_a_stream_and_decoded_only_when_read(repo, root, tmp_path, cli):
+    import msgpack
+
+    from gaia_cas import manifest as mf
+    from gaia_cas.errors import CorruptionError
+
+    src = tmp_path / "s"
+    for variant in range(3):
+        make_savedmodel(src, variant)
+        repo.deploy("m", src)
+    path = root / "manifests" / "m.msgpack"
+    doc = msgpack.unpackb(path.read_bytes(), raw=False)
+    assert isinstance(doc["history"], bytes) and doc["event_fields"][:3] == ["generation", "at", "action"]
+    decoded = mf.decode(path.read_bytes())
+    assert decoded._history is None  # nothing decoded yet
+    assert [e.generation for e in decoded.history] == [1, 2, 3]
+    doc["history"] = doc["history"] + b"\xc1"  # a byte that is never valid msgpack
+    os.chmod(path, 0o644)
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    try:
+        mf.decode(path.read_bytes()).history
+        raise AssertionError("expected CorruptionError")
+    except CorruptionError as exc:
+        assert "history does not decode" in str(exc)
+    run = cli("history", "m")
+    assert run.code == 1 and run.err.startswith("gaia-cas: error:") and "history" in run.err

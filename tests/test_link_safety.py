@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import gaia_cas
 
 from conftest import assert_one_line_error, make_savedmodel, snapshot
 from gaia_cas import models as models_verb
@@ -370,3 +371,30 @@ def test_import_legacy_decides_its_link_claim_under_the_claims_lock(root, tmp_pa
     owners = [m for m in repo.models()
               if repo.link_targets(repo.manifest(m))["current"][0] == "api/models/dl_model/current"]
     assert owners == ["other"]
+
+
+def test_model_add_leaves_a_link_it_does_not_own(repo, root, tmp_path):
+    legacy = tmp_path / "legacy_current"
+    legacy.mkdir()
+    link = root / "api" / "current"
+    link.parent.mkdir()
+    link.symlink_to(legacy)
+    repo.add_model("ssd", link="api/current")
+    assert os.readlink(link) == str(legacy)  # servers following it keep working until a deploy
+    repo.deploy("ssd", make_savedmodel(tmp_path / "s"))
+    assert (link / "saved_model.pb").is_file()
+
+
+
+def test_sync_links_regenerates_a_link_left_behind_by_a_crash(repo, root, tmp_path):
+    src = tmp_path / "s"
+    make_savedmodel(src, 0)
+    first = repo.deploy("m", src)
+    make_savedmodel(src, 1)
+    repo.deploy("m", src)
+    link = root / "models" / "m" / "current"
+    os.unlink(link)
+    link.symlink_to(os.path.relpath(root / "store" / "trees" / first.hash, link.parent))  # lagging behind
+    assert repo.sync_links() == ["m"]
+    assert os.path.realpath(link) == str(gaia_cas.resolve("m", root=root).path)
+    assert repo.sync_links() == []

@@ -19,6 +19,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+import gaia_cas
 from conftest import CHECKOUT, assert_one_line_error, make_savedmodel, run_launcher, snapshot
 from gaia_cas import manifest as mf
 from gaia_cas.manifest_store import Manifests
@@ -846,3 +847,29 @@ def test_concurrent_deploys_started_together_get_unique_numbers(root, tmp_path):
     assert manifest.current == history[-1].after
     assert os.path.realpath(root / "models" / "ssd" / "current") == os.path.realpath(
         root / "store" / "trees" / manifest.current_version().tree)
+
+
+def test_a_commit_that_cannot_be_flushed_says_it_is_committed(repo, root, tmp_path, monkeypatch):
+    from gaia_cas import atomic
+    from gaia_cas.errors import StoreError
+
+    src = tmp_path / "s"
+    make_savedmodel(src, 0)
+    repo.deploy("m", src)
+    make_savedmodel(src, 1)
+    real = atomic.fsync_dir
+
+    def failing(path):
+        if str(path).endswith("manifests"):
+            raise OSError(5, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(atomic, "fsync_dir", failing)
+    try:
+        repo.deploy("m", src)
+        raise AssertionError("expected a StoreError")
+    except StoreError as exc:
+        assert "is committed" in str(exc) and "may not survive a power loss" in str(exc)
+    monkeypatch.setattr(atomic, "fsync_dir", real)
+    assert repo.manifest("m").current == "1.1.0"  # visible, and the link follows it
+    assert os.path.realpath(root / "models" / "m" / "current") == str(gaia_cas.resolve("m", root=root).path)

@@ -1,4 +1,5 @@
-"""The object store and the tree codec (gaia_cas/objects.py, trees.py, ingest.py).
+"""The object store (gaia_cas/objects.py, ingest.py); tree objects are in test_trees.py, a full disk
+in test_disk_full.py.
 
 Content is stored once under ``store/objects/<oid[:2]>/<oid[2:]>``, read-only, named by the
 xxh3-128 of its bytes; trees are canonical msgpack, validated entry by entry when read back; an
@@ -9,63 +10,20 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import stat
 from pathlib import Path
 
-import msgpack
 import pytest
 import xxhash
 
 from conftest import make_joblib, make_savedmodel, snapshot
-from gaia_cas import ingest, trees
+from gaia_cas import ingest
 from gaia_cas.errors import CorruptionError, GaiaCasError, SourceError, StoreError
-from gaia_cas.materialize import materialize
 from gaia_cas.layout import Layout
 from gaia_cas.objects import CHUNK, ObjectStore, hash_bytes, hash_file, hash_stream
-from gaia_cas.repo import Repository
-from gaia_cas.trees import DIR, FILE, MAX_DEPTH, Entry, TreeReader, decode_tree, encode_tree
+from gaia_cas.trees import DIR, FILE, Entry, encode_tree
 
-OID_A = "0123456789abcdef0123456789abcdef"
-OID_B = "fedcba9876543210fedcba9876543210"
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-
-def objects_under(root: Path) -> dict[str, Path]:
-    """Every file under store/objects, keyed by the oid its path spells."""
-    base = Path(root) / "store" / "objects"
-    found = {}
-    for dirpath, _, files in os.walk(base):
-        for name in files:
-            path = Path(dirpath) / name
-            found[path.parent.name + name] = path
-    return found
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def xxh(data: bytes) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
-
-
-def rand_bytes(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def tree_oids(repo: Repository, tree: str) -> set[str]:
-    """The tree and every object it reaches."""
-    return {tree} | {entry.oid for _, entry in repo.trees.walk(tree)}
-
-
-def tmp_leftovers(root: Path) -> list[str]:
-    return sorted(os.listdir(Path(root) / "store" / "tmp"))
+from store_helpers import DATA_MOUNT, DISK, fake_root, objects_under, rand_bytes, tmp_leftovers, tree_oids, write, xxh
 
 
 # -- stored once ------------------------------------------------------------------------------
@@ -247,207 +205,6 @@ def test_staging_discarded_without_install_writes_nothing(repo):
     assert snapshot(repo.root) == before
 
 
-# -- tree codec -------------------------------------------------------------------------------
-
-ENTRIES = [
-    Entry("variables", DIR, OID_A, 10),
-    Entry("saved_model.pb", FILE, OID_B, 3),
-    Entry("B", FILE, OID_A, 1),
-    Entry("a", FILE, OID_A, 1),
-    Entry("_x", FILE, OID_B, 0),
-    Entry("10", FILE, OID_A, 2),
-    Entry("9", FILE, OID_A, 2),
-    Entry("é", FILE, OID_B, 2),
-    Entry("z", DIR, OID_B, 0),
-]
-
-
-def test_encode_tree_is_deterministic_and_sorted_by_utf8_bytes():
-    expected_order = sorted(e.name.encode("utf-8") for e in ENTRIES)
-    reference = encode_tree(ENTRIES)
-    rng = random.Random(42)
-    for _ in range(20):
-        shuffled = ENTRIES[:]
-        rng.shuffle(shuffled)
-        assert encode_tree(shuffled) == reference
-    assert encode_tree(list(reversed(ENTRIES))) == reference
-
-    decoded = decode_tree(reference)
-    assert [e.name.encode("utf-8") for e in decoded] == expected_order
-    assert [e.name for e in decoded] == ["10", "9", "B", "_x", "a", "saved_model.pb", "variables", "z", "é"]
-    assert set(decoded) == set(ENTRIES)
-    # The on-disk form is the documented one: a msgpack list of [name, kind, oid, size].
-    raw = msgpack.unpackb(reference, raw=False)
-    assert raw[0] == ["10", "file", OID_A, 2]
-    assert all(isinstance(item, list) and len(item) == 4 for item in raw)
-
-
-def test_empty_and_single_entry_trees_round_trip():
-    assert decode_tree(encode_tree([])) == []
-    one = [Entry("model_catboost_best.joblib", FILE, OID_A, 183)]
-    assert decode_tree(encode_tree(one)) == one
-
-
-def test_same_folder_built_in_any_order_gives_the_same_tree_oid(repo, tmp_path):
-    files = {"saved_model.pb": b"pb", "variables/variables.index": b"idx",
-             "variables/variables.data-00000-of-00001": b"data", "assets/vocab.txt": b"v",
-             "fingerprint.pb": b"fp"}
-    first, second = tmp_path / "one" / "m", tmp_path / "two" / "m"
-    for rel in files:
-        write(first / rel, files[rel])
-    for rel in reversed(list(files)):
-        write(second / rel, files[rel])
-    # Different mtimes too: the oid depends on names and bytes only.
-    os.utime(second / "saved_model.pb", (1_000_000, 1_000_000))
-    assert repo.deploy("a", first).hash == repo.deploy("b", second).hash
-    assert repo.deploy("c", first, dry_run=True).hash == repo.deploy("c", second, dry_run=True).hash
-
-
-def _entry(name="a", kind="file", oid=OID_A, size=1):
-    return [name, kind, oid, size]
-
-
-VALID = msgpack.packb([_entry("a"), _entry("b", "dir", OID_B, 0)], use_bin_type=True)
-
-BAD_TREES = {
-    "name-dotdot": [_entry("..")],
-    "name-dot": [_entry(".")],
-    "name-slash": [_entry("a/b")],
-    "name-empty": [_entry("")],
-    "name-absolute": [_entry("/abs")],
-    "name-trailing-slash": [_entry("a/")],
-    "name-nul": [_entry("a\0b")],
-    "name-too-long": [_entry("x" * 256)],
-    "name-bytes": [_entry(b"a")],
-    "name-int": [_entry(7)],
-    "name-none": [_entry(None)],
-    "duplicate": [_entry("a"), _entry("a")],
-    "duplicate-file-and-dir": [_entry("a", "dir"), _entry("a", "file")],
-    "unsorted": [_entry("b"), _entry("a")],
-    "unsorted-utf8": [_entry("é"), _entry("z")],
-    "kind-symlink": [_entry(kind="symlink")],
-    "kind-uppercase": [_entry(kind="FILE")],
-    "kind-none": [_entry(kind=None)],
-    "kind-int": [_entry(kind=1)],
-    "oid-uppercase": [_entry(oid=OID_A.upper())],
-    "oid-short": [_entry(oid=OID_A[:31])],
-    "oid-long": [_entry(oid=OID_A + "0")],
-    "oid-not-hex": [_entry(oid="g" * 32)],
-    "oid-path": [_entry(oid="../../../../etc/passwd" + "0" * 10)],
-    "oid-int": [_entry(oid=123)],
-    "oid-none": [_entry(oid=None)],
-    "size-negative": [_entry(size=-1)],
-    "size-bool": [_entry(size=True)],
-    "size-float": [_entry(size=1.5)],
-    "size-str": [_entry(size="1")],
-    "size-none": [_entry(size=None)],
-    "entry-short": [["a", "file", OID_A]],
-    "entry-long": [["a", "file", OID_A, 1, "extra"]],
-    "entry-str": ["a"],
-    "entry-map": [{"name": "a", "kind": "file", "oid": OID_A, "size": 1}],
-    "top-map": {"a": ["file", OID_A, 1]},
-    "top-int": 5,
-    "top-str": "tree",
-    "top-none": None,
-}
-
-
-@pytest.mark.parametrize("name", sorted(BAD_TREES))
-def test_decode_tree_rejects_bad_entries(name):
-    data = msgpack.packb(BAD_TREES[name], use_bin_type=True)
-    with pytest.raises(CorruptionError):
-        decode_tree(data, "deadbeef")
-
-
-@pytest.mark.parametrize("data", [
-    pytest.param(b"", id="empty"),
-    pytest.param(b"\xc1", id="never-used-byte"),
-    pytest.param(VALID[:-1], id="truncated"),
-    pytest.param(VALID + b"\x00", id="trailing-bytes"),
-    pytest.param(b"\xdd\xff\xff\xff\xff", id="array-claims-4G-entries"),
-    pytest.param(b"\x91\xc7\x01\x05x", id="ext-type"),
-    pytest.param(rand_bytes(300, 99), id="random"),
-    pytest.param(b"\x89HDF\r\n\x1a\n" + b"\0" * 32, id="a-file-not-a-tree"),
-])
-def test_decode_tree_rejects_garbage(data):
-    with pytest.raises(CorruptionError):
-        decode_tree(data)
-
-
-def test_decode_tree_accepts_the_valid_base_case():
-    # The table above differs from this one entry by entry, so each case fails for its own reason.
-    assert decode_tree(VALID) == [Entry("a", FILE, OID_A, 1), Entry("b", DIR, OID_B, 0)]
-    assert decode_tree(msgpack.packb([_entry("x" * 255)], use_bin_type=True))[0].name == "x" * 255
-    assert decode_tree(msgpack.packb([_entry("é")], use_bin_type=True))[0].name == "é"
-
-
-def _store_chain(repo: Repository, levels: int) -> str:
-    """A tree nesting ``levels`` folders above a tree holding one file; returns the top oid."""
-    with repo.objects.staging() as stage:
-        blob = stage.add_bytes(b"leaf")
-        oid = stage.add_bytes(encode_tree([Entry("leaf.bin", FILE, blob, 4)]))
-        for _ in range(levels):
-            oid = stage.add_bytes(encode_tree([Entry("d", DIR, oid, 4)]))
-        stage.install()
-    return oid
-
-
-def test_walk_accepts_nesting_up_to_max_depth(repo):
-    top = _store_chain(repo, MAX_DEPTH)
-    walked = list(repo.trees.walk(top))
-    assert len(walked) == MAX_DEPTH + 1
-    assert walked[-1][0] == "d/" * MAX_DEPTH + "leaf.bin"
-    assert walked[-1][1].kind == FILE
-
-
-def test_walk_and_materialize_reject_nesting_beyond_max_depth(repo):
-    top = _store_chain(repo, MAX_DEPTH + 1)
-    with pytest.raises(CorruptionError):
-        list(TreeReader(repo.objects).walk(top))
-    before = snapshot(repo.root)
-    with pytest.raises(CorruptionError):
-        materialize(repo.layout, repo.objects, top)
-    assert snapshot(repo.root) == before  # nothing half-built left in store/trees or store/tmp
-    assert not (repo.root / "store" / "trees" / top).exists()
-
-
-def test_deepest_source_the_scan_accepts_deploys_and_materializes(repo, tmp_path):
-    src = tmp_path / "deep"
-    leaf = src.joinpath(*(["d"] * MAX_DEPTH))
-    write(leaf / "leaf.bin", b"leaf")
-    result = repo.deploy("deep", src)
-    assert (Path(result.path).joinpath(*(["d"] * MAX_DEPTH)) / "leaf.bin").read_bytes() == b"leaf"
-
-    too_deep = tmp_path / "too_deep"
-    write(too_deep.joinpath(*(["d"] * (MAX_DEPTH + 1))) / "leaf.bin", b"leaf")
-    before = snapshot(repo.root)
-    with pytest.raises(SourceError):
-        repo.deploy("deep", too_deep)
-    assert snapshot(repo.root) == before
-
-
-def test_tree_reader_rejects_missing_and_oversized_objects(repo, monkeypatch):
-    with pytest.raises(CorruptionError):
-        repo.trees.entries(OID_A)
-    entries = [Entry(f"file{i}", FILE, OID_A, i) for i in range(4)]
-    with repo.objects.staging() as stage:
-        big = stage.add_bytes(encode_tree(entries))
-        stage.install()
-    assert repo.trees.entries(big) == entries  # a valid tree ...
-    monkeypatch.setattr(trees, "MAX_TREE_BYTES", 64)
-    with pytest.raises(CorruptionError):  # ... refused once it is larger than the limit
-        repo.trees.entries(big)
-
-
-def test_tree_pointing_at_a_file_object_is_corruption(repo):
-    with repo.objects.staging() as stage:
-        blob = stage.add_bytes(b"\x89HDF\r\n\x1a\n not msgpack")
-        top = stage.add_bytes(encode_tree([Entry("sub", DIR, blob, 10)]))
-        stage.install()
-    with pytest.raises(CorruptionError):
-        list(repo.trees.walk(top))
-
-
 # -- failures leave the store as it was --------------------------------------------------------
 
 def _fifo(path: Path) -> None:
@@ -626,87 +383,6 @@ def test_installing_an_object_already_stored_keeps_the_stored_file(repo, tmp_pat
     assert r1.new_objects == 2
 
 
-# -- disk full (pyfakefs) -----------------------------------------------------------------------
-
-DATA_MOUNT = "/data"
-DISK = 8 << 20
-
-
-def _fake_root(fs) -> Repository:
-    # The root gets a small disk of its own; sources live on the unbounded "/" so only the
-    # store's writes count against it.
-    fs.add_mount_point(DATA_MOUNT)
-    fs.set_disk_usage(DISK, DATA_MOUNT)
-    return Repository.init(f"{DATA_MOUNT}/root", lock_timeout=5)
-
-
-def _fake_source(path: str, sizes: dict[str, int]) -> Path:
-    base = Path(path)
-    for name, size in sizes.items():
-        write(base / name, rand_bytes(size, size))
-    return base
-
-
-def test_disk_full_on_first_deploy_leaves_store_as_before(fs):
-    repo = _fake_root(fs)
-    src = _fake_source("/src/model", {"small.bin": 4096, "saved_model.pb": 100, "big.bin": DISK + CHUNK})
-    before = snapshot(repo.root)
-    used = fs.get_disk_usage(DATA_MOUNT).used
-
-    with pytest.raises(StoreError) as info:
-        repo.deploy("m", src)
-
-    assert info.value.errno == errno.ENOSPC or "No space left" in str(info.value)
-    assert snapshot(repo.root) == before
-    assert objects_under(repo.root) == {}
-    assert tmp_leftovers(repo.root) == []
-    assert fs.get_disk_usage(DATA_MOUNT).used == used
-    assert repo.models() == []
-
-
-def test_disk_full_keeps_previous_version_current_and_store_unchanged(fs):
-    repo = _fake_root(fs)
-    v1 = _fake_source("/src/v1", {"saved_model.pb": 1000, "variables.bin": 2 * CHUNK})
-    r1 = repo.deploy("m", v1)
-    link = repo.root / "models" / "m" / "current"
-    target = os.readlink(link)
-    before = snapshot(repo.root)
-    free = fs.get_disk_usage(DATA_MOUNT).free
-
-    # v2 shares variables.bin with v1 (no new space needed) but adds more than the free space.
-    v2 = _fake_source("/src/v2", {"saved_model.pb": 1001, "extra.bin": free + 1})
-    write(v2 / "variables.bin", (v1 / "variables.bin").read_bytes())
-    with pytest.raises(StoreError):
-        repo.deploy("m", v2)
-
-    assert snapshot(repo.root) == before
-    assert os.readlink(link) == target
-    assert repo.manifest("m").current == r1.version
-    assert tmp_leftovers(repo.root) == []
-    assert fs.get_disk_usage(DATA_MOUNT).free == free
-
-    # Once space is available again the same deploy goes through.
-    fs.set_disk_usage(DISK * 4, DATA_MOUNT)
-    r2 = repo.deploy("m", v2)
-    assert r2.version == "1.1.0"
-    assert Path(r2.path, "extra.bin").read_bytes() == (v2 / "extra.bin").read_bytes()
-    assert objects_under(repo.root)[xxh((v1 / "variables.bin").read_bytes())]
-
-
-def test_disk_full_via_cli_is_one_line_error(fs, capsys):
-    from conftest import assert_one_line_error, Run
-    from gaia_cas.cli import main
-
-    repo = _fake_root(fs)
-    src = _fake_source("/src/m", {"weights.bin": DISK + 1})
-    before = snapshot(repo.root)
-    capsys.readouterr()
-    code = main(["--root", str(repo.root), "deploy", "m", str(src)])
-    captured = capsys.readouterr()
-    assert_one_line_error(Run(code, captured.out, captured.err), "No space left on device")
-    assert snapshot(repo.root) == before
-
-
 # -- filesystems without hard links -------------------------------------------------------------
 
 def _filesystem_without_hard_links(monkeypatch) -> None:
@@ -745,7 +421,7 @@ def test_store_without_hard_links_falls_back_to_copies(repo, tmp_path, monkeypat
 
 
 def test_copy_fallback_on_a_full_disk_never_leaves_a_partial_object(fs, monkeypatch):
-    repo = _fake_root(fs)
+    repo = fake_root(fs)
     _filesystem_without_hard_links(monkeypatch)
     data = rand_bytes(DISK // 2 + CHUNK, 21)  # staging fits; staging plus a copy does not
     src = write(Path("/src/weights.bin"), data)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import assert_one_line_error, make_joblib, make_savedmodel, snapshot
+from conftest import assert_one_line_error, lock_held_elsewhere, make_joblib, make_savedmodel, snapshot
 from gaia_cas.errors import InvalidInputError
 from gaia_cas.retention import parse_age
 
@@ -209,3 +209,43 @@ def test_bad_retention_options_change_nothing(cli, repo, root, tmp_path):
     assert_one_line_error(cli("model", "set", "m", "--keep-within", "3y"), "invalid age")
     assert_one_line_error(cli("cleanup", "nope"), "unknown model")
     assert snapshot(root) == before
+
+
+def test_keep_within_empty_clears_the_policy(repo, tmp_path, cli):
+    repo.deploy("m", make_savedmodel(tmp_path / "s"))
+    assert cli("model", "set", "m", "--keep", "2", "--keep-within", "30d").code == 0
+    assert repo.manifest("m").config.retention == {"keep": 2, "keep_within": "30d"}
+    assert cli("model", "set", "m", "--keep-within", "").code == 0
+    assert repo.manifest("m").config.retention == {"keep": 2, "keep_within": None}
+
+
+
+def test_cleanup_all_reports_a_locked_model_and_cleans_the_others(cli, repo, root, tmp_path):
+    for model in ("a", "b"):
+        src = tmp_path / f"src-{model}"
+        for variant in range(3):
+            make_savedmodel(src, variant)
+            repo.deploy(model, src)
+    with lock_held_elsewhere(root / "manifests" / "a.lock"):
+        run = cli("--lock-timeout", "0.3", "cleanup", "all", "--keep", "1")
+    assert run.code == 1 and "cleanup of a failed" in run.err and "a.lock" in run.err
+    assert [v.version for v in repo.manifest("b").versions] == ["1.2.0"]
+    assert len(repo.manifest("a").versions) == 3
+
+
+
+def test_an_unreadable_timestamp_is_kept_by_every_age_rule(repo, tmp_path):
+    from datetime import datetime, timedelta
+
+    src = tmp_path / "s"
+    for variant in range(3):
+        make_savedmodel(src, variant)
+        repo.deploy("m", src)
+    with repo.manifests.edit("m") as manifest:
+        from gaia_cas.manifest import record
+
+        manifest.versions[0].created_at = "not a time"
+        record(manifest, "model-set", version=None, before=manifest.current, at="x", user="t", host="t", reason=None)
+    later = datetime.now().astimezone() + timedelta(days=10)
+    plan = repo.plan_cleanup(["m"], keep=0, older_than="1d", now=later)[0]
+    assert plan.remove == ["1.1.0"]  # 1.0.0's age is unknown: kept; 1.2.0 is current

@@ -195,3 +195,43 @@ def test_sample_option(three, cli):
     assert part["sample_percent"] == 50 and part["checked_objects"] <= full
     run = cli("verify", "--sample", "0")
     assert run.code == 1 and "--sample" in run.err
+
+
+def test_redeploying_the_bytes_of_a_broken_current_version_restores_it(repo, root, tmp_path):
+    src = make_savedmodel(tmp_path / "m")
+    (src / "big.bin").write_bytes(b"B" * 100_000)
+    first = repo.deploy("m", src)
+    entries = {e.name: e for e in repo.trees.entries(first.hash)}
+    obj = repo.objects.path(entries["big.bin"].oid)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"garbage")
+    assert repo.verify(repair=True).broken_versions == ["m 1.0.0"]
+    result = repo.deploy("m", src)  # same bytes as the broken current: not "unchanged"
+    assert not result.unchanged and result.version == "1.1.0"
+    assert repo.verify(repair=True).ok
+    assert gaia_cas.resolve("m", root=root).version == "1.1.0"
+    assert not repo.manifest("m").find("1.0.0").broken  # its object is back: unmarked
+
+
+
+def test_verify_of_one_model_isolates_a_corrupt_object_it_shares_with_another(repo, root, tmp_path):
+    src = make_savedmodel(tmp_path / "s")
+    repo.deploy("a", src)
+    repo.deploy("b", src)  # the same tree: every object shared
+    tree = repo.manifest("a").current_version().tree
+    entries = {e.name: e for e in repo.trees.entries(tree)}
+    obj = repo.objects.path(entries["saved_model.pb"].oid)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"garbage")
+    repo.verify("a", repair=True)
+    assert repo.manifest("b").current_version().broken  # never served through b either
+    assert not (root / "store" / "trees" / tree).exists()
+
+
+
+def test_verify_repair_logs_what_it_did_even_for_links_only(repo, root, tmp_path, cli):
+    repo.deploy("m", make_savedmodel(tmp_path / "s"))
+    os.unlink(root / "models" / "m" / "current")
+    assert cli("verify", "--repair", "--reason", "after the outage").code == 0
+    line = [l for l in repo.logs(10) if "gaia_cas.verify" in l][-1]
+    assert "link" in line and "regenerated" in line and "after the outage" in line
