@@ -556,10 +556,68 @@ def cmd_demo(args, default_root):
     cmd_status(args, default_root)
 
 
+# -- S3 remote: remote, push, pull (gaia_cas.remotes, gaia_cas.transfer) ------------------------
+
+def cmd_remote(args, default_root):
+    from . import remotes
+
+    repo = _repo(args, default_root)
+    action = args.remote_command
+    if action == "add":
+        remote, is_default = remotes.add(repo, args.name, args.url, endpoint=args.endpoint, region=args.region)
+        _emit(args, {"name": remote.name, "url": remote.url, "endpoint": remote.endpoint, "region": remote.region,
+                     "default": is_default},
+              f"remote {remote.name} added: {shown(remote.url)}" + (" (default)" if is_default else ""))
+    elif action == "default":
+        remote = remotes.set_default(repo, args.name)
+        _emit(args, {"default": remote.name}, f"default remote: {remote.name}")
+    elif action == "remove":
+        remotes.remove(repo, args.name)
+        _emit(args, {"removed": args.name}, f"remote {args.name} removed (nothing on it was deleted)")
+    else:
+        default, known = remotes.load(repo)
+        doc = {"default": default, "remotes": [{"name": r.name, "url": r.url, "endpoint": r.endpoint,
+                                                "region": r.region, "default": r.name == default}
+                                               for r in sorted(known.values())]}
+        rows = [[("*" if r.name == default else "") + r.name, shown(r.url), shown(r.endpoint or "-"), r.region or "-"]
+                for r in sorted(known.values())]
+        _emit(args, doc, _table([["NAME", "URL", "ENDPOINT", "REGION"]] + rows) if rows
+              else "no remotes: add one with 'gaia-cas remote add NAME s3://BUCKET[/PREFIX]'")
+
+
+def cmd_push(args, default_root):
+    from .transfer import push
+
+    repo = _repo(args, default_root)
+    results = push(repo, args.model, remote=args.remote)
+    lines = []
+    for r in results:
+        line = (f"{r.model}: {r.versions_sent} versions, {r.objects_sent} objects, {_mb(r.bytes_sent)} sent; "
+                f"remote current {r.current or '-'}" + (" (moved)" if r.current_moved else ""))
+        for old, new in r.renumbered.items():
+            line += f"\n  {old} was taken on the remote by other content: it is {new} there and here now"
+        if r.note:
+            line += f"\n  {r.note}"
+        lines.append(line)
+    _emit(args, {"pushed": [r.to_json() for r in results]}, "\n".join(lines) or "nothing to push: no models")
+
+
+def cmd_pull(args, default_root):
+    from .transfer import pull
+
+    repo = _repo(args, default_root)
+    results = pull(repo, args.model, args.version, remote=args.remote)
+    lines = [f"{r.model}: {r.version} ({r.objects_received} objects, {_mb(r.bytes_received)} received); "
+             + (f"current {r.previous or '-'} -> {r.current}" if r.previous != r.current else f"current {r.current or '-'}")
+             + ("" if r.changed else " (nothing changed)") for r in results]
+    _emit(args, {"pulled": [r.to_json() for r in results]}, "\n".join(lines) or "the remote holds no models")
+
+
 _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
     "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
     "demo": cmd_demo, "pin": cmd_pin, "unpin": cmd_pin, "cleanup": cmd_cleanup, "gc": cmd_gc,
     "verify": cmd_verify, "promote": cmd_promote, "history": cmd_history, "diff": cmd_diff,
     "import-legacy": cmd_import_legacy, "export": cmd_export, "import": cmd_import,
+    "remote": cmd_remote, "push": cmd_push, "pull": cmd_pull,
 }

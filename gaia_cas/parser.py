@@ -303,6 +303,36 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")
 
     command("demo", "deploy the bundled sample models (a SavedModel folder and a joblib file) and show them")
+
+    # -- S3 remote: remote, push, pull -------------------------------------------------------
+    p = command("remote", "name the S3 remotes push and pull talk to (credentials: the AWS environment only)")
+    rsub = p.add_subparsers(dest="remote_command", metavar="ACTION")
+    rsub.required = True
+    rp = rsub.add_parser("add", help="add a remote after probing it (the first one added is the default)",
+                         description="add a remote after probing it once: reachable, bucket present, credentials "
+                                     "accepted, conditional writes honoured")
+    _common(rp, top=False)
+    rp.add_argument("name", metavar="NAME", help="the remote's name: lowercase [a-z0-9][a-z0-9._-]*")
+    rp.add_argument("url", metavar="URL", help="s3://BUCKET[/PREFIX]")
+    rp.add_argument("--endpoint", metavar="URL", help="an S3-compatible engine (Ceph RGW, MinIO, R2); http:// works")
+    rp.add_argument("--region", metavar="R", help="the bucket's region (default $AWS_REGION, else us-east-1)")
+    for action, text in (("list", "list the remotes, the default marked"),
+                         ("remove", "forget a remote (nothing on it is deleted)"),
+                         ("default", "make a remote the default")):
+        rp = rsub.add_parser(action, help=text, description=text)
+        _common(rp, top=False)
+        if action != "list":
+            rp.add_argument("name", metavar="NAME")
+
+    p = command("push", "upload versions the remote lacks (objects first, then the manifest by compare-and-swap)")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="one model, or 'all' (the default)")
+    p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
+
+    p = command("pull", "fetch a remote version (every object verified), then move current to it")
+    p.add_argument("model", metavar="MODEL", help="a model, or 'all'")
+    p.add_argument("version", nargs="?", metavar="VERSION",
+                   help="fetch this version without moving current (default: the remote's current)")
+    p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
     if only is not None and only not in sub.choices:
         return build_parser()  # not a command: the full parser lists the choices in its error
     return parser
