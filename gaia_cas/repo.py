@@ -944,6 +944,28 @@ class Repository:
             with store_barrier(self.layout.store, self.manifests.lock_timeout, exclusive=False):
                 yield
 
+    # -- S3 remote: one-line delegations to gaia_cas.remotes and gaia_cas.transfer ----------------
+
+    def add_remote(self, name: str, url: str, *, endpoint: str | None = None, region: str | None = None):
+        """Register ``s3://BUCKET[/PREFIX]`` as remote ``name`` after probing it; (Remote, is_default)."""
+        from . import remotes
+        return remotes.add(self, name, url, endpoint=endpoint, region=region)
+
+    def remotes(self):
+        """(default remote name, {name: Remote})."""
+        from . import remotes
+        return remotes.load(self)
+
+    def push(self, name: str | None = None, *, remote: str | None = None) -> list:
+        """Upload versions the remote lacks and merge the manifest; one PushResult per model."""
+        from . import transfer
+        return transfer.push(self, name, remote=remote)
+
+    def pull(self, name: str, selector: str | None = None, *, remote: str | None = None) -> list:
+        """Fetch a remote version (verified) and, without ``selector``, make it current; PullResults."""
+        from . import transfer
+        return transfer.pull(self, name, selector, remote=remote)
+
 
 class _translate_store_errors:
     """Turn OS errors of the store side (disk full, read-only, permissions) into StoreError."""

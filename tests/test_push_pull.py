@@ -120,10 +120,14 @@ def test_push_sends_children_first_then_nothing_the_second_time(cli, root, url, 
     first = cli("push", "ssd", "--json").json()["pushed"][0]
     assert first["versions_sent"] == 1 and first["objects_sent"] >= 6 and first["bytes_sent"] > 4096
     assert first["remote_current"] == "1.0.0" and first["current_moved"]
-    local_generation = Repository(root).manifest("ssd").generation
-    again = cli("push", "--json").json()["pushed"][0]
-    assert (again["versions_sent"], again["objects_sent"], again["bytes_sent"]) == (0, 0, 0)
-    assert Repository(root).manifest("ssd").generation == local_generation  # nothing written locally
+    repo = Repository(root)
+    local_generation = repo.manifest("ssd").generation
+    _, remote_manifests = repo.remotes()[1]["origin"].open()
+    token = remote_manifests.snapshot("ssd").token
+    again = repo.push()[0]  # the library API, as the CLI calls it
+    assert (again.versions_sent, again.objects_sent, again.bytes_sent) == (0, 0, 0)
+    assert repo.manifest("ssd").generation == local_generation  # nothing written locally
+    assert remote_manifests.snapshot("ssd").token == token  # nor on the remote
     # the remote's objects are the local ones, byte for byte, under the documented layout
     raw = boto3.client("s3", endpoint_url=endpoint)
     prefix = url.split("/", 3)[3]
@@ -276,3 +280,29 @@ def test_import_of_the_cli_does_not_load_obstore():
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(CHECKOUT)),
                          capture_output=True, text=True, timeout=30).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_pull_killed_mid_download_leaves_nothing_half_visible_and_the_next_completes(cli, root, url, endpoint,
+                                                                                      tmp_path):
+    _add(cli, url, endpoint)
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1))
+    cli("push")
+    other = _second_root(tmp_path)
+    cli("remote", "add", "origin", url, "--endpoint", endpoint, root_dir=other)
+    # SIGKILL the pulling process the moment its first object has been downloaded and staged
+    script = ("import os, signal, sys; from gaia_cas import s3, cli\n"
+              "real = s3.VerifiedReader._finish\n"
+              "def finish(self):\n"
+              "    real(self); os.kill(os.getpid(), signal.SIGKILL)\n"
+              "s3.VerifiedReader._finish = finish\n"
+              "cli.run(sys.argv[1:])\n")
+    proc = subprocess.run([sys.executable, "-c", script, "--root", str(other), "pull", "ssd"],
+                          env=dict(os.environ, PYTHONPATH=str(CHECKOUT)), capture_output=True, timeout=60)
+    assert proc.returncode == -9
+    assert not os.path.lexists(other / "models" / "ssd" / "current")
+    assert not (other / "manifests" / "ssd.msgpack").exists()
+    assert [d for d in os.listdir(other / "store" / "objects")] == []  # nothing installed, verified or not
+    assert cli("pull", "ssd", root_dir=other).code == 0
+    assert (other / "models" / "ssd" / "current" / "saved_model.pb").read_bytes() == \
+        (tmp_path / "a" / "saved_model.pb").read_bytes()
+    assert cli("verify", root_dir=other).code == 0
