@@ -300,6 +300,8 @@ def _list_one(repo, model, as_json: bool) -> tuple[dict | None, str]:
 
 
 def cmd_list(args, default_root):
+    if getattr(args, "remote", None) is not None:
+        return cmd_list_remote(args, default_root)
     repo = _repo(args, default_root)
     if args.model:
         doc, text = _list_one(repo, args.model, args.json)
@@ -583,6 +585,25 @@ def cmd_remote(args, default_root):
                 for r in sorted(known.values())]
         _emit(args, doc, _table([["NAME", "URL", "ENDPOINT", "REGION"]] + rows) if rows
               else "no remotes: add one with 'gaia-cas remote add NAME s3://BUCKET[/PREFIX]'")
+
+
+def cmd_list_remote(args, default_root):
+    from . import remotes
+    from .errors import InvalidInputError, ModelNotFoundError
+
+    if not args.model:
+        raise InvalidInputError("'list --remote NAME' lists one model: give MODEL")
+    _, manifests = remotes.get(_repo(args, default_root), args.remote).open()
+    snap = manifests.snapshot(args.model)
+    if snap is None:
+        raise ModelNotFoundError(args.model, manifests.names())
+
+    class _View:  # the remote manifest, shown exactly as 'list' shows a local one
+        def manifest(self, model):
+            return snap.manifest
+
+    doc, text = _list_one(_View(), args.model, args.json)
+    _emit(args, doc, text)
 
 
 def cmd_push(args, default_root):

@@ -333,6 +333,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?", metavar="VERSION",
                    help="fetch this version without moving current (default: the remote's current)")
     p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
+    if only in (None, "list"):
+        sub.choices["list"].add_argument("--remote", metavar="NAME",
+                                         help="list the versions of MODEL on this remote instead")
     if only is not None and only not in sub.choices:
         return build_parser()  # not a command: the full parser lists the choices in its error
     return parser

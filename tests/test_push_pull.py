@@ -306,3 +306,15 @@ def test_a_pull_killed_mid_download_leaves_nothing_half_visible_and_the_next_com
     assert (other / "models" / "ssd" / "current" / "saved_model.pb").read_bytes() == \
         (tmp_path / "a" / "saved_model.pb").read_bytes()
     assert cli("verify", root_dir=other).code == 0
+
+
+def test_list_of_a_remote_model_shows_the_remote_manifest(cli, root, url, endpoint, tmp_path):
+    _add(cli, url, endpoint)
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1))
+    cli("push")
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "b", variant=2))  # not pushed
+    doc = cli("list", "ssd", "--remote", "origin", "--json").json()
+    assert doc["current"] == "1.0.0" and [v["version"] for v in doc["versions"]] == ["1.0.0"]
+    assert "current 1.0.0, 1 versions" in cli("list", "ssd", "--remote", "origin").out
+    assert_one_line_error(cli("list", "nothere", "--remote", "origin"), "unknown model 'nothere'")
+    assert_one_line_error(cli("list", "--remote", "origin"), "give MODEL")
