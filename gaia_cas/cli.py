@@ -356,6 +356,8 @@ def cmd_show(args, default_root):
 
 
 def cmd_rollback(args, default_root):
+    if getattr(args, "remote", None) is not None:
+        return cmd_rollback_remote(args, default_root)
     repo = _repo(args, default_root)
     # args.model is None for 'rollback previous' (the parser took the lone argument as the version)
     result = repo.rollback(args.model, args.version, reason=args.reason)
@@ -604,6 +606,18 @@ def cmd_list_remote(args, default_root):
 
     doc, text = _list_one(_View(), args.model, args.json)
     _emit(args, doc, text)
+
+
+def cmd_rollback_remote(args, default_root):
+    from .errors import InvalidInputError
+    from .transfer import rollback_remote
+
+    if args.model is None:
+        raise InvalidInputError("'rollback --remote' needs the model: 'gaia-cas rollback MODEL VERSION --remote NAME'")
+    r = rollback_remote(_repo(args, default_root), args.model, args.version, remote=args.remote, reason=args.reason)
+    text = (f"{r.model} on {r.remote}: {r.version} is already current; nothing changed" if r.unchanged
+            else f"rolled back {r.model} on {r.remote}: {r.previous or '-'} -> {r.version}")
+    _emit(args, r.to_json(), text)
 
 
 def cmd_push(args, default_root):

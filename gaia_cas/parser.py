@@ -336,6 +336,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if only in (None, "list"):
         sub.choices["list"].add_argument("--remote", metavar="NAME",
                                          help="list the versions of MODEL on this remote instead")
+    if only in (None, "rollback"):
+        sub.choices["rollback"].add_argument("--remote", metavar="NAME",
+                                             help="move the remote's current instead (by compare-and-swap); "
+                                                  "nothing local changes")
     if only is not None and only not in sub.choices:
         return build_parser()  # not a command: the full parser lists the choices in its error
     return parser

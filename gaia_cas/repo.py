@@ -966,6 +966,11 @@ class Repository:
         from . import transfer
         return transfer.pull(self, name, selector, remote=remote)
 
+    def rollback_remote(self, name: str, selector: str, *, remote: str | None = None, reason: str | None = None):
+        """Move the remote's current to an existing version by compare-and-swap; a RemoteRollback."""
+        from . import transfer
+        return transfer.rollback_remote(self, name, selector, remote=remote, reason=reason)
+
 
 class _translate_store_errors:
     """Turn OS errors of the store side (disk full, read-only, permissions) into StoreError."""

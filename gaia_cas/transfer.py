@@ -299,6 +299,48 @@ def _upload(repo, robjects, oid: str) -> int:
     return size
 
 
+# -- rollback on the remote -------------------------------------------------------------------
+
+class RemoteRollback(namedtuple("RemoteRollback", "model version previous unchanged remote")):
+    __slots__ = ()
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "version": self.version, "previous": self.previous,
+                "unchanged": self.unchanged, "remote": self.remote}
+
+
+def rollback_remote(repo, name: str, selector: str, *, remote: str | None = None,
+                    reason: str | None = None) -> RemoteRollback:
+    """Move the remote's current to an existing version by compare-and-swap, from any machine
+    (the operator's emergency rollback): no local model is needed, and nothing local changes.
+    Stores that have not pulled since can no longer move the remote's current back."""
+    from .names import check_text
+
+    remote_cfg, _, rmanifests = _open(repo, remote)
+    check_model_name(name)
+    check_text(reason, "--reason")
+    user, host = clock.who()
+    outcome = {}
+
+    def change(rm) -> None:
+        target = repo.select(rm, selector)  # decided again on every attempt, against the manifest read
+        if target.broken:
+            raise CorruptionError(f"version {target.version} of '{name}' on remote '{remote_cfg.name}' is marked "
+                                  "broken; it cannot be made current")
+        outcome.update(version=target.version, previous=rm.current)
+        if rm.current == target.version:
+            return
+        left = rm.find(rm.current) if rm.current else None
+        record(rm, "rollback", version=target.version, before=rm.current, after=target.version,
+               at=clock.stamp(clock.now()), user=user, host=host, reason=reason,
+               details={"from_tree": left.tree} if left is not None else None)
+        rm.current = target.version
+
+    rmanifests.update(name, change)
+    return RemoteRollback(name, outcome["version"], outcome["previous"], outcome["version"] == outcome["previous"],
+                          remote_cfg.name)
+
+
 # -- pull ----------------------------------------------------------------------------------
 
 def pull(repo, name: str, selector: str | None = None, *, remote: str | None = None) -> list[PullResult]:

@@ -318,3 +318,36 @@ def test_list_of_a_remote_model_shows_the_remote_manifest(cli, root, url, endpoi
     assert "current 1.0.0, 1 versions" in cli("list", "ssd", "--remote", "origin").out
     assert_one_line_error(cli("list", "nothere", "--remote", "origin"), "unknown model 'nothere'")
     assert_one_line_error(cli("list", "--remote", "origin"), "give MODEL")
+
+
+def test_rollback_on_the_remote_from_any_machine_holds_against_stale_pushes(cli, root, url, endpoint, tmp_path):
+    _add(cli, url, endpoint)
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1))
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "b", variant=2))
+    cli("push")
+    operator = _second_root(tmp_path, "operator")  # holds no model at all
+    cli("remote", "add", "origin", url, "--endpoint", endpoint, root_dir=operator)
+    before = snapshot(operator)
+    run = cli("rollback", "ssd", "1.0.0", "--remote", "origin", "--reason", "bad recall", "--json",
+              root_dir=operator)
+    assert run.code == 0, run.err
+    assert run.json() == {"model": "ssd", "version": "1.0.0", "previous": "1.1.0", "unchanged": False,
+                          "remote": "origin"}
+    assert snapshot(operator) == before  # nothing local changed
+    again = cli("rollback", "ssd", "1.0.0", "--remote", "origin", "--json", root_dir=operator).json()
+    assert again["unchanged"]
+    # the trainer has not seen the rollback: its next push adds its version, leaves production alone
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "c", variant=3))
+    doc = cli("push", "--json").json()["pushed"][0]
+    assert doc["versions_sent"] == 1 and not doc["current_moved"] and doc["remote_current"] == "1.0.0"
+    host = _second_root(tmp_path, "host")
+    cli("remote", "add", "origin", url, "--endpoint", endpoint, root_dir=host)
+    assert cli("pull", "ssd", "--json", root_dir=host).json()["pulled"][0]["current"] == "1.0.0"
+    from gaia_cas.remotes import get
+
+    _, manifests = get(Repository(root), "origin").open()
+    event = next(e for e in manifests.snapshot("ssd").manifest.history if e.action == "rollback")
+    assert (event.before, event.after, event.reason) == ("1.1.0", "1.0.0", "bad recall")
+    assert_one_line_error(cli("rollback", "ssd", "9.9.9", "--remote", "origin", root_dir=operator), "9.9.9")
+    assert_one_line_error(cli("rollback", "nothere", "1.0.0", "--remote", "origin", root_dir=operator),
+                          "unknown model 'nothere'")
