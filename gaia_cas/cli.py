@@ -438,7 +438,10 @@ def cmd_gc(args, default_root):
 
 def cmd_verify(args, default_root):
     repo = _repo(args, default_root)
-    report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason)
+    if getattr(args, "remote", None) is not None:
+        report = cmd_verify_remote(args, repo)
+    else:
+        report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason)
     scope = f" ({args.sample:g}% sample)" if args.sample else ""
     lines = [f"checked {report.checked_objects} objects{scope}, {report.checked_trees} trees, "
              f"{report.checked_links} links: "
@@ -618,6 +621,15 @@ def cmd_rollback_remote(args, default_root):
     text = (f"{r.model} on {r.remote}: {r.version} is already current; nothing changed" if r.unchanged
             else f"rolled back {r.model} on {r.remote}: {r.previous or '-'} -> {r.version}")
     _emit(args, r.to_json(), text)
+
+
+def cmd_verify_remote(args, repo):
+    from .errors import InvalidInputError
+    from .remote_verify import verify_remote
+
+    if args.repair:
+        raise InvalidInputError("--repair works on the local store only; 'verify --remote' changes nothing")
+    return verify_remote(repo, args.model, remote=args.remote, sample=args.sample)
 
 
 def cmd_push(args, default_root):

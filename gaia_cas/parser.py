@@ -336,6 +336,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if only in (None, "list"):
         sub.choices["list"].add_argument("--remote", metavar="NAME",
                                          help="list the versions of MODEL on this remote instead")
+    if only in (None, "verify"):
+        sub.choices["verify"].add_argument("--remote", metavar="NAME",
+                                           help="re-hash what the remote's manifests reach, on the remote "
+                                                "(downloads; with --sample, today's share); changes nothing")
     if only in (None, "rollback"):
         sub.choices["rollback"].add_argument("--remote", metavar="NAME",
                                              help="move the remote's current instead (by compare-and-swap); "

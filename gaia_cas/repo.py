@@ -971,6 +971,11 @@ class Repository:
         from . import transfer
         return transfer.rollback_remote(self, name, selector, remote=remote, reason=reason)
 
+    def verify_remote(self, name: str | None = None, *, remote: str | None = None, sample: float | None = None):
+        """Re-hash, on the remote, what its manifests reach; a VerifyReport (nothing is changed)."""
+        from . import remote_verify
+        return remote_verify.verify_remote(self, name, remote=remote, sample=sample)
+
 
 class _translate_store_errors:
     """Turn OS errors of the store side (disk full, read-only, permissions) into StoreError."""

@@ -475,7 +475,7 @@ class S3ManifestStore(BaseManifestStore):
                 return None
             raise describe(exc, f"manifest of '{model}' on {self.name}") from None
 
-    def _send(self, key: str, data: bytes, mode) -> str | None:
+    def send(self, key: str, data: bytes, mode) -> str | None:
         """One conditional PUT; its ETag (None when the engine gave none). Tests wrap this."""
         import obstore
 
@@ -493,7 +493,7 @@ class S3ManifestStore(BaseManifestStore):
         while True:
             attempts += 1
             try:
-                etag = self._send(key, data, mode)
+                etag = self.send(key, data, mode)
             except Exception as exc:
                 kind = _kind(exc)
                 if kind == "stale":

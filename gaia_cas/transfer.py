@@ -86,7 +86,7 @@ def _open(repo, remote_name):
     return remote, objects, manifests
 
 
-def _parallel(function, items, jobs: int = JOBS) -> list:
+def parallel_map(function, items, jobs: int = JOBS) -> list:
     items = list(items)
     if len(items) <= 1:
         return [function(item) for item in items]
@@ -254,13 +254,13 @@ def _upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, 
     def send(oid: str) -> int:
         return _upload(repo, robjects, oid)
 
-    sent = sum(_parallel(send, sorted(blobs & missing)))
+    sent = sum(parallel_map(send, sorted(blobs & missing)))
     count = len(blobs & missing)
     for level in sorted(set(depth.values()), reverse=True):  # deepest trees first, roots last
         wave = sorted(t for t, d in depth.items() if d == level and t in missing)
         # a tree reached at two depths goes up with its deepest: never before its children
         wave = [t for t in wave if depth[t] == level]
-        sent += sum(_parallel(send, wave))
+        sent += sum(parallel_map(send, wave))
         count += len(wave)
     return count, sent
 
@@ -271,7 +271,7 @@ def _missing(robjects, candidates: set) -> set:
     if not candidates:
         return set()
     if len(candidates) <= HEAD_LIMIT:
-        present = _parallel(robjects.exists, sorted(candidates))
+        present = parallel_map(robjects.exists, sorted(candidates))
         return {oid for oid, there in zip(sorted(candidates), present) if not there}
     return candidates - set(robjects.oids())
 
@@ -444,6 +444,6 @@ def _fetch(repo, robjects, staging, tree: str, received: list) -> None:
             raise CorruptionError(f"object {oid} from the remote does not match its hash; refused")
         return size
 
-    sizes = _parallel(fetch, sorted(blobs))
+    sizes = parallel_map(fetch, sorted(blobs))
     received[0] += len(sizes)
     received[1] += sum(sizes)

@@ -289,12 +289,15 @@ def test_a_pull_killed_mid_download_leaves_nothing_half_visible_and_the_next_com
     cli("push")
     other = _second_root(tmp_path)
     cli("remote", "add", "origin", url, "--endpoint", endpoint, root_dir=other)
-    # SIGKILL the pulling process the moment its first object has been downloaded and staged
-    script = ("import os, signal, sys; from gaia_cas import s3, cli\n"
-              "real = s3.VerifiedReader._finish\n"
-              "def finish(self):\n"
-              "    real(self); os.kill(os.getpid(), signal.SIGKILL)\n"
-              "s3.VerifiedReader._finish = finish\n"
+    # SIGKILL the pulling process as it starts its third download (the manifest and the root
+    # tree are in, the tree already staged): mid-pull, after bytes were written to staging
+    script = ("import os, signal, sys, obstore; from gaia_cas import cli\n"
+              "real, calls = obstore.get, []\n"
+              "def get(*a, **k):\n"
+              "    calls.append(1)\n"
+              "    if len(calls) == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return real(*a, **k)\n"
+              "obstore.get = get\n"
               "cli.run(sys.argv[1:])\n")
     proc = subprocess.run([sys.executable, "-c", script, "--root", str(other), "pull", "ssd"],
                           env=dict(os.environ, PYTHONPATH=str(CHECKOUT)), capture_output=True, timeout=60)
@@ -351,3 +354,28 @@ def test_rollback_on_the_remote_from_any_machine_holds_against_stale_pushes(cli,
     assert_one_line_error(cli("rollback", "ssd", "9.9.9", "--remote", "origin", root_dir=operator), "9.9.9")
     assert_one_line_error(cli("rollback", "nothere", "1.0.0", "--remote", "origin", root_dir=operator),
                           "unknown model 'nothere'")
+
+
+def test_verify_remote_reports_a_corrupt_or_missing_object_and_changes_nothing(cli, root, url, endpoint, tmp_path,
+                                                                                s3_server):  # noqa: F811
+    _add(cli, url, endpoint)
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1))
+    cli("push")
+    ok = cli("verify", "--remote", "origin", "--json")
+    assert ok.code == 0 and ok.json()["ok"] and ok.json()["checked_objects"] >= 4
+    repo = Repository(root)
+    entries = {e.name: e.oid for _, e in repo.trees.walk(repo.manifest("ssd").current_version().tree)}
+    bad, gone = entries["saved_model.pb"], entries["fingerprint.pb"]
+    prefix = url.split("/", 3)[3]
+    raw = boto3.client("s3", endpoint_url=endpoint)
+    raw.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/objects/{bad[:2]}/{bad[2:]}", Body=b"bad")
+    raw.delete_object(Bucket=s3_server.bucket, Key=f"{prefix}/objects/{gone[:2]}/{gone[2:]}")
+    run = cli("verify", "--remote", "origin", "--json")
+    assert run.code == 1
+    problems = {p["oid"]: p for p in run.json()["problems"]}
+    assert problems[bad]["kind"] == "corrupt-object" and problems[gone]["kind"] == "missing-object"
+    assert problems[bad]["versions"] == ["ssd 1.0.0"]
+    text = cli("verify", "ssd", "--remote", "origin")
+    assert text.code == 1 and bad in text.out and "2 problem(s)" in text.out
+    assert raw.get_object(Bucket=s3_server.bucket, Key=f"{prefix}/objects/{bad[:2]}/{bad[2:]}")["Body"].read() == b"bad"
+    assert_one_line_error(cli("verify", "--remote", "origin", "--repair"), "local store only")

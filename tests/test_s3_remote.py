@@ -60,7 +60,7 @@ def test_a_corrupt_object_is_never_returned(remote):
 
 def test_a_create_whose_response_was_lost_is_recognised_as_ours(remote, monkeypatch):
     _, manifests, _, _, _ = remote
-    real = manifests._send
+    real = manifests.send
     calls = []
 
     def lost(key, data, mode):
@@ -70,7 +70,7 @@ def test_a_create_whose_response_was_lost_is_recognised_as_ours(remote, monkeypa
             raise ConnectionResetError("connection reset")  # ... and its answer is lost
         return real(key, data, mode)  # the retry meets our own write: 412
 
-    monkeypatch.setattr(manifests, "_send", lost)
+    monkeypatch.setattr(manifests, "send", lost)
     committed = manifests.update("m", lambda m: _event(m, 1), create=True)
     assert calls == ["create", "create"]
     snap = manifests.snapshot("m")
@@ -93,7 +93,7 @@ def test_a_lost_update_response_is_ours_but_a_real_race_is_stale(remote, monkeyp
 
 def test_a_409_conflict_is_retried(remote, monkeypatch):
     _, manifests, _, _, _ = remote
-    real = manifests._send
+    real = manifests.send
     calls = []
 
     class Conflict(Exception):
@@ -105,7 +105,7 @@ def test_a_409_conflict_is_retried(remote, monkeypatch):
             raise Conflict("Server returned non-2xx status code: 409 Conflict: <Code>ConditionalRequestConflict</Code>")
         return real(key, data, mode)
 
-    monkeypatch.setattr(manifests, "_send", conflicted)
+    monkeypatch.setattr(manifests, "send", conflicted)
     manifests.update("m", lambda m: _event(m, 1), create=True)
     assert len(calls) == 3 and manifests.snapshot("m").manifest.generation == 1
 
