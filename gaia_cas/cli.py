@@ -419,6 +419,8 @@ def _report_failures(failures: list[tuple[str, str]]) -> int:
 def cmd_gc(args, default_root):
     from .retention import parse_age
 
+    if getattr(args, "remote", None) is not None:
+        return cmd_gc_remote(args, default_root)
     repo = _repo(args, default_root)
     plan, result = repo.gc(grace=parse_age(args.grace), log_age=parse_age(args.log_age), dry_run=args.dry_run)
     counts = _counted(plan.counts())
@@ -630,6 +632,19 @@ def cmd_verify_remote(args, repo):
     if args.repair:
         raise InvalidInputError("--repair works on the local store only; 'verify --remote' changes nothing")
     return verify_remote(repo, args.model, remote=args.remote, sample=args.sample)
+
+
+def cmd_gc_remote(args, default_root):
+    from .remote_gc import DEFAULT_GRACE, gc_remote
+    from .retention import parse_age
+
+    grace = DEFAULT_GRACE if getattr(args.grace, "is_default", False) else parse_age(args.grace)
+    plan = gc_remote(_repo(args, default_root), args.remote, grace=grace, dry_run=args.dry_run)
+    what = f"{len(plan.doomed)} objects, {_mb(plan.bytes)}"
+    text = (f"would delete {what} on {plan.remote}" if plan.dry_run else f"deleted {plan.deleted} of {what} on "
+            f"{plan.remote}") + (f"\n{plan.reachable} objects in use; {plan.young_unreferenced} unreferenced objects "
+                                 f"are younger than the grace period and stay")
+    _emit(args, plan.to_json(), text)
 
 
 def cmd_push(args, default_root):

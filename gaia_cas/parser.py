@@ -90,6 +90,12 @@ def _common(parser, top):
                              "(default $GAIA_CAS_LOCK_TIMEOUT, else 30)")
 
 
+class _DefaultAge(str):
+    """An age option's default value, told apart from the same text given on the command line."""
+
+    is_default = True
+
+
 class _Unused:
     """Stands in for the parser of a command this run does not use: argparse's set-up of twenty
     subcommands costs more than everything an unchanged redeploy does with its files."""
@@ -336,6 +342,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if only in (None, "list"):
         sub.choices["list"].add_argument("--remote", metavar="NAME",
                                          help="list the versions of MODEL on this remote instead")
+    if only in (None, "gc"):
+        gp = sub.choices["gc"]
+        gp.add_argument("--remote", metavar="NAME",
+                        help="collect on the remote instead: objects no remote manifest reaches, older than --grace "
+                             "(there 24h unless given), one gc at a time (a lease object); logs and local files "
+                             "are left alone")
+        gp.set_defaults(grace=_DefaultAge(gp.get_default("grace")))  # still 1h locally; --remote tells it apart
     if only in (None, "verify"):
         sub.choices["verify"].add_argument("--remote", metavar="NAME",
                                            help="re-hash what the remote's manifests reach, on the remote "

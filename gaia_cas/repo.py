@@ -976,6 +976,12 @@ class Repository:
         from . import remote_verify
         return remote_verify.verify_remote(self, name, remote=remote, sample=sample)
 
+    def gc_remote(self, *, remote: str | None = None, grace=None, dry_run: bool = False):
+        """Delete what no remote manifest reaches, older than ``grace`` (default 24 h); a RemoteGcPlan."""
+        from . import remote_gc
+        return remote_gc.gc_remote(self, remote, grace=remote_gc.DEFAULT_GRACE if grace is None else grace,
+                                   dry_run=dry_run)
+
 
 class _translate_store_errors:
     """Turn OS errors of the store side (disk full, read-only, permissions) into StoreError."""

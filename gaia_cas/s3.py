@@ -366,6 +366,23 @@ class S3ObjectStore(BaseObjectStore):
 
     def oids(self):
         """Every oid under objects/ (one paginated listing)."""
+        for oid, _, _ in self.inventory():
+            yield oid
+
+    def head(self, oid: str):
+        """The object's (size, upload time) on the remote, or None when it is not there."""
+        import obstore
+
+        try:
+            meta = obstore.head(self.client, self.key(oid))
+        except Exception as exc:
+            if _kind(exc) == "missing":
+                return None
+            raise describe(exc, self.where(oid)) from None
+        return meta["size"], meta["last_modified"]
+
+    def inventory(self):
+        """(oid, size, upload time) of every object under objects/, from one paginated listing."""
         import obstore
 
         base = f"{self.prefix}objects/"
@@ -375,7 +392,7 @@ class S3ObjectStore(BaseObjectStore):
                     rest = meta["path"][len(base):]
                     oid = rest.replace("/", "", 1)
                     if len(rest) == 33 and rest[2] == "/" and is_oid(oid):
-                        yield oid  # anything else under objects/ is not ours: ignored
+                        yield oid, meta["size"], meta["last_modified"]
         except Exception as exc:
             raise describe(exc, f"{self.name} (listing objects)") from None
 
