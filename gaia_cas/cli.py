@@ -647,6 +647,28 @@ def cmd_gc_remote(args, default_root):
     _emit(args, plan.to_json(), text)
 
 
+def cmd_sync(args, default_root):
+    from .transfer import sync
+
+    def report(result, error):
+        if error is not None:
+            where = f"{result}: " if result else ""
+            print(f"{PROG}: warning: {shown(where)}{' '.join(_describe(error).split())}; trying again in "
+                  f"{args.interval:g} s", file=sys.stderr, flush=True)
+        elif args.watch:
+            line = (_dumps(result.to_json()) if args.json else
+                    f"{result.model}: {result.version}, current {result.previous or '-'} -> {result.current}")
+            print(line, flush=True)
+
+    results = sync(_repo(args, default_root), args.model, remote=args.remote, watch=args.watch,
+                   interval=args.interval, report=report)
+    if not args.watch:
+        changed = [r for r in results if r.changed]
+        _emit(args, {"pulled": [r.to_json() for r in results]},
+              "\n".join(f"{r.model}: {r.version}, current {r.previous or '-'} -> {r.current}" for r in changed)
+              or "up to date")
+
+
 def cmd_push(args, default_root):
     from .transfer import push
 
@@ -681,5 +703,5 @@ _COMMANDS = {
     "demo": cmd_demo, "pin": cmd_pin, "unpin": cmd_pin, "cleanup": cmd_cleanup, "gc": cmd_gc,
     "verify": cmd_verify, "promote": cmd_promote, "history": cmd_history, "diff": cmd_diff,
     "import-legacy": cmd_import_legacy, "export": cmd_export, "import": cmd_import,
-    "remote": cmd_remote, "push": cmd_push, "pull": cmd_pull,
+    "remote": cmd_remote, "push": cmd_push, "pull": cmd_pull, "sync": cmd_sync,
 }

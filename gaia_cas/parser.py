@@ -339,6 +339,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?", metavar="VERSION",
                    help="fetch this version without moving current (default: the remote's current)")
     p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
+    p = command("sync", "pull every model whose remote manifest changed (one conditional GET each); --watch keeps "
+                        "following it, for inference hosts")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="one model, or 'all' (the default)")
+    p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
+    p.add_argument("--watch", action="store_true", help="keep following the remote until stopped (SIGTERM, Ctrl-C)")
+    p.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between rounds (default 5)")
     if only in (None, "list"):
         sub.choices["list"].add_argument("--remote", metavar="NAME",
                                          help="list the versions of MODEL on this remote instead")

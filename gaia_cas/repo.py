@@ -966,6 +966,12 @@ class Repository:
         from . import transfer
         return transfer.pull(self, name, selector, remote=remote)
 
+    def sync(self, name: str | None = None, *, remote: str | None = None, watch: bool = False,
+             interval: float = 5.0, report=None) -> list:
+        """Pull every model (or one) whose remote manifest changed; ``watch`` keeps following."""
+        from . import transfer
+        return transfer.sync(self, name, remote=remote, watch=watch, interval=interval, report=report)
+
     def rollback_remote(self, name: str, selector: str, *, remote: str | None = None, reason: str | None = None):
         """Move the remote's current to an existing version by compare-and-swap; a RemoteRollback."""
         from . import transfer

@@ -482,6 +482,24 @@ class S3ManifestStore(BaseManifestStore):
             raise CorruptionError(f"the manifest {key} on {self.name} belongs to model {manifest.model!r}")
         return Snapshot(manifest, _token(result.meta["e_tag"]))
 
+    def changed(self, model: str, token) -> bool:
+        """Whether the manifest differs from the state ``token`` names: one conditional GET
+        (``If-None-Match``), whose 304 carries no body. A missing manifest counts as changed
+        only if there was one."""
+        import obstore
+
+        if token is None:
+            return self.token(model) is not None
+        try:
+            obstore.get(self.client, self.key(model), options={"if_none_match": f'"{_token(token)}"'})
+        except Exception as exc:
+            if type(exc).__name__ == "NotModifiedError" or _status(exc) == 304:
+                return False
+            if _kind(exc) == "missing":
+                return True
+            raise describe(exc, f"manifest of '{model}' on {self.name}") from None
+        return True
+
     def token(self, model: str) -> str | None:
         import obstore
 

@@ -312,6 +312,60 @@ def _upload(repo, robjects, oid: str) -> int:
     return size
 
 
+# -- sync: follow the remote ------------------------------------------------------------------
+
+def sync(repo, name: str | None = None, *, remote: str | None = None, watch: bool = False,
+         interval: float = 5.0, report=None, rounds: int | None = None) -> list[PullResult]:
+    """Pull every model (or one) whose remote manifest changed: each round is one conditional
+    GET per manifest (a 304 costs nothing), a pull only on change. With ``watch``, repeat every
+    ``interval`` seconds until interrupted (``rounds`` bounds it, for tests); a failure in a
+    round is passed to ``report(model, error)`` and the next round tries again, so an inference
+    host keeps serving what it has while the remote is down or holds a corrupt object.
+    ``report(result)`` is also called with each PullResult that changed something."""
+    import time
+
+    from .errors import GaiaCasError
+
+    if not interval > 0:
+        raise InvalidInputError(f"--interval must be above 0 seconds, not {interval!r}")
+    remote_cfg, objects, manifests = _open(repo, remote)
+    if name not in (None, "all"):
+        check_model_name(name)
+    seen: dict[str, object] = {}
+    results: list[PullResult] = []
+    done = 0
+    while True:
+        try:
+            models = manifests.names() if name in (None, "all") else [name]
+        except GaiaCasError as exc:
+            if not watch:
+                raise
+            models = []
+            if report is not None:
+                report(None, exc)
+        for model in models:
+            try:
+                if model in seen and not manifests.changed(model, seen[model]):
+                    continue
+                token = manifests.token(model)
+                if token is None:
+                    continue
+                result = _pull_model(repo, model, None, remote_cfg.name, objects, manifests)
+                seen[model] = token
+                results.append(result)
+                if report is not None and result.changed:
+                    report(result, None)
+            except GaiaCasError as exc:
+                if not watch:
+                    raise
+                if report is not None:
+                    report(model, exc)
+        done += 1
+        if not watch or (rounds is not None and done >= rounds):
+            return results
+        time.sleep(interval)
+
+
 # -- rollback on the remote -------------------------------------------------------------------
 
 class RemoteRollback(namedtuple("RemoteRollback", "model version previous unchanged remote")):

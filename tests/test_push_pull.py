@@ -379,3 +379,50 @@ def test_verify_remote_reports_a_corrupt_or_missing_object_and_changes_nothing(c
     assert text.code == 1 and bad in text.out and "2 problem(s)" in text.out
     assert raw.get_object(Bucket=s3_server.bucket, Key=f"{prefix}/objects/{bad[:2]}/{bad[2:]}")["Body"].read() == b"bad"
     assert_one_line_error(cli("verify", "--remote", "origin", "--repair"), "local store only")
+
+
+def test_sync_pulls_what_changed_and_a_second_sync_writes_nothing(cli, root, url, endpoint, tmp_path, monkeypatch):
+    _add(cli, url, endpoint)
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1))
+    cli("push")
+    host = _second_root(tmp_path, "host")
+    cli("remote", "add", "origin", url, "--endpoint", endpoint, root_dir=host)
+    first = cli("sync", "--json", root_dir=host).json()["pulled"]
+    assert [(r["model"], r["current"], r["changed"]) for r in first] == [("ssd", "1.0.0", True)]
+    before = snapshot(host)
+    again = cli("sync", root_dir=host)
+    assert again.code == 0 and again.out.strip() == "up to date" and snapshot(host) == before
+
+
+def _line(proc, timeout: float = 20.0) -> str:
+    """The process's next output line, or a failure after ``timeout`` s (never a hung test)."""
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        assert sel.select(timeout), "no output in time"
+    return proc.stdout.readline()
+
+
+def test_sync_watch_follows_the_remote_until_stopped(cli, root, url, endpoint, tmp_path):
+    import signal
+
+    _add(cli, url, endpoint)
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1))
+    cli("push")
+    host = _second_root(tmp_path, "host")
+    cli("remote", "add", "origin", url, "--endpoint", endpoint, root_dir=host)
+    watcher = subprocess.Popen([sys.executable, "-m", "gaia_cas", "--root", str(host), "sync", "--watch",
+                                "--interval", "0.2"], env=dict(os.environ, PYTHONPATH=str(CHECKOUT)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "current - -> 1.0.0" in _line(watcher)
+        cli("deploy", "ssd", make_savedmodel(tmp_path / "b", variant=2))
+        cli("push")
+        assert "current 1.0.0 -> 1.1.0" in _line(watcher)  # followed, within rounds
+        link = host / "models" / "ssd" / "current" / "saved_model.pb"
+        assert link.read_bytes() == (tmp_path / "b" / "saved_model.pb").read_bytes()
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        out, err = watcher.communicate(timeout=20)
+    assert watcher.returncode == 128 + signal.SIGTERM and "Traceback" not in err
