@@ -335,8 +335,7 @@ class S3ObjectStore(BaseObjectStore):
         """A stream of the object's verified bytes: reading it to the end raises CorruptionError
         if they do not hash to ``oid``."""
         result = self._get(oid)
-        return io.BufferedReader(VerifiedReader(result.stream(min_chunk_size=STREAM_CHUNK), oid, self.where(oid)),
-                                 1 << 20)
+        return VerifiedReader(result.stream(min_chunk_size=STREAM_CHUNK), oid, self.where(oid))
 
     def size(self, oid: str) -> int | None:
         import obstore
