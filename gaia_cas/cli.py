@@ -277,6 +277,8 @@ def _list_one(repo, model, as_json: bool) -> tuple[dict | None, str]:
 
 
 def cmd_list(args, default_root):
+    if getattr(args, "remote", None) is not None:
+        return cmd_list_remote(args, default_root)
     repo = _repo(args, default_root)
     if args.model:
         doc, text = _list_one(repo, args.model, args.json)
@@ -331,6 +333,8 @@ def cmd_show(args, default_root):
 
 
 def cmd_rollback(args, default_root):
+    if getattr(args, "remote", None) is not None:
+        return cmd_rollback_remote(args, default_root)
     repo = _repo(args, default_root)
     # args.model is None for 'rollback previous' (the parser took the lone argument as the version)
     result = repo.rollback(args.model, args.version, reason=args.reason)
@@ -392,6 +396,8 @@ def _report_failures(failures: list[tuple[str, str]]) -> int:
 def cmd_gc(args, default_root):
     from .retention import parse_age
 
+    if getattr(args, "remote", None) is not None:
+        return cmd_gc_remote(args, default_root)
     repo = _repo(args, default_root)
     plan, result = repo.gc(grace=parse_age(args.grace), log_age=parse_age(args.log_age), dry_run=args.dry_run)
     counts = _counted(plan.counts())
@@ -411,7 +417,10 @@ def cmd_gc(args, default_root):
 
 def cmd_verify(args, default_root):
     repo = _repo(args, default_root)
-    report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason)
+    if getattr(args, "remote", None) is not None:
+        report = cmd_verify_remote(args, repo)
+    else:
+        report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason)
     scope = f" ({args.sample:g}% sample)" if args.sample else ""
     lines = [f"checked {report.checked_objects} objects{scope}, {report.checked_trees} trees, "
              f"{report.checked_links} links: "
@@ -569,6 +578,137 @@ def cmd_serve(args, default_root):
           channel=args.channel, interval=args.interval, max_body=args.max_body,
           report=lambda line: print(shown(line), flush=True))
 
+# -- S3 remote: remote, push, pull (gaia_cas.remotes, gaia_cas.transfer) ------------------------
+
+def cmd_remote(args, default_root):
+    from . import remotes
+
+    repo = _repo(args, default_root)
+    action = args.remote_command
+    if action == "add":
+        remote, is_default = remotes.add(repo, args.name, args.url, endpoint=args.endpoint, region=args.region)
+        _emit(args, {"name": remote.name, "url": remote.url, "endpoint": remote.endpoint, "region": remote.region,
+                     "default": is_default},
+              f"remote {remote.name} added: {shown(remote.url)}" + (" (default)" if is_default else ""))
+    elif action == "default":
+        remote = remotes.set_default(repo, args.name)
+        _emit(args, {"default": remote.name}, f"default remote: {remote.name}")
+    elif action == "remove":
+        remotes.remove(repo, args.name)
+        _emit(args, {"removed": args.name}, f"remote {args.name} removed (nothing on it was deleted)")
+    else:
+        default, known = remotes.load(repo)
+        doc = {"default": default, "remotes": [{"name": r.name, "url": r.url, "endpoint": r.endpoint,
+                                                "region": r.region, "default": r.name == default}
+                                               for r in sorted(known.values())]}
+        rows = [[("*" if r.name == default else "") + r.name, shown(r.url), shown(r.endpoint or "-"), r.region or "-"]
+                for r in sorted(known.values())]
+        _emit(args, doc, _table([["NAME", "URL", "ENDPOINT", "REGION"]] + rows) if rows
+              else "no remotes: add one with 'gaia-cas remote add NAME s3://BUCKET[/PREFIX]'")
+
+
+def cmd_list_remote(args, default_root):
+    from . import remotes
+    from .errors import InvalidInputError, ModelNotFoundError
+
+    if not args.model:
+        raise InvalidInputError("'list --remote NAME' lists one model: give MODEL")
+    _, manifests = remotes.get(_repo(args, default_root), args.remote).open()
+    snap = manifests.snapshot(args.model)
+    if snap is None:
+        raise ModelNotFoundError(args.model, manifests.names())
+
+    class _View:  # the remote manifest, shown exactly as 'list' shows a local one
+        def manifest(self, model):
+            return snap.manifest
+
+    doc, text = _list_one(_View(), args.model, args.json)
+    _emit(args, doc, text)
+
+
+def cmd_rollback_remote(args, default_root):
+    from .errors import InvalidInputError
+    from .transfer import rollback_remote
+
+    if args.model is None:
+        raise InvalidInputError("'rollback --remote' needs the model: 'gaia-cas rollback MODEL VERSION --remote NAME'")
+    r = rollback_remote(_repo(args, default_root), args.model, args.version, remote=args.remote, reason=args.reason)
+    text = (f"{r.model} on {r.remote}: {r.version} is already current; nothing changed" if r.unchanged
+            else f"rolled back {r.model} on {r.remote}: {r.previous or '-'} -> {r.version}")
+    _emit(args, r.to_json(), text)
+
+
+def cmd_verify_remote(args, repo):
+    from .errors import InvalidInputError
+    from .remote_verify import verify_remote
+
+    if args.repair:
+        raise InvalidInputError("--repair works on the local store only; 'verify --remote' changes nothing")
+    return verify_remote(repo, args.model, remote=args.remote, sample=args.sample)
+
+
+def cmd_gc_remote(args, default_root):
+    from .remote_gc import DEFAULT_GRACE, gc_remote
+    from .retention import parse_age
+
+    grace = DEFAULT_GRACE if getattr(args.grace, "is_default", False) else parse_age(args.grace)
+    plan = gc_remote(_repo(args, default_root), args.remote, grace=grace, dry_run=args.dry_run)
+    what = f"{len(plan.doomed)} objects, {_mb(plan.bytes)}"
+    text = (f"would delete {what} on {plan.remote}" if plan.dry_run else f"deleted {plan.deleted} of {what} on "
+            f"{plan.remote}") + (f"\n{plan.reachable} objects in use; {plan.young_unreferenced} unreferenced objects "
+                                 f"are younger than the grace period and stay")
+    _emit(args, plan.to_json(), text)
+
+
+def cmd_sync(args, default_root):
+    from .transfer import sync
+
+    def report(result, error):
+        if error is not None:
+            where = f"{result}: " if result else ""
+            print(f"{PROG}: warning: {shown(where)}{' '.join(_describe(error).split())}; trying again in "
+                  f"{args.interval:g} s", file=sys.stderr, flush=True)
+        elif args.watch:
+            line = (_dumps(result.to_json()) if args.json else
+                    f"{result.model}: {result.version}, current {result.previous or '-'} -> {result.current}")
+            print(line, flush=True)
+
+    results = sync(_repo(args, default_root), args.model, remote=args.remote, watch=args.watch,
+                   interval=args.interval, report=report)
+    if not args.watch:
+        changed = [r for r in results if r.changed]
+        _emit(args, {"pulled": [r.to_json() for r in results]},
+              "\n".join(f"{r.model}: {r.version}, current {r.previous or '-'} -> {r.current}" for r in changed)
+              or "up to date")
+
+
+def cmd_push(args, default_root):
+    from .transfer import push
+
+    repo = _repo(args, default_root)
+    results = push(repo, args.model, remote=args.remote)
+    lines = []
+    for r in results:
+        line = (f"{r.model}: {r.versions_sent} versions, {r.objects_sent} objects, {_mb(r.bytes_sent)} sent; "
+                f"remote current {r.current or '-'}" + (" (moved)" if r.current_moved else ""))
+        for old, new in r.renumbered.items():
+            line += f"\n  {old} was taken on the remote by other content: it is {new} there and here now"
+        if r.note:
+            line += f"\n  {r.note}"
+        lines.append(line)
+    _emit(args, {"pushed": [r.to_json() for r in results]}, "\n".join(lines) or "nothing to push: no models")
+
+
+def cmd_pull(args, default_root):
+    from .transfer import pull
+
+    repo = _repo(args, default_root)
+    results = pull(repo, args.model, args.version, remote=args.remote)
+    lines = [f"{r.model}: {r.version} ({r.objects_received} objects, {_mb(r.bytes_received)} received); "
+             + (f"current {r.previous or '-'} -> {r.current}" if r.previous != r.current else f"current {r.current or '-'}")
+             + ("" if r.changed else " (nothing changed)") for r in results]
+    _emit(args, {"pulled": [r.to_json() for r in results]}, "\n".join(lines) or "the remote holds no models")
+
 
 _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
@@ -577,4 +717,5 @@ _COMMANDS = {
     "verify": cmd_verify, "promote": cmd_promote, "history": cmd_history, "diff": cmd_diff,
     "import-legacy": cmd_import_legacy, "export": cmd_export, "import": cmd_import,
     "watch": cmd_watch, "serve": cmd_serve,
+    "remote": cmd_remote, "push": cmd_push, "pull": cmd_pull, "sync": cmd_sync,
 }

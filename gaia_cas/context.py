@@ -78,6 +78,12 @@ class Context:
             raise ModelNotFoundError(name, self.models())
         return manifest
 
+    def select(self, manifest: Manifest, selector: str | None) -> Version:
+        """The version a selector names (see :mod:`gaia_cas.selectors`); None means current."""
+        from .selectors import select
+
+        return select(manifest, selector)
+
     def own_folders(self) -> dict[str, Path]:
         """The root's folders no source may be, hold or be inside."""
         return {"store/": self.layout.store, "manifests/": self.layout.manifests, "logs/": self.layout.logs}

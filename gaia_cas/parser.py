@@ -100,6 +100,12 @@ def _common(parser, top):
                              f"(default $GAIA_CAS_LOCK_TIMEOUT, else {defaults.LOCK_TIMEOUT:g})")
 
 
+class _DefaultAge(str):
+    """An age option's default value, told apart from the same text given on the command line."""
+
+    is_default = True
+
+
 class _Unused:
     """Stands in for the parser of a command this run does not use: argparse's set-up of twenty
     subcommands costs more than everything an unchanged redeploy does with its files."""
@@ -361,6 +367,60 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="look for a new version at least every S seconds (default 1; at once where inotify exists)")
     p.add_argument("--max-body", type=int, default=64 << 20, metavar="BYTES",
                    help="refuse request bodies larger than this with 413 (default 64 MiB)")
+
+    # -- S3 remote: remote, push, pull -------------------------------------------------------
+    p = command("remote", "name the S3 remotes push and pull talk to (credentials: the AWS environment only)")
+    rsub = p.add_subparsers(dest="remote_command", metavar="ACTION")
+    rsub.required = True
+    rp = rsub.add_parser("add", help="add a remote after probing it (the first one added is the default)",
+                         description="add a remote after probing it once: reachable, bucket present, credentials "
+                                     "accepted, conditional writes honoured")
+    _common(rp, top=False)
+    rp.add_argument("name", metavar="NAME", help="the remote's name: lowercase [a-z0-9][a-z0-9._-]*")
+    rp.add_argument("url", metavar="URL", help="s3://BUCKET[/PREFIX]")
+    rp.add_argument("--endpoint", metavar="URL", help="an S3-compatible engine (Ceph RGW, MinIO, R2); http:// works")
+    rp.add_argument("--region", metavar="R", help="the bucket's region (default $AWS_REGION, else us-east-1)")
+    for action, text in (("list", "list the remotes, the default marked"),
+                         ("remove", "forget a remote (nothing on it is deleted)"),
+                         ("default", "make a remote the default")):
+        rp = rsub.add_parser(action, help=text, description=text)
+        _common(rp, top=False)
+        if action != "list":
+            rp.add_argument("name", metavar="NAME")
+
+    p = command("push", "upload versions the remote lacks (objects first, then the manifest by compare-and-swap)")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="one model, or 'all' (the default)")
+    p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
+
+    p = command("pull", "fetch a remote version (every object verified), then move current to it")
+    p.add_argument("model", metavar="MODEL", help="a model, or 'all'")
+    p.add_argument("version", nargs="?", metavar="VERSION",
+                   help="fetch this version without moving current (default: the remote's current)")
+    p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
+    p = command("sync", "pull every model whose remote manifest changed (one conditional GET each); --watch keeps "
+                        "following it, for inference hosts")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="one model, or 'all' (the default)")
+    p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
+    p.add_argument("--watch", action="store_true", help="keep following the remote until stopped (SIGTERM, Ctrl-C)")
+    p.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between rounds (default 5)")
+    if only in (None, "list"):
+        sub.choices["list"].add_argument("--remote", metavar="NAME",
+                                         help="list the versions of MODEL on this remote instead")
+    if only in (None, "gc"):
+        gp = sub.choices["gc"]
+        gp.add_argument("--remote", metavar="NAME",
+                        help="collect on the remote instead: objects no remote manifest reaches, older than --grace "
+                             "(there 24h unless given), one gc at a time (a lease object); logs and local files "
+                             "are left alone")
+        gp.set_defaults(grace=_DefaultAge(gp.get_default("grace")))  # still 1h locally; --remote tells it apart
+    if only in (None, "verify"):
+        sub.choices["verify"].add_argument("--remote", metavar="NAME",
+                                           help="re-hash what the remote's manifests reach, on the remote "
+                                                "(downloads; with --sample, today's share); changes nothing")
+    if only in (None, "rollback"):
+        sub.choices["rollback"].add_argument("--remote", metavar="NAME",
+                                             help="move the remote's current instead (by compare-and-swap); "
+                                                  "nothing local changes")
     if only is not None and only not in sub.choices:
         return build_parser()  # not a command: the full parser lists the choices in its error
     return parser

@@ -17,20 +17,25 @@ from gaia_cas.objects import ObjectStore
 from gaia_cas.repo import Repository
 from gaia_cas.storage import (BaseManifestStore, BaseObjectStore, MemoryManifestStore, MemoryObjectStore,
                               StaleTokenError)
+from s3_fixtures import s3_server, s3_stores  # noqa: F401  (the S3 backend's server, session-scoped)
 
 
-@pytest.fixture(params=["disk", "memory"])
+@pytest.fixture(params=["disk", "memory", "s3"])
 def objects(request, tmp_path) -> BaseObjectStore:
     if request.param == "memory":
         return MemoryObjectStore()
+    if request.param == "s3":  # moto on 127.0.0.1, or $GAIA_CAS_S3_ENDPOINT (tests/s3_fixtures.py)
+        return s3_stores(request.getfixturevalue("s3_server"))[0]
     Repository.init(tmp_path / "root")
     return ObjectStore(Layout(tmp_path / "root"))
 
 
-@pytest.fixture(params=["disk", "memory"])
+@pytest.fixture(params=["disk", "memory", "s3"])
 def manifests(request, tmp_path) -> BaseManifestStore:
     if request.param == "memory":
         return MemoryManifestStore()
+    if request.param == "s3":
+        return s3_stores(request.getfixturevalue("s3_server"))[1]
     Repository.init(tmp_path / "root")
     return Manifests(Layout(tmp_path / "root"), lock_timeout=10)
 

@@ -1,0 +1,157 @@
+"""gc --remote: delete the objects on a remote that no remote manifest reaches.
+
+S3 cannot refresh an mtime, so age is upload time, and the argument is this (docs/design.md,
+The S3 remote):
+
+1. One gc at a time: a lease object ``PREFIX/gc.lease`` created with ``If-None-Match: *``
+   (taken over, by ``If-Match`` on its ETag, only once its holder's expiry has passed).
+2. The objects are listed *before* the manifests are read, and only listed objects can be
+   deleted: anything a push uploads after the listing is out of reach.
+3. Every manifest is read and every tree of every version walked; any manifest or tree that
+   cannot be read stops gc with nothing deleted (fail closed).
+4. Only objects older than the grace (default 24 h; rustic uses 23 h) are deleted. A push
+   uploads its objects before its manifest, and re-uploads any unreferenced object it finds
+   older than an hour (transfer.REFRESH_AGE), so every object an in-flight push will commit is
+   younger than the grace when gc lists it -- as long as a push takes less than grace - 1 h.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from datetime import datetime, timedelta, timezone
+
+from .errors import CorruptionError, GaiaCasError
+
+DEFAULT_GRACE = timedelta(hours=24)
+LEASE_TTL = timedelta(hours=6)
+LEASE = "gc.lease"
+
+
+class RemoteGcRefused(GaiaCasError):
+    """gc on the remote would not be safe now (another gc, an unreadable manifest or tree)."""
+
+
+class RemoteGcPlan(namedtuple("RemoteGcPlan", "remote doomed reachable young_unreferenced dry_run deleted")):
+    """``doomed``: [(oid, size)] unreferenced and older than the grace."""
+
+    __slots__ = ()
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self.doomed)
+
+    def to_json(self) -> dict:
+        return {"remote": self.remote, "dry_run": self.dry_run, "deleted": self.deleted, "bytes": self.bytes,
+                "reachable_objects": self.reachable, "young_unreferenced": self.young_unreferenced,
+                "objects": [oid for oid, _ in self.doomed]}
+
+
+def gc_remote(repo, remote: str | None = None, *, grace: timedelta = DEFAULT_GRACE, dry_run: bool = False,
+              now: datetime | None = None) -> RemoteGcPlan:
+    from . import remotes
+    from .transfer import parallel_map
+
+    config = remotes.get(repo, remote)
+    objects, manifests = config.open()
+    lease = None if dry_run else _take_lease(objects, config.name)
+    try:
+        listed = list(objects.inventory())  # before the manifests: see the module's argument, 2.
+        reachable = _mark(repo, objects, manifests, config.name)
+        cutoff = (now or datetime.now(timezone.utc)) - grace
+        doomed, young = [], 0
+        for oid, size, uploaded in listed:
+            if oid in reachable:
+                continue
+            if uploaded > cutoff:
+                young += 1
+            else:
+                doomed.append((oid, size))
+        deleted = 0
+        if not dry_run and doomed:
+            deleted = sum(parallel_map(lambda item: objects.delete(item[0]), doomed))
+        return RemoteGcPlan(config.name, doomed, len(reachable), young, dry_run, deleted)
+    finally:
+        if lease is not None:
+            _release_lease(objects, lease)
+
+
+def _mark(repo, objects, manifests, name: str) -> set[str]:
+    from .trees import DIR, MAX_DEPTH, MAX_TREE_BYTES, decode_tree
+
+    reachable: set[str] = set()
+
+    def walk(oid: str, depth: int) -> None:
+        if oid in reachable:
+            return
+        if depth > MAX_DEPTH:
+            raise RemoteGcRefused(f"tree {oid} on remote '{name}' nests deeper than {MAX_DEPTH} levels; nothing deleted")
+        try:
+            # the local copy when there is one (same oid, same bytes, verified when installed)
+            entries = repo.trees.entries(oid) if repo.objects.exists(oid) else \
+                decode_tree(objects.read(oid, MAX_TREE_BYTES), oid)
+        except CorruptionError as exc:
+            raise RemoteGcRefused(f"{exc}; gc on remote '{name}' deleted nothing (see 'gaia-cas verify --remote "
+                                  f"{name}')") from None
+        reachable.add(oid)
+        for entry in entries:
+            if entry.kind == DIR:
+                walk(entry.oid, depth + 1)
+            else:
+                reachable.add(entry.oid)
+
+    for model in manifests.names():
+        try:
+            snap = manifests.snapshot(model)
+        except CorruptionError as exc:
+            raise RemoteGcRefused(f"{exc}; gc on remote '{name}' deleted nothing") from None
+        if snap is None:
+            continue
+        for version in snap.manifest.versions:
+            walk(version.tree, 0)
+    return reachable
+
+
+def _take_lease(objects, name: str):
+    import obstore
+
+    from .clock import who
+    from .codec import pack, unpack
+    from .s3 import describe
+
+    key = f"{objects.prefix}{LEASE}"
+    now = datetime.now(timezone.utc)
+    user, host = who()
+    body = pack({"holder": f"{user}@{host}", "started": now.isoformat(timespec="seconds"),
+                 "expires": (now + LEASE_TTL).isoformat(timespec="seconds")})
+    try:
+        result = obstore.put(objects.client, key, body, mode="create", use_multipart=False)
+        return key, result.get("e_tag")
+    except Exception as exc:
+        if type(exc).__name__ not in ("AlreadyExistsError", "PreconditionError"):
+            raise describe(exc, f"remote '{name}' (gc lease)") from None
+    try:
+        held = obstore.get(objects.client, key)
+        info = unpack(bytes(held.bytes()), "gc lease", max_str=200, max_array=10, max_map=10)
+        expires = datetime.fromisoformat(info["expires"])
+    except Exception:
+        raise RemoteGcRefused(f"remote '{name}' has an unreadable gc lease {key}; another gc may be running "
+                              "(remove it only if none is)") from None
+    if expires > now:
+        raise RemoteGcRefused(f"another gc holds the lease on remote '{name}' ({info.get('holder')}, since "
+                              f"{info.get('started')}, until {info['expires']}); nothing deleted")
+    try:  # its holder died: take it over, unless someone else does first
+        result = obstore.put(objects.client, key, body, mode={"e_tag": held.meta["e_tag"].strip('"')},
+                             use_multipart=False)
+    except Exception:
+        raise RemoteGcRefused(f"another gc took over the expired lease on remote '{name}'; nothing deleted") from None
+    return key, result.get("e_tag")
+
+
+def _release_lease(objects, lease) -> None:
+    import obstore
+
+    key, _ = lease
+    try:
+        obstore.delete(objects.client, key)
+    except Exception:
+        pass  # it expires on its own

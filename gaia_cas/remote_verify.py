@@ -1,0 +1,85 @@
+"""verify --remote: re-hash what the remote's manifests reach, on the remote.
+
+Every tree of every version is read (and hashed) from the bucket; every file object, or today's
+``--sample`` of them (the same rotating window as local verify), is downloaded and re-hashed,
+its bytes discarded. A missing or corrupt object is a problem naming the object and the versions
+it affects; nothing on the remote is changed (repair is local only: a corrupt remote object is
+mended by pushing again from a store that has it whole -- after removing the bad copy).
+"""
+
+from __future__ import annotations
+
+from .errors import CorruptionError, InvalidInputError
+from .verify import Problem, VerifyReport, in_sample
+
+
+def verify_remote(repo, model: str | None = None, *, remote: str | None = None, sample: float | None = None,
+                  today=None) -> VerifyReport:
+    from datetime import date
+
+    from . import remotes
+    from .trees import DIR, MAX_DEPTH, MAX_TREE_BYTES, decode_tree
+    from .transfer import parallel_map
+
+    if sample is not None and not 0 < sample <= 100:
+        raise InvalidInputError(f"--sample must be a percentage above 0 and at most 100, not {sample:g}")
+    day = (today or date.today()).toordinal()
+    objects, manifests = remotes.get(repo, remote).open()
+    report = VerifyReport(sampled=sample)
+    names = [model] if model else manifests.names()
+    users: dict[str, list[str]] = {}  # oid -> "model version" reaching it
+    files: set[str] = set()
+    trees: dict[str, object] = {}  # oid -> entries, or None when missing/corrupt
+
+    def walk(oid: str, label: str, depth: int) -> None:
+        users.setdefault(oid, [])
+        if label not in users[oid]:
+            users[oid].append(label)
+        if oid in trees:
+            entries = trees[oid]
+        else:
+            try:
+                entries = decode_tree(objects.read(oid, MAX_TREE_BYTES), oid)
+            except CorruptionError as exc:
+                trees[oid] = None
+                kind = "missing-object" if "is missing" in str(exc) else "bad-tree"
+                report.problems.append(Problem(kind, str(exc), oid=oid, versions=users[oid]))
+                return
+            trees[oid] = entries
+            report.checked_trees += 1
+        if entries is None or depth > MAX_DEPTH:
+            return
+        for entry in entries:
+            if entry.kind == DIR:
+                walk(entry.oid, label, depth + 1)
+            else:
+                files.add(entry.oid)
+                users.setdefault(entry.oid, [])
+                if label not in users[entry.oid]:
+                    users[entry.oid].append(label)
+
+    for name in names:
+        snap = manifests.snapshot(name)
+        if snap is None:
+            report.problems.append(Problem("manifest", f"remote has no model '{name}'"))
+            continue
+        for version in snap.manifest.versions:
+            walk(version.tree, f"{name} {version.version}", 0)
+
+    chosen = sorted(oid for oid in files if in_sample(oid, sample, day))
+
+    def check(oid: str):
+        try:
+            with objects.open(oid) as stream:
+                while stream.read(1 << 20):
+                    pass
+            return None
+        except CorruptionError as exc:
+            kind = "missing-object" if "is missing" in str(exc) else "corrupt-object"
+            return Problem(kind, str(exc), oid=oid, versions=users[oid])
+
+    for problem in parallel_map(check, chosen):
+        report.checked_objects += 1
+        if problem is not None:
+            report.problems.append(problem)
+    return report
