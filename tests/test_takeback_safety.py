@@ -84,6 +84,9 @@ def test_consume_never_deletes_through_a_folder_swapped_for_a_symlink(shared, mo
 # -- finding 5: a tree another writer's committed version uses is never taken back ------------
 
 def test_a_failed_consume_keeps_the_tree_another_deploy_committed_meanwhile(repo, root, tmp_path, monkeypatch):
+    # m exists already: a new model's first deploy holds the claims lock up to its commit, which
+    # would (rightly) keep the other deployer out of this window
+    repo.deploy("m", make_savedmodel(tmp_path / "first" / "saved_model", variant=1))
     a = make_savedmodel(tmp_path / "a" / "saved_model", variant=7)
     b = tmp_path / "b" / "saved_model"
     shutil.copytree(a, b)  # the same bytes, in files of their own
