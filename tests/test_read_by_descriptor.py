@@ -128,6 +128,33 @@ def test_a_real_attacker_flipping_a_legacy_version_folder_never_gets_a_secret_st
 
 # -- format detection never opens a source by path, nor under a lock ------------------
 
+def _detection_outside_the_barrier(monkeypatch, root: Path) -> list:
+    """Spy on format detection: each call records whether the store barrier (store/gc.lock)
+    was free at that moment (an exclusive flock from a fresh descriptor is then granted)."""
+    import fcntl
+
+    real = ingest.source_format
+    seen = []
+
+    def source_format(node):
+        try:
+            fd = os.open(root / "store" / "gc.lock", os.O_RDONLY)
+        except FileNotFoundError:  # never taken yet: nobody holds it
+            seen.append("free")
+            return real(node)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(fd)  # releases the probe's own lock
+        return real(node)
+
+    monkeypatch.setattr(ingest, "source_format", source_format)
+    return seen
+
+
 def _fifo_after_staging(monkeypatch, target_of):
     real_stage = ingest.stage
     done = []
@@ -151,8 +178,9 @@ def test_a_model_file_swapped_for_a_fifo_after_staging_fails_the_deploy_in_one_l
     model = make_joblib(tmp_path / "s" / "model.joblib")
     before = snapshot(root)
     done = _fifo_after_staging(monkeypatch, lambda source: os.fspath(source))
+    barrier = _detection_outside_the_barrier(monkeypatch, root)
     run = cli("deploy", "m", model)
-    assert done
+    assert done and barrier == ["free"], barrier
     assert_one_line_error(run, "model.joblib changed while it was being deployed")
     assert snapshot(root) == before
 
@@ -180,8 +208,10 @@ def test_a_legacy_file_swapped_for_a_fifo_after_staging_skips_it_without_holding
     os.symlink(f"versions/{LATER}/model.joblib", layout / "ml_model" / "current")
     version_file = layout / "ml_model" / "versions" / VERSION / "model.joblib"
     done = _fifo_after_staging(monkeypatch, lambda source: str(version_file) if VERSION in str(source) else None)
+    barrier = _detection_outside_the_barrier(monkeypatch, root)
     run = cli("import-legacy", layout)
     assert done
+    assert barrier and set(barrier) == {"free"}, barrier
     assert run.code == 0, run.err
     assert f"skipped {VERSION}" in run.out and "changed" in run.out, run.out
     manifest = Repository(root).manifest("catboost")
