@@ -115,17 +115,38 @@ def validate_archive(path: Path, max_expansion: float = MAX_EXPANSION, raw=None)
     as it expands past ``max_expansion`` times what it consumed of the archive)."""
     own = raw is None
     if own:
-        try:
-            raw = open(path, "rb")
-        except FileNotFoundError:
-            raise SourceError(f"archive {path} does not exist") from None
-        except OSError as exc:
-            raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+        raw = open_archive(path)
     try:
         return _validate(path, raw, max_expansion)
     finally:
         if own:
             raw.close()
+
+
+def open_archive(path: str | os.PathLike):
+    """The archive the user named, opened for reading (a symlink to it is the user's to give).
+    O_NONBLOCK, then a regular-file check: a FIFO or a pipe is refused in one line instead of
+    blocking the import, or failing later on its first seek (the archive is read twice)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SourceError(f"archive {path} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a folder" if stat.S_ISDIR(mode) else \
+                "a pipe or FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise SourceError(f"archive {path} must be a regular file, not {what} (save it to a file, "
+                              "then import that)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def _validate(path: Path, raw, max_expansion: float) -> Checked:
@@ -264,12 +285,7 @@ def import_archive(ctx, path: str | os.PathLike, model: str, *, reason: str | No
     except NotFoundError:
         check_model_name(model)  # a new model is created by the deploy
     path = Path(path).absolute()
-    try:
-        raw = open(path, "rb")
-    except FileNotFoundError:
-        raise SourceError(f"archive {path} does not exist") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+    raw = open_archive(path)
     with raw:
         checked = validate_archive(path, max_expansion, raw=raw)
         meta = _archive_metadata(path, checked)

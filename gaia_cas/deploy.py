@@ -104,10 +104,8 @@ def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: 
     else:
         node, remembered = ingest.recall(request.source, cache)
     if dry_run:
-        from . import formats
-
         built = remembered or ingest.hash_only(node, cache)
-        fmt = formats.detect(request.source)
+        fmt = ingest.source_format(node)
         if current and current.tree == built.tree and not force:
             number, unchanged = current.version, True
         else:
@@ -127,9 +125,7 @@ def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: 
             if not _still_current(ctx, request, built, current):
                 # Decided before anything is installed, and again under the lock at the commit.
                 _refuse_rolled_back(ctx, request, snapshot, built.tree)
-                from . import formats  # zipfile and friends: only deploys that commit pay for them
-
-                fmt = formats.detect(request.source)
+                fmt = ingest.source_format(node)  # from the scan's checked files, before the barrier
                 with _claiming_if_new(ctx, request), ctx.writing():  # from here to the commit, gc waits
                     # Any failure from here to the commit (a lock timeout, a signal, a refusal
                     # under the lock) takes back what this deploy added (Staging._take_back).

@@ -8,6 +8,7 @@ directory, which ``zipfile`` reads without decompressing or executing anything.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zipfile
 from pathlib import Path
@@ -27,10 +28,20 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def detect(path: str | os.PathLike) -> str:
+    """The format of the file or folder at ``path``: its files are opened without following a
+    symlink or blocking on a FIFO (a special file is UNKNOWN). Deploys do not use this: they
+    detect from what the scan checked (``ingest.source_format``)."""
     path = Path(path)
     if path.is_dir():
         return detect_directory(path)
-    return detect_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return UNKNOWN
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return UNKNOWN
+        return detect_open(f, path.name)
 
 
 def detect_directory(path: Path) -> str:
@@ -39,23 +50,32 @@ def detect_directory(path: Path) -> str:
     return UNKNOWN
 
 
-def _head(path: Path, n: int = 64) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(n)
+def detect_names(files: "set[str] | dict") -> str:
+    """The format of a folder from the names of the regular files directly in it."""
+    if "saved_model.pb" in files or "saved_model.pbtxt" in files:
+        return "savedmodel"
+    return UNKNOWN
 
 
 def detect_file(path: Path) -> str:
-    head = _head(path)
-    suffix = path.suffix.lower()
+    return detect(path)
+
+
+def detect_open(f, name: str) -> str:
+    """The format of a regular file already open for reading (binary, seekable) named ``name``;
+    read from its start, and only its first bytes unless it is a zip."""
+    f.seek(0)
+    head = f.read(64)
+    suffix = os.path.splitext(name)[1].lower()
     if head.startswith(b"PK\x03\x04"):
-        return _detect_zip(path, suffix)
+        return _detect_zip(f, suffix)
     if head.startswith(_HDF5_MAGIC):
         return "keras-h5"
     if head.startswith(b"CBM1"):
         return "catboost"
     if len(head) >= 8 and head[4:8] == b"TFL3":
         return "tflite"
-    if _looks_like_safetensors(path, head):
+    if _looks_like_safetensors(os.fstat(f.fileno()).st_size, head):
         return "safetensors"
     if _looks_like_pickle(head):
         if suffix in (".pt", ".pth"):
@@ -65,7 +85,7 @@ def detect_file(path: Path) -> str:
         return "joblib"  # joblib.dump(..., compress=...) wraps the pickle in a compressor
     if suffix == ".onnx" and head[:1] == b"\x08":
         return "onnx"  # protobuf field 1 (ir_version), varint
-    if path.name in ("saved_model.pb", "saved_model.pbtxt"):
+    if name in ("saved_model.pb", "saved_model.pbtxt"):
         return "savedmodel"
     return UNKNOWN
 
@@ -75,17 +95,16 @@ def _looks_like_pickle(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
-def _looks_like_safetensors(path: Path, head: bytes) -> bool:
+def _looks_like_safetensors(size: int, head: bytes) -> bool:
     if len(head) < 10:
         return False
     (header_len,) = struct.unpack("<Q", head[:8])
-    size = path.stat().st_size
     return 2 <= header_len <= size - 8 and head[8:9] == b"{"
 
 
-def _detect_zip(path: Path, suffix: str) -> str:
+def _detect_zip(f, suffix: str) -> str:
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(f) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return UNKNOWN

@@ -44,7 +44,7 @@ class ScannedFile:
     Path-like (``os.fspath``, ``str``, ``endswith``) so that code handed a scanned file can use
     it as its path."""
 
-    __slots__ = ("path", "size", "stat", "parent", "name")
+    __slots__ = ("path", "size", "stat", "parent", "name", "base")
 
     def __init__(self, path: str, size: int, stat: os.stat_result | None = None,
                  parent: "ScannedDir | None" = None, name: str | None = None):
@@ -53,6 +53,7 @@ class ScannedFile:
         self.stat = stat
         self.parent = parent
         self.name = name
+        self.base: int | None = None  # a source scanned by scan_at: the held folder it is ``name`` in
 
     def __fspath__(self) -> str:
         return self.path
@@ -66,7 +67,7 @@ class ScannedFile:
 class ScannedDir:
     """A folder as the scan saw it; ``fd`` holds the source root open while a deploy reads it."""
 
-    __slots__ = ("path", "children", "digest", "stat", "parent", "name", "fd")
+    __slots__ = ("path", "children", "digest", "stat", "parent", "name", "fd", "base")
 
     def __init__(self, path: str, stat: os.stat_result | None = None, parent: "ScannedDir | None" = None,
                  name: str | None = None):
@@ -77,6 +78,7 @@ class ScannedDir:
         self.parent = parent
         self.name = name
         self.fd: int | None = None
+        self.base: int | None = None  # a source scanned by scan_at: the held folder it is ``name`` in
 
 
 # artifact: "directory" or "file"; name: the file's name for a file artifact, else None
@@ -122,6 +124,39 @@ def scan(source: str | os.PathLike) -> ScannedFile | ScannedDir:
     return root
 
 
+def scan_at(dir_fd: int, name: str, path: str) -> ScannedFile | ScannedDir:
+    """Scan the source ``name`` in the folder held by ``dir_fd`` (``path``: how it is shown),
+    every folder of it opened from its parent's descriptor, never through a symlink.
+
+    Nothing above the source is looked up again: a folder above it swapped for a symlink after
+    ``dir_fd`` was opened changes nothing (import-legacy holds each version folder this way).
+    The caller keeps ``dir_fd`` open while the result is staged.
+    """
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise SourceError(f"source {path} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read source {path}: {exc.strerror}") from None
+    if stat.S_ISREG(st.st_mode):
+        _check_name(name, path)
+        node = ScannedFile(path, st.st_size, st, None, name)
+    elif stat.S_ISDIR(st.st_mode):
+        probe = ScannedDir(path, st, None, name)
+        probe.base = dir_fd
+        fd = _open_checked(probe, None)
+        try:
+            node = scan_dir(path, 0, st, None, name, fd)
+        finally:
+            os.close(fd)
+        if not _has_files(node):
+            raise SourceError(f"source {path} holds no files (only empty folders, or nothing): nothing to deploy")
+    else:
+        raise SourceError(f"source {path} is {_describe(st.st_mode)}; deploy a file or a folder")
+    node.base = dir_fd
+    return node
+
+
 def _files(node: ScannedDir):
     for child in node.children.values():
         if isinstance(child, ScannedDir):
@@ -134,39 +169,50 @@ def _has_files(node: "ScannedDir") -> bool:
     return any(isinstance(c, ScannedFile) or _has_files(c) for c in node.children.values())
 
 
-def scan_dir(path: str, depth: int, st: os.stat_result, parent: ScannedDir | None = None, name: str | None = None) -> ScannedDir:
+def scan_dir(path: str, depth: int, st: os.stat_result, parent: ScannedDir | None = None, name: str | None = None,
+             fd: int | None = None) -> ScannedDir:
+    """Scan one folder: by its path, or (``fd``: the folder, opened and checked by the caller)
+    from its descriptor, each subfolder then opened from it without following a symlink."""
     if depth > MAX_DEPTH:
         raise SourceError(f"cannot deploy {path}: folders nest deeper than {MAX_DEPTH} levels")
     node = ScannedDir(path, st, parent, name)
     try:
-        with os.scandir(path) as it:
+        with os.scandir(path if fd is None else fd) as it:
             items = list(it)
     except OSError as exc:
         raise SourceError(f"cannot read folder {path}: {exc.strerror}") from None
     children = node.children
     for item in items:
         name = item.name
+        item_path = item.path if fd is None else f"{path}/{name}"
         # The kernel never lists '', '.', '..', '/' or NUL; a short ASCII name needs no more
         # checking (the common case, a few thousand times per deploy), anything else does.
         if not (name.isascii() and len(name) <= MAX_NAME_BYTES):
-            _check_name(name, item.path)
+            _check_name(name, item_path)
         try:
             st = item.stat(follow_symlinks=False)
         except OSError as exc:
-            raise SourceError(f"cannot read {item.path}: {exc.strerror}") from None
+            raise SourceError(f"cannot read {item_path}: {exc.strerror}") from None
         if S_ISREG(st.st_mode):
-            children[name] = ScannedFile(item.path, st.st_size, st, node, name)
+            children[name] = ScannedFile(item_path, st.st_size, st, node, name)
         elif stat.S_ISDIR(st.st_mode):
-            children[name] = scan_dir(item.path, depth + 1, st, node, name)
+            if fd is None:
+                children[name] = scan_dir(item_path, depth + 1, st, node, name)
+            else:
+                inner = _open_checked(ScannedDir(item_path, st, node, name), fd)
+                try:
+                    children[name] = scan_dir(item_path, depth + 1, st, node, name, inner)
+                finally:
+                    os.close(inner)
         else:
             extra = ""
             if stat.S_ISLNK(st.st_mode):
                 try:
-                    extra = f" -> {os.readlink(item.path)}"
+                    extra = f" -> {os.readlink(name if fd is not None else item_path, dir_fd=fd)}"
                 except OSError:  # replaced again since: it was a symlink all the same
                     pass
             raise SourceError(
-                f"cannot deploy {item.path}{extra}: it is {_describe(st.st_mode)}; "
+                f"cannot deploy {item_path}{extra}: it is {_describe(st.st_mode)}; "
                 "gaia-cas stores regular files and folders only"
             )
     return node
@@ -183,9 +229,12 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _open_checked(node: "ScannedFile | ScannedDir", dir_fd: int | None) -> int:
-    """Open ``node`` (by name in ``dir_fd``, or by its path for the source root) and check it
-    is what the scan saw; returns the descriptor."""
+    """Open ``node`` (by name in ``dir_fd``; the source root by name in the folder it was
+    scanned in, see :func:`scan_at`, or else by its path) and check it is what the scan saw;
+    returns the descriptor."""
     folder = isinstance(node, ScannedDir)
+    if dir_fd is None and node.base is not None:
+        dir_fd = node.base
     name = node.path if dir_fd is None else node.name
     try:
         fd = os.open(name, _DIR_FLAGS if folder else _FILE_FLAGS, dir_fd=dir_fd)
@@ -259,6 +308,22 @@ def open_source_file(node: ScannedFile):
     with _parent_of(node) as dir_fd:
         fd = _open_checked(node, dir_fd)
     return os.fdopen(fd, "rb", buffering=0)
+
+
+def source_format(node: "ScannedFile | ScannedDir") -> str:
+    """The model format of a scanned source, never by loading it: a folder's from the names of
+    its files as scanned, a file's from its first bytes, read from the very file the scan saw
+    (opened as :func:`open_source_file` does: no symlink followed, a FIFO swapped in refused,
+    never waited on). Called with no lock or barrier held."""
+    from . import formats  # zipfile and friends: only the commands that detect pay for them
+
+    if isinstance(node, ScannedDir):
+        return formats.detect_names({n for n, c in node.children.items() if isinstance(c, ScannedFile)})
+    with open_source_file(node) as f:
+        try:
+            return formats.detect_open(f, node.name or os.path.basename(os.path.abspath(node.path)))
+        except OSError as exc:
+            raise SourceError(f"cannot read {node.path}: {exc.strerror or exc}") from None
 
 
 class _held_root:

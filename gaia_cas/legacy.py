@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import clock, formats, ingest, links
+from . import clock, ingest, links
 from .codec import check_value
 from .errors import InvalidInputError, SourceError
 from .deploy import tree_in_use
@@ -57,6 +57,8 @@ class LegacyVersion:
     notes: list[str] = field(default_factory=list)
     assigned: str | None = None  # the version number it gets in gaia-cas
     created_at: str | None = None  # ISO time with offset, microseconds kept
+    identity: tuple[int, int] | None = None  # (dev, ino) of the version folder the scan opened
+    format: str | None = None  # detected from the staged files, before any lock is taken
 
     @property
     def label(self) -> str:
@@ -223,6 +225,8 @@ def _scan_version(plan: ModelImport, path: Path, entry, versions_fd: int, zone: 
         return None
     try:
         version = LegacyVersion(path, (int(major), int(minor), int(patch or 0)), stamp)
+        held = os.fstat(version_fd)
+        version.identity = (held.st_dev, held.st_ino)
         contents = sorted(n for n in os.listdir(version_fd) if n != "metadata.json")
         if len(contents) != 1:
             why = "no model file or folder in it" if not contents else \
@@ -416,14 +420,14 @@ def import_legacy(ctx, path: str | os.PathLike, *, mapping: dict[str, str] | Non
                 plan.problems.append(f"would take over {plan.folder}/current as {plan.model}'s link "
                                      f"({plan.take_over}), serving the same bytes from the store")
             for v in fresh:
-                plan.logical_bytes += _size(v.artifact)
+                plan.logical_bytes += _size(Path(path).absolute(), plan, v)
             _next_command(ctx, plan, existing)
             continue
         with ctx.store_errors(), ctx.objects.staging() as staging:
             built = {}
             for v in fresh:
                 try:
-                    built[v.label] = ingest.stage(staging, v.artifact)
+                    built[v.label] = _stage_version(staging, Path(path).absolute(), plan, v)
                 except SourceError as exc:
                     plan.skipped.append((v.label, str(exc)))
             fresh = plan.versions = [v for v in fresh if v.label in built]
@@ -519,7 +523,7 @@ def _commit(ctx, plan, built, user, host, reason, now, staging=None):
             manifest.versions.append(Version(
                 version=v.assigned, deployment_id=v.deployment_id, created_at=v.created_at,
                 tree=b.tree, artifact=b.artifact, name=b.name, size_bytes=b.size, file_count=b.file_count,
-                format=formats.detect(v.artifact), metadata=dict(v.metadata), reason=reason or "imported from the legacy layout",
+                format=v.format, metadata=dict(v.metadata), reason=reason or "imported from the legacy layout",
                 user=user, host=host, source=str(v.artifact),
             ))
             manifest.new_trees.add(b.tree)
@@ -563,15 +567,66 @@ def _commit(ctx, plan, built, user, host, reason, now, staging=None):
     return manifest
 
 
-def _size(path: Path) -> int:
-    """Bytes of the regular files of an artifact, for a dry run's report; symlinks are not followed."""
-    st = os.lstat(path)
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size
-    total = 0
-    for dirpath, _, filenames in os.walk(path):
-        for name in filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
+def _open_version(layout: Path, plan: ModelImport, v: LegacyVersion) -> int:
+    """The version folder the scan saw, reached again from the layout's top folder one component
+    at a time, never through a symlink, and checked by device and inode: a folder swapped since
+    (for a symlink into a folder its owner cannot read, or another folder) is refused."""
+    try:
+        fd = os.open(layout, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SourceError(f"legacy layout {layout} cannot be opened any more ({exc.strerror})") from None
+    try:
+        for part in (plan.folder, "versions", v.label):
+            try:
+                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                why = {errno.ELOOP: "now a symlink", errno.ENOTDIR: "no longer a folder",
+                       errno.ENOENT: "gone"}.get(exc.errno, exc.strerror)
+                raise SourceError(f"{v.folder} changed since the layout was scanned ({why})") from None
+            os.close(fd)
+            fd = inner
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != v.identity:
+            raise SourceError(f"{v.folder} changed since the layout was scanned (replaced by another folder)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _stage_version(staging, layout: Path, plan: ModelImport, v: LegacyVersion):
+    """Stage one version from its folder held by descriptor, and detect its format there (the
+    files as scanned, no lock held)."""
+    fd = _open_version(layout, plan, v)
+    try:
+        node = ingest.scan_at(fd, v.artifact.name, str(v.artifact))
+        built = ingest.stage(staging, v.artifact, node=node)
+        v.format = ingest.source_format(node)
+    finally:
+        os.close(fd)
+    return built
+
+
+def _size(layout: Path, plan: ModelImport, v: LegacyVersion) -> int:
+    """Bytes of the regular files of an artifact, for a dry run's report, from its folder held by
+    descriptor; a version that cannot be scanned counts nothing (the import would skip it)."""
+    try:
+        fd = _open_version(layout, plan, v)
+    except SourceError:
+        return 0
+    try:
+        node = ingest.scan_at(fd, v.artifact.name, str(v.artifact))
+    except SourceError:
+        return 0
+    finally:
+        os.close(fd)
+    if isinstance(node, ingest.ScannedFile):
+        return node.size
+    total, stack = 0, [node]
+    while stack:
+        for child in stack.pop().children.values():
+            if isinstance(child, ingest.ScannedFile):
+                total += child.size
+            else:
+                stack.append(child)
     return total

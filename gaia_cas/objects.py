@@ -58,6 +58,34 @@ def hash_file(path: str | os.PathLike, buffer: bytearray | None = None) -> tuple
         return hash_stream(src, buffer)
 
 
+def open_object(path: str, oid: str) -> int:
+    """Open the object file at ``path`` (O_NOFOLLOW | O_NONBLOCK) and check it is a regular file;
+    raises CorruptionError for a missing object, a symlink or a special file in its place."""
+    try:
+        # READ_ONLY: ignored without O_CREAT, but pyfakefs applies a mode given (or its default)
+        # to the file it opens; every object is READ_ONLY already.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, READ_ONLY)
+    except FileNotFoundError:
+        raise CorruptionError(f"object {oid} is missing from the store") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptionError(f"object {oid} is a symlink (never followed): the store is damaged there") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptionError(f"object {oid} is not a regular file: the store is damaged there")
+        # (O_NONBLOCK stays: it changes nothing for a regular file)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def object_stream(path: str, oid: str):
+    """The object file at ``path`` as an unbuffered binary stream, opened by :func:`open_object`."""
+    return os.fdopen(open_object(path, oid), "rb", buffering=0)
+
+
 class DiskObjectStore(BaseObjectStore):
     """Objects as read-only files under ``store/objects/<oid[:2]>/<oid[2:]>`` (design.md, Layout)."""
 
@@ -74,19 +102,16 @@ class DiskObjectStore(BaseObjectStore):
         return f"{self._root}/{oid[:2]}/{oid[2:]}"
 
     def exists(self, oid: str) -> bool:
+        """Whether the object is stored as a regular file (a symlink in its place is not)."""
         try:
-            return stat.S_ISREG(os.stat(self.path_str(oid)).st_mode)
+            return stat.S_ISREG(os.lstat(self.path_str(oid)).st_mode)
         except FileNotFoundError:
             return False
 
     def read(self, oid: str, limit: int) -> bytes:
         """Read a small object (a tree) whole, refusing one larger than ``limit``."""
-        path = self.path(oid)
-        try:
-            with open(path, "rb") as f:
-                data = f.read(limit + 1)
-        except FileNotFoundError:
-            raise CorruptionError(f"object {oid} is missing from the store") from None
+        with self.open(oid) as f:
+            data = f.read(limit + 1)
         if len(data) > limit:
             raise CorruptionError(f"object {oid} is larger than {limit} bytes; it cannot be a tree")
         return data
@@ -95,16 +120,9 @@ class DiskObjectStore(BaseObjectStore):
         return Staging(self)
 
     def open(self, oid: str):
-        """The object's bytes as a stream, never through a symlink planted in its place."""
-        try:
-            fd = os.open(self.path_str(oid), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise CorruptionError(f"object {oid} is missing from the store") from None
-        f = os.fdopen(fd, "rb", buffering=0)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            f.close()
-            raise CorruptionError(f"object {oid} is not a regular file")
-        return f
+        """The object's bytes as a stream, never through a symlink planted in its place, never
+        blocking on a FIFO: anything but a regular file there is corruption (reported, not followed)."""
+        return object_stream(self.path_str(oid), oid)
 
     def oids(self):
         """Every object's oid, from a scan of the fan-out folders (names that are not oids skipped)."""

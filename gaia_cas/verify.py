@@ -36,9 +36,10 @@ from datetime import date
 from pathlib import Path
 
 from . import clock
-from .errors import GaiaCasError
+from .atomic import UnsafeFileError, open_regular
+from .errors import CorruptionError, GaiaCasError
 from .ingest import artifact_path
-from .objects import hash_file, hash_stream
+from .objects import hash_stream, object_stream
 from .trees import DIR, MAX_DEPTH, TreeReader
 
 
@@ -143,7 +144,7 @@ def verify(ctx, model: str | None = None, *, repair: bool = False, sample: float
         path = ctx.objects.path(oid)
         if not in_sample(oid, sample, day):
             try:  # not re-hashed today, but a size the trees contradict costs one stat to see
-                _check_claims(oid, os.stat(path).st_size, claims, bad_trees)
+                _check_claims(oid, os.lstat(path).st_size, claims, bad_trees)
             except OSError:
                 pass  # found by the night that re-hashes it
             continue
@@ -202,13 +203,21 @@ _OBJECT_KINDS = ("missing-object", "unreadable-object", "corrupt-object", "bad-t
 
 
 def _examine(oid: str, path) -> tuple[str, str, int]:
-    """Re-hash one object: ("intact", "", size), or the finding (kind, detail, size)."""
+    """Re-hash one object: ("intact", "", size), or the finding (kind, detail, size). The object
+    is opened without following a symlink or blocking on a FIFO: a symlink or a special file in
+    its place is a corrupt object (never followed, so never a hang)."""
     try:
-        with open(path, "rb", buffering=0) as src:
-            actual, size = hash_stream(src)
-    except FileNotFoundError:
-        return "missing-object", f"object {oid} is missing", 0
+        src = object_stream(str(path), oid)
+    except CorruptionError as exc:
+        if not os.path.lexists(path):
+            return "missing-object", f"object {oid} is missing", 0
+        return "corrupt-object", str(exc), 0
     except OSError as exc:  # EIO from a failing disk: the object is lost to us, like a missing one
+        return "unreadable-object", f"object {oid} cannot be read ({_why(exc)})", 0
+    try:
+        with src:
+            actual, size = hash_stream(src)
+    except OSError as exc:
         return "unreadable-object", f"object {oid} cannot be read ({_why(exc)})", 0
     if actual != oid:
         return "corrupt-object", f"object {oid} holds bytes hashing to {actual} ({size} bytes)", size
@@ -316,12 +325,17 @@ def _compare(ctx, reader, oid, path: Path, bad_oids, depth=0) -> str | None:
         if entry.oid in bad_oids:
             return f"links {entry.name} to a corrupt or missing object"
         try:
-            obj = os.stat(ctx.objects.path(entry.oid))
+            obj = os.lstat(ctx.objects.path(entry.oid))
         except FileNotFoundError:
             return f"has {entry.name} whose object is missing"
         if (obj.st_dev, obj.st_ino) != (st.st_dev, st.st_ino):
-            # A copy (no hard links here), or a file replaced in place: re-hash it.
-            actual, _ = hash_file(child)
+            # A copy (no hard links here), or a file replaced in place: re-hash it, opened
+            # without following a symlink or blocking on a FIFO swapped in since the lstat.
+            try:
+                with os.fdopen(open_regular(child), "rb", buffering=0) as src:
+                    actual, _ = hash_stream(src)
+            except UnsafeFileError:
+                return f"has {entry.name} that is not a regular file"
             if actual != entry.oid:
                 return f"has {entry.name} edited in place (hash {actual}, expected {entry.oid})"
     return None

@@ -49,15 +49,15 @@ class _FailingFile(io.RawIOBase):
 def eio(monkeypatch):
     """eio(repo, oid): every read of that object's file by the object store fails with EIO."""
     failing = set()
-    real_open = open
+    real_stream = gaia_cas.objects.object_stream
 
-    def fake_open(path, *args, **kwargs):
+    def fake_stream(path, oid):  # objects are opened (without following a link) by this one function
         if os.path.abspath(os.fspath(path)) in failing:
             return _FailingFile()
-        return real_open(path, *args, **kwargs)
+        return real_stream(path, oid)
 
-    monkeypatch.setattr(gaia_cas.objects, "open", fake_open, raising=False)
-    monkeypatch.setattr(gaia_cas.verify, "open", fake_open, raising=False)
+    monkeypatch.setattr(gaia_cas.objects, "object_stream", fake_stream)
+    monkeypatch.setattr(gaia_cas.verify, "object_stream", fake_stream)
 
     def add(repo, oid):
         failing.add(os.path.abspath(repo.objects.path(oid)))
