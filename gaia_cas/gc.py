@@ -36,7 +36,7 @@ from .manifest_store import Manifests
 from .materialize import links_objects, retire_tree
 from .names import is_oid
 from .retention import parse_age
-from .trees import DIR, MAX_DEPTH, TreeReader
+from .trees import TreeReader
 
 DEFAULT_GRACE = parse_age(defaults.GRACE)
 DEFAULT_LOG_AGE = parse_age(defaults.LOG_AGE)
@@ -98,22 +98,16 @@ def mark(layout: Layout, manifests: list[Manifest], reader: TreeReader) -> set[s
     return reachable
 
 
-def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, version: str, depth: int = 0) -> None:
+def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, version: str) -> None:
     if oid in reachable:
         return  # shared subtree already walked
     try:
-        entries = reader.entries(oid)
+        entries = list(reader.walk(oid, into=lambda entry: entry.oid not in reachable))
     except GaiaCasError as exc:
         raise GcRefusedError(f"gc deleted nothing: tree {oid} of {model} {version} cannot be read ({exc}); "
                              "run 'gaia-cas verify'") from None
     reachable.add(oid)
-    for entry in entries:
-        if entry.kind == DIR:
-            if depth >= MAX_DEPTH:
-                raise GcRefusedError(f"gc deleted nothing: tree {oid} nests too deep")
-            _mark_tree(reader, entry.oid, reachable, model, version, depth + 1)
-        else:
-            reachable.add(entry.oid)
+    reachable.update(entry.oid for _, entry in entries)
 
 
 def linked_trees(layout: Layout, manifests: list[Manifest]) -> set[str]:

@@ -18,7 +18,7 @@ from .errors import CorruptionError
 from .layout import Layout
 from .locking import make_locked_dir
 from .objects import READ_ONLY, ObjectStore
-from .trees import DIR, MAX_DEPTH, TreeReader
+from .trees import DIR, TreeReader
 
 DIR_READ_ONLY = 0o555
 _COPY_INSTEAD = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP)
@@ -46,7 +46,7 @@ def build(layout: Layout, store: ObjectStore, tree_oid: str) -> tuple[Path, os.s
     path, liveness = make_locked_dir(layout.tmp, "tree-" + tree_oid)  # gc leaves it alone while locked
     build_dir = Path(path)
     try:
-        _checkout(TreeReader(store), store, tree_oid, build_dir, 0)
+        _checkout(TreeReader(store), store, tree_oid, build_dir)
         # An mtime no later touch can give it, even within the same clock tick (the kernel's
         # file times are coarse): one nanosecond before its own.
         st = os.lstat(build_dir)
@@ -70,14 +70,13 @@ def build(layout: Layout, store: ObjectStore, tree_oid: str) -> tuple[Path, os.s
     return final, made
 
 
-def _checkout(reader: TreeReader, store: ObjectStore, oid: str, dest: Path, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise CorruptionError(f"tree {oid} nests deeper than {MAX_DEPTH} levels")
-    for entry in reader.entries(oid):
-        target = dest / entry.name
+def _checkout(reader: TreeReader, store: ObjectStore, oid: str, dest: Path) -> None:
+    folders = [dest]
+    for path, entry in reader.walk(oid):  # parents first: a folder exists before its entries
+        target = dest / path
         if entry.kind == DIR:
             os.mkdir(target)
-            _checkout(reader, store, entry.oid, target, depth + 1)
+            folders.append(target)
             continue
         source = store.path(entry.oid)
         try:
@@ -92,9 +91,11 @@ def _checkout(reader: TreeReader, store: ObjectStore, oid: str, dest: Path, dept
             shutil.copyfile(source, target)
             os.chmod(target, READ_ONLY)
     # Durable before the rename publishes it: after a crash a published tree is complete.
-    fsync_dir(dest)
-    if depth:
-        os.chmod(dest, DIR_READ_ONLY)
+    # Deepest first, so each folder is made read-only only once everything below it is written.
+    for folder in reversed(folders):
+        fsync_dir(folder)
+        if folder is not dest:
+            os.chmod(folder, DIR_READ_ONLY)
 
 
 def _touch(path: Path) -> None:

@@ -75,29 +75,33 @@ def gc_remote(repo, remote: str | None = None, *, grace: timedelta = DEFAULT_GRA
             _release_lease(objects, lease)
 
 
+class _LocalFirst:
+    """Tree objects read from the local store when it has them (same oid, same bytes, verified
+    when installed), else from the remote: the object store a TreeReader walks for remote gc."""
+
+    def __init__(self, local, remote):
+        self.local, self.remote = local, remote
+
+    def read(self, oid: str, limit: int) -> bytes:
+        return (self.local if self.local.exists(oid) else self.remote).read(oid, limit)
+
+
 def _mark(repo, objects, manifests, name: str) -> set[str]:
-    from .trees import DIR, MAX_DEPTH, MAX_TREE_BYTES, decode_tree
+    from .trees import TreeReader
 
     reachable: set[str] = set()
+    reader = TreeReader(_LocalFirst(repo.objects, objects))
 
-    def walk(oid: str, depth: int) -> None:
+    def walk(oid: str) -> None:
         if oid in reachable:
             return
-        if depth > MAX_DEPTH:
-            raise RemoteGcRefused(f"tree {oid} on remote '{name}' nests deeper than {MAX_DEPTH} levels; nothing deleted")
         try:
-            # the local copy when there is one (same oid, same bytes, verified when installed)
-            entries = repo.trees.entries(oid) if repo.objects.exists(oid) else \
-                decode_tree(objects.read(oid, MAX_TREE_BYTES), oid)
+            found = [entry.oid for _, entry in reader.walk(oid, into=lambda entry: entry.oid not in reachable)]
         except CorruptionError as exc:
             raise RemoteGcRefused(f"{exc}; gc on remote '{name}' deleted nothing (see 'gaia-cas verify --remote "
                                   f"{name}')") from None
         reachable.add(oid)
-        for entry in entries:
-            if entry.kind == DIR:
-                walk(entry.oid, depth + 1)
-            else:
-                reachable.add(entry.oid)
+        reachable.update(found)
 
     for model in manifests.names():
         try:
@@ -107,7 +111,7 @@ def _mark(repo, objects, manifests, name: str) -> set[str]:
         if snap is None:
             continue
         for version in snap.manifest.versions:
-            walk(version.tree, 0)
+            walk(version.tree)
     return reachable
 
 

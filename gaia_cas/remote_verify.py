@@ -18,7 +18,7 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     from datetime import date
 
     from . import remotes
-    from .trees import DIR, MAX_DEPTH, MAX_TREE_BYTES, decode_tree
+    from .trees import DIR, MAX_TREE_BYTES, check_depth, decode_tree
     from .transfer import parallel_map
 
     if sample is not None and not 0 < sample <= 100:
@@ -47,10 +47,15 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
                 return
             trees[oid] = entries
             report.checked_trees += 1
-        if entries is None or depth > MAX_DEPTH:
+        if entries is None:
             return
         for entry in entries:
             if entry.kind == DIR:
+                try:
+                    check_depth(entry.oid, depth + 1)  # the bound every walker of trees shares
+                except CorruptionError as exc:
+                    report.problems.append(Problem("bad-tree", str(exc), oid=oid, versions=users[oid]))
+                    continue
                 walk(entry.oid, label, depth + 1)
             else:
                 files.add(entry.oid)

@@ -86,12 +86,22 @@ class TreeReader:
             raise StoreError(f"tree {oid} cannot be read ({exc.strerror or exc})") from exc
         return decode_tree(data, oid)
 
-    def walk(self, oid: str, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Entry]]:
-        """Yield ``(relative path, entry)`` for every entry below the tree, parents first."""
-        if depth > MAX_DEPTH:
-            raise CorruptionError(f"tree {oid} nests deeper than {MAX_DEPTH} levels")
+    def walk(self, oid: str, prefix: str = "", depth: int = 0, *, into=None) -> Iterator[tuple[str, Entry]]:
+        """Yield ``(relative path, entry)`` for every entry below the tree, parents first.
+
+        The one traversal of tree objects (gc's mark, materialize, check_complete, diff all use
+        it), so the depth bound is enforced in one place. ``into(entry)``, asked for each folder
+        entry before it is yielded, says whether to descend (gc skips subtrees it has marked)."""
+        check_depth(oid, depth)
         for entry in self.entries(oid):
             path = f"{prefix}{entry.name}"
+            descend = entry.kind == DIR and (into is None or into(entry))
             yield path, entry
-            if entry.kind == DIR:
-                yield from self.walk(entry.oid, path + "/", depth + 1)
+            if descend:
+                yield from self.walk(entry.oid, path + "/", depth + 1, into=into)
+
+
+def check_depth(oid: str, depth: int) -> None:
+    """A tree at ``depth`` below a version's root (0) may nest at most MAX_DEPTH levels."""
+    if depth > MAX_DEPTH:
+        raise CorruptionError(f"tree {oid} nests deeper than {MAX_DEPTH} levels")

@@ -40,7 +40,7 @@ from .atomic import UnsafeFileError, open_regular
 from .errors import CorruptionError, GaiaCasError
 from .ingest import artifact_path
 from .objects import hash_stream, object_stream
-from .trees import DIR, MAX_DEPTH, TreeReader
+from .trees import DIR, TreeReader, check_depth
 
 
 @dataclass
@@ -250,8 +250,10 @@ def _walk(reader, oid, label, users, files, claims, totals, bad_trees, depth=0) 
     broken = False
     for entry in entries:
         if entry.kind == DIR:
-            if depth >= MAX_DEPTH:
-                bad_trees[oid] = ("bad-tree", f"tree {oid} nests too deep")
+            try:
+                check_depth(entry.oid, depth + 1)  # the bound every walker of trees shares
+            except CorruptionError as exc:
+                bad_trees[oid] = ("bad-tree", str(exc))
                 return True
             broken |= _walk(reader, entry.oid, label, users, files, claims, totals, bad_trees, depth + 1)
             below = totals.get(entry.oid)
@@ -301,6 +303,7 @@ def _check_materialized(ctx, reader, users, bad_oids, report) -> list[Problem]:
 
 
 def _compare(ctx, reader, oid, path: Path, bad_oids, depth=0) -> str | None:
+    check_depth(oid, depth)
     entries = reader.entries(oid)
     try:
         present = set(os.listdir(path))
