@@ -147,7 +147,8 @@ _TOP_VALUED = {"--root", "--lock-timeout"}
 
 
 def command_in(argv) -> str | None:
-    """The subcommand named by ``argv`` when that is certain, else None (then build them all).
+    """The subcommand named by ``argv`` when that is certain, else None (then build them all);
+    "" for ``--version`` before any command, which needs no subcommand's parser.
 
     Only the exact spellings of the top-level options are skipped; anything else before the
     command (an abbreviation, a typo) leaves the decision, and its error message, to the full parser.
@@ -155,8 +156,10 @@ def command_in(argv) -> str | None:
     args = iter(argv)
     for arg in args:
         if arg in _TOP_FLAGS or any(arg.startswith(flag + "=") for flag in _TOP_VALUED):
-            if arg in ("-h", "--help", "--version"):
+            if arg in ("-h", "--help"):
                 return None
+            if arg == "--version":
+                return ""  # no subcommand at all: argparse prints the version on reaching it
             continue
         if arg in _TOP_VALUED:
             next(args, None)
@@ -421,6 +424,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         sub.choices["rollback"].add_argument("--remote", metavar="NAME",
                                              help="move the remote's current instead (by compare-and-swap); "
                                                   "nothing local changes")
-    if only is not None and only not in sub.choices:
+    if only and only not in sub.choices:
         return build_parser()  # not a command: the full parser lists the choices in its error
     return parser
