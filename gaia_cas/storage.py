@@ -23,7 +23,6 @@ the manifest it read re-decides on a lost race instead of overwriting someone el
 from __future__ import annotations
 
 import io
-import threading
 from collections import namedtuple
 
 from .errors import CorruptionError, GaiaCasError, ModelNotFoundError
@@ -176,6 +175,8 @@ class MemoryObjectStore(BaseObjectStore):
         self._objects: dict[str, bytes] = {}
         self.quarantined: dict[str, bytes] = {}
         self.refreshed: set[str] = set()
+        import threading  # not at import: the disk backends on every command's path never need it
+
         self._lock = threading.Lock()
 
     def exists(self, oid: str) -> bool:
@@ -225,6 +226,8 @@ class MemoryManifestStore(BaseManifestStore):
 
     def __init__(self):
         self._stored: dict[str, tuple[int, bytes]] = {}
+        import threading  # not at import: the disk backends on every command's path never need it
+
         self._lock = threading.Lock()
         self._counter = 0
 
