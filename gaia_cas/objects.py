@@ -476,6 +476,12 @@ class Staging:
                     added = _place(staged, final)
                 except FileNotFoundError:  # first object in this fan-out folder
                     folder = os.path.dirname(final)
+                    if not os.path.isdir(self.store._root):
+                        # A fresh clone's store/ holds only a .gitignore: make store/objects once,
+                        # fsynced in its parent (it is not this batch's to take back).
+                        from .atomic import make_dirs
+
+                        make_dirs(self.store._root)
                     try:
                         os.mkdir(folder)
                         made.append(folder)

@@ -243,3 +243,18 @@ def test_sigterm_stops_the_nightly_job_in_one_line(root):
     code, _, err = signal_when_ready(STALLED_NIGHTLY, [CHECKOUT, "--root", root], "running", signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, err
     assert err.strip() == "gaia-cas-nightly: terminated by SIGTERM"
+
+
+def test_the_quick_start_works_in_a_fresh_clone_whose_store_holds_only_a_gitignore(tmp_path):
+    """A fresh clone's store/ and manifests/ hold only a .gitignore: the README's first command,
+    `bin/gaia-cas demo`, makes every folder it needs."""
+    from conftest import run_launcher
+
+    clone = tmp_path / "clone"
+    for folder in ("store", "manifests"):
+        (clone / folder).mkdir(parents=True)
+        (clone / folder / ".gitignore").write_text("*\n!.gitignore\n")
+    run = run_launcher("--root", clone, "demo")
+    assert run.code == 0, run.err
+    again = run_launcher("--root", clone, "demo", "--json")
+    assert again.code == 0 and [d["unchanged"] for d in again.json()["deployed"]] == [True, True]
