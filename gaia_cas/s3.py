@@ -36,7 +36,7 @@ from collections import namedtuple
 
 from .errors import CorruptionError, GaiaCasError, InvalidInputError
 from .names import check_model_name, check_oid, is_oid
-from .storage import BaseManifestStore, BaseObjectStore, StaleTokenError
+from .storage import BaseManifestStore, BaseObjectStore, BaseStaging, StaleTokenError
 
 MANIFEST_SUFFIX = ".msgpack"
 CONNECT_TIMEOUT = "5s"
@@ -216,27 +216,13 @@ class VerifiedReader(io.RawIOBase):
             raise CorruptionError(f"{self._where} does not match its hash (its bytes hash to {got}); refused")
 
 
-class S3Staging:
+class S3Staging(BaseStaging):
     """New objects kept aside (in memory, or a temporary file for streams) until ``install()``
     uploads them; leaving without install uploads nothing."""
 
     def __init__(self, store: "S3ObjectStore"):
-        self.store = store
-        self._staged: dict[str, object] = {}  # oid -> bytes or an open temporary file
+        super().__init__(store)  # _staged: oid -> bytes, or an open temporary file for a stream
         self.new_bytes = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.discard()
-
-    def add_bytes(self, data: bytes) -> str:
-        from .objects import hash_bytes
-
-        oid = hash_bytes(data)
-        self._staged.setdefault(oid, bytes(data))
-        return oid
 
     def add_stream(self, src, label: str = "the source", buffer=None) -> tuple[str, int]:
         import tempfile

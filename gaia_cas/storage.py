@@ -136,10 +136,13 @@ class BaseManifestStore:
 
 # -- in memory, for tests ----------------------------------------------------------------------
 
-class MemoryStaging:
-    def __init__(self, store: "MemoryObjectStore"):
+class BaseStaging:
+    """New objects kept aside, invisible, until ``install()``; leaving the block without it
+    keeps nothing (subclasses implement ``add_stream``, ``install`` and ``discard``)."""
+
+    def __init__(self, store):
         self.store = store
-        self._staged: dict[str, bytes] = {}
+        self._staged: dict[str, object] = {}  # oid -> its bytes (or what a backend keeps instead)
 
     def __enter__(self):
         return self
@@ -151,6 +154,9 @@ class MemoryStaging:
         oid = hash_bytes(data)
         self._staged.setdefault(oid, bytes(data))
         return oid
+
+
+class MemoryStaging(BaseStaging):
 
     def add_stream(self, src, label: str = "the source", buffer=None) -> tuple[str, int]:
         data = src.read()
