@@ -9,26 +9,24 @@ docs/design.md, "Rollbacks are decisions").
 from __future__ import annotations
 
 
-def _tree_of(manifest, version: str | None) -> str | None:
-    found = manifest.find(version) if version else None
-    return found.tree if found is not None else None
-
-
 def rolled_back_from(manifest, tree: str):
     """``(version, event)`` when ``tree`` is the content of a version that a rollback moved
     current away from and nothing since chose that content again; otherwise None.
 
     Walks the history from the newest event. Content is chosen again by a deploy or import of
     it (a forced deploy records its tree, so this holds after that version is cleaned up) or by
-    a rollback to it. Rollbacks record the tree they left (``details["from_tree"]``), so the
-    decision outlives a cleanup of the rolled-back version.
+    a rollback to it. Rollback rows record the tree they left (``details["from_tree"]``), so the
+    decision outlives a cleanup of the rolled-back version. The versions holding ``tree`` are
+    found once, so the walk compares numbers instead of decoding a version per event.
     """
+    holding = {v.version for v in manifest.versions if v.tree == tree}
     for event in manifest.events_newest_first():
         if event.action in ("deploy", "import", "rollback") and event.version is not None:
-            if (event.details.get("tree") or _tree_of(manifest, event.version)) == tree:
+            if event.details.get("tree") == tree or event.version in holding:
                 return None
         if event.action == "rollback" and event.before is not None:
-            if (event.details.get("from_tree") or _tree_of(manifest, event.before)) == tree:
+            if event.details.get("from_tree") == tree or (
+                    "from_tree" not in event.details and event.before in holding):
                 return event.before, event
     return None
 
