@@ -29,6 +29,15 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush one file's bytes to disk, reached without following a symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def make_dirs(path: str | os.PathLike, mode: int = 0o755) -> None:
     """``mkdir -p`` that makes each new folder durable: its parent is fsynced after the mkdir.
 
@@ -178,11 +187,7 @@ def atomic_file(path: str | os.PathLike, mode: int = 0o644):
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)

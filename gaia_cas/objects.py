@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from .atomic import fsync_dir, start_writeback, sync_filesystem, write_all
+from .atomic import fsync_dir, fsync_file, start_writeback, sync_filesystem, write_all
 from .errors import CorruptionError, SourceError, StoreError
 from .hashing import hash_bytes, new_hasher  # noqa: F401  (hash_bytes: part of this module's API)
 from .names import check_oid
@@ -442,11 +442,7 @@ class Staging:
         if len(pending) >= self.BATCH_SYNC and sync_filesystem(self.dir):
             return
         for path in pending:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(path)
 
     def _keep(self, oid: str, path: str) -> None:
         # setdefault is one atomic step: two threads staging the same content keep one copy.
@@ -521,11 +517,7 @@ class Staging:
         """Put this batch's own copy (same bytes, by their hash) in place of an object that is a
         source file's inode: one rename, so readers see the same bytes throughout."""
         was = os.lstat(final)
-        fd = os.open(staged, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(staged)
         os.rename(staged, final)
         self.replaced[(was.st_dev, was.st_ino)] = final
 
@@ -634,11 +626,7 @@ def _copy_in_place(path: str, mode: int) -> None:
     try:
         shutil.copyfile(path, tmp, follow_symlinks=False)
         os.chmod(tmp, mode)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         os.rename(tmp, path)
     except BaseException:
         try:
