@@ -66,6 +66,35 @@ from gaia_cas.trees import MAX_DEPTH
 NOBODY = 65534
 
 
+def flip_as_nobody(folder: Path, secret: Path, pause: float, spare: Path | None = None) -> int:
+    """A real attacker: a forked process of nobody's flipping ``folder`` between itself and a
+    symlink to ``secret`` every ``pause`` seconds until killed (at most 30 s). The spare names
+    live in ``spare`` (default: ``folder``'s parent); keep them out of what the scan reads.
+    Returns the pid."""
+    import time
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            signal.alarm(30)
+            spare_dir = folder.parent if spare is None else spare
+            real, link = spare_dir / f"{folder.name}.real", spare_dir / f"{folder.name}.link"
+            os.symlink(secret, link)
+            while True:
+                os.rename(folder, real)
+                os.rename(link, folder)
+                time.sleep(pause)
+                os.rename(folder, link)
+                os.rename(real, folder)
+                time.sleep(pause)
+        finally:
+            os._exit(0)
+    return pid
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 

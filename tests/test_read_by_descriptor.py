@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import assert_one_line_error, make_joblib, make_savedmodel, snapshot
-from test_hostile_input import NOBODY, as_nobody, chown_tree, shared  # noqa: F401  (shared: a fixture)
+from test_hostile_input import NOBODY, as_nobody, chown_tree, flip_as_nobody, shared  # noqa: F401  (shared: a fixture)
 from test_source_safety import stored_blobs
 
 from gaia_cas import ingest, legacy
@@ -83,31 +83,9 @@ def test_a_legacy_version_folder_swapped_for_a_symlink_after_the_scan_is_not_rea
     assert [v.deployment_id for v in manifest.versions] == [LATER[5:]]
 
 
-def _flip_version_as_nobody(planted) -> int:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            signal.alarm(30)
-            v = planted.version
-            real, link = v.parent.parent / "spare.real", v.parent.parent / "spare.link"
-            os.symlink(planted.secret, link)
-            while True:
-                os.rename(v, real)
-                os.rename(link, v)
-                time.sleep(0.001)
-                os.rename(v, link)
-                os.rename(real, v)
-                time.sleep(0.001)
-        finally:
-            os._exit(0)
-    return pid
-
-
 def test_a_real_attacker_flipping_a_legacy_version_folder_never_gets_a_secret_stored(legacy_planted):
-    pid = _flip_version_as_nobody(legacy_planted)
+    pid = flip_as_nobody(legacy_planted.version, legacy_planted.secret, 0.001,
+                         spare=legacy_planted.version.parent.parent)  # outside versions/
     outcomes = []
     try:
         for attempt in range(12):

@@ -27,7 +27,7 @@ from gaia_cas import ingest, objects, statcache
 from gaia_cas.errors import GaiaCasError, SourceError
 from gaia_cas.reader import resolve
 from gaia_cas.repo import Repository
-from test_hostile_input import NOBODY, as_nobody, chown_tree, cli_as_nobody, shared  # noqa: F401
+from test_hostile_input import NOBODY, as_nobody, chown_tree, cli_as_nobody, flip_as_nobody, shared  # noqa: F401
 
 
 def settle(path: Path) -> None:
@@ -424,34 +424,10 @@ def test_a_consumed_folder_swapped_for_a_symlink_links_nothing_of_it(repo, root,
     assert snapshot(root) == before and os.stat(secret / "weights.bin").st_nlink == 1
 
 
-def _flip_forever_as_nobody(planted) -> int:
-    """A real attacker: a process of nobody's flipping src/sub between its folder and a symlink
-    into the secret folder, until killed."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            signal.alarm(30)
-            # the spare names live beside the source, not in it: the scan sees sub as one or the other
-            sub, real, link = planted.src / "sub", planted.src.parent / "sub.real", planted.src.parent / "sub.link"
-            os.symlink(planted.secret, link)
-            while True:  # a few ms in each state: some deploys get through, some meet the swap
-                os.rename(sub, real)
-                os.rename(link, sub)
-                time.sleep(0.002)
-                os.rename(sub, link)
-                os.rename(real, sub)
-                time.sleep(0.002)
-        finally:
-            os._exit(0)
-    return pid
-
-
 def test_a_real_flipping_attacker_never_gets_a_secret_stored(planted):
     repo = Repository(planted.root, lock_timeout=5)
-    pid = _flip_forever_as_nobody(planted)
+    pid = flip_as_nobody(planted.src / "sub", planted.secret, 0.002,
+                         spare=planted.src.parent)  # beside the source, not in it
     outcomes = []
     try:
         for _ in range(40):

@@ -14,17 +14,9 @@ import gaia_cas.codec
 import gaia_cas.objects
 import gaia_cas.verify
 from conftest import make_savedmodel
+from test_verify import three  # noqa: F401  (fixture: m 1.0.0 .. 1.2.0, each with its own big.bin)
 
 
-@pytest.fixture
-def three(repo, tmp_path):
-    """Versions 1.0.0 .. 1.2.0 of m; each has its own big.bin, all share the SavedModel's variables/."""
-    src = tmp_path / "m"
-    for variant in range(3):
-        make_savedmodel(src, variant)
-        (src / "big.bin").write_bytes(bytes([variant + 1]) * 300_000)
-        repo.deploy("m", src)
-    return repo
 
 
 def own_oid(repo, version, name="big.bin"):
