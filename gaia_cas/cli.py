@@ -238,6 +238,8 @@ def _deploy_text(result) -> str:
 def cmd_deploy(args, default_root):
     from .deploy import parse_meta
 
+    if getattr(args, "remote", None) is not None:
+        return cmd_deploy_remote(args, default_root)
     repo = _repo(args, default_root)
     options = dict(bump_kind=args.bump, version=args.set_version, reason=args.reason,
                    metadata=parse_meta(args.meta), force=args.force, dry_run=args.dry_run, consume=args.consume)
@@ -357,8 +359,9 @@ def cmd_pin(args, default_root):
 def cmd_cleanup(args, default_root):
     repo = _repo(args, default_root)
     names = None if args.model in (None, "all", "both") else [args.model]
-    plans = repo.cleanup(names, keep=args.keep, older_than=args.older_than, dry_run=args.dry_run,
-                         reason=args.reason)
+    remote = getattr(args, "remote", None)
+    plans = (repo.remote(remote) if remote is not None else repo).cleanup(
+        names, keep=args.keep, older_than=args.older_than, dry_run=args.dry_run, reason=args.reason)
     lines = []
     for plan in plans:
         gone = plan.remove if args.dry_run else (plan.removed or [])
@@ -370,7 +373,9 @@ def cmd_cleanup(args, default_root):
         if rows:
             lines.append(_table(rows, "  "))
     if not args.dry_run:
-        lines.append("versions are gone from the manifests; 'gaia-cas gc' frees their storage")
+        lines.append(f"versions are gone from the manifests of remote {remote}; 'gaia-cas gc --remote {remote}' "
+                     "frees their storage" if remote is not None else
+                     "versions are gone from the manifests; 'gaia-cas gc' frees their storage")
     _emit(args, {"dry_run": args.dry_run, "models": [p.to_json() for p in plans]}, "\n".join(lines))
     return _report_failures([(f"cleanup of {p.model}", p.error) for p in plans if p.error])
 
@@ -433,6 +438,8 @@ def cmd_verify(args, default_root):
 
 
 def cmd_promote(args, default_root):
+    if getattr(args, "remote", None) is not None:
+        return cmd_promote_remote(args, default_root)
     repo = _repo(args, default_root)
     result = repo.promote(args.model, args.version, args.channel, link=args.link, reason=args.reason)
     if result.unchanged:
@@ -608,19 +615,15 @@ def cmd_remote(args, default_root):
 
 
 def cmd_list_remote(args, default_root):
-    from . import remotes
-    from .errors import InvalidInputError, ModelNotFoundError
+    from .errors import InvalidInputError
 
     if not args.model:
         raise InvalidInputError("'list --remote NAME' lists one model: give MODEL")
-    _, manifests = remotes.get(_repo(args, default_root), args.remote).open()
-    snap = manifests.snapshot(args.model)
-    if snap is None:
-        raise ModelNotFoundError(args.model, manifests.names())
+    remote_manifest = _repo(args, default_root).remote(args.remote).manifest(args.model)
 
     class _View:  # the remote manifest, shown exactly as 'list' shows a local one
         def manifest(self, model):
-            return snap.manifest
+            return remote_manifest
 
     doc, text = _list_one(_View(), args.model, args.json)
     _emit(args, doc, text)
@@ -628,11 +631,10 @@ def cmd_list_remote(args, default_root):
 
 def cmd_rollback_remote(args, default_root):
     from .errors import InvalidInputError
-    from .transfer import rollback_remote
 
     if args.model is None:
         raise InvalidInputError("'rollback --remote' needs the model: 'gaia-cas rollback MODEL VERSION --remote NAME'")
-    r = rollback_remote(_repo(args, default_root), args.model, args.version, remote=args.remote, reason=args.reason)
+    r = _repo(args, default_root).remote(args.remote).rollback(args.model, args.version, reason=args.reason)
     text = (f"{r.model} on {r.remote}: {r.version} is already current; nothing changed" if r.unchanged
             else f"rolled back {r.model} on {r.remote}: {r.previous or '-'} -> {r.version}")
     _emit(args, r.to_json(), text)
@@ -640,19 +642,17 @@ def cmd_rollback_remote(args, default_root):
 
 def cmd_verify_remote(args, repo):
     from .errors import InvalidInputError
-    from .remote_verify import verify_remote
 
     if args.repair:
         raise InvalidInputError("--repair works on the local store only; 'verify --remote' changes nothing")
-    return verify_remote(repo, args.model, remote=args.remote, sample=args.sample)
+    return repo.remote(args.remote).verify(args.model, sample=args.sample)
 
 
 def cmd_gc_remote(args, default_root):
-    from .remote_gc import DEFAULT_GRACE, gc_remote
     from .retention import parse_age
 
-    grace = DEFAULT_GRACE if getattr(args.grace, "is_default", False) else parse_age(args.grace)
-    plan = gc_remote(_repo(args, default_root), args.remote, grace=grace, dry_run=args.dry_run)
+    grace = None if getattr(args.grace, "is_default", False) else parse_age(args.grace)
+    plan = _repo(args, default_root).remote(args.remote).gc(grace=grace, dry_run=args.dry_run)
     what = f"{len(plan.doomed)} objects, {_mb(plan.bytes)}"
     text = (f"would delete {what} on {plan.remote}" if plan.dry_run else f"deleted {plan.deleted} of {what} on "
             f"{plan.remote}") + (f"\n{plan.reachable} objects in use; {plan.young_unreferenced} unreferenced objects "
@@ -661,8 +661,6 @@ def cmd_gc_remote(args, default_root):
 
 
 def cmd_sync(args, default_root):
-    from .transfer import sync
-
     def report(result, error):
         if error is not None:
             where = f"{result}: " if result else ""
@@ -673,8 +671,8 @@ def cmd_sync(args, default_root):
                     f"{result.model}: {result.version}, current {result.previous or '-'} -> {result.current}")
             print(line, flush=True)
 
-    results = sync(_repo(args, default_root), args.model, remote=args.remote, watch=args.watch,
-                   interval=args.interval, report=report)
+    results = _repo(args, default_root).remote(args.remote).sync(args.model, watch=args.watch, interval=args.interval,
+                                                                 report=report, channel=args.channel)
     if not args.watch:
         changed = [r for r in results if r.changed]
         _emit(args, {"pulled": [r.to_json() for r in results]},
@@ -683,31 +681,71 @@ def cmd_sync(args, default_root):
 
 
 def cmd_push(args, default_root):
-    from .transfer import push
-
-    repo = _repo(args, default_root)
-    results = push(repo, args.model, remote=args.remote)
+    results = _repo(args, default_root).remote(args.remote).push(args.model)
     lines = []
     for r in results:
+        if r.error is not None and not (r.versions_sent or r.current):
+            continue  # failed before anything was sent: its error line says it all
         line = (f"{r.model}: {r.versions_sent} versions, {r.objects_sent} objects, {_mb(r.bytes_sent)} sent; "
                 f"remote current {r.current or '-'}" + (" (moved)" if r.current_moved else ""))
         for old, new in r.renumbered.items():
             line += f"\n  {old} was taken on the remote by other content: it is {new} there and here now"
+        for channel, version in r.channels_moved.items():
+            line += f"\n  remote channel {channel} -> {version}"
+        if r.settings_moved:
+            line += "\n  the remote's aliases and metadata are this store's now"
         if r.note:
             line += f"\n  {r.note}"
         lines.append(line)
-    _emit(args, {"pushed": [r.to_json() for r in results]}, "\n".join(lines) or "nothing to push: no models")
+    _emit(args, {"pushed": [r.to_json() for r in results]}, "\n".join(lines) or
+          ("nothing to push: no models" if not results else ""))
+    return _report_failures([(f"push of {r.model}", r.error) for r in results if r.error is not None])
 
 
 def cmd_pull(args, default_root):
-    from .transfer import pull
-
-    repo = _repo(args, default_root)
-    results = pull(repo, args.model, args.version, remote=args.remote)
-    lines = [f"{r.model}: {r.version} ({r.objects_received} objects, {_mb(r.bytes_received)} received); "
-             + (f"current {r.previous or '-'} -> {r.current}" if r.previous != r.current else f"current {r.current or '-'}")
-             + ("" if r.changed else " (nothing changed)") for r in results]
+    results = _repo(args, default_root).remote(args.remote).pull(args.model, args.version, channel=args.channel)
+    lines = []
+    for r in results:
+        line = (f"{r.model}: {r.version} ({r.objects_received} objects, {_mb(r.bytes_received)} received); "
+                + (f"current {r.previous or '-'} -> {r.current}" if r.previous != r.current
+                   else f"current {r.current or '-'}"))
+        line += "".join(f"; {channel} -> {version}" for channel, version in r.channels_moved.items())
+        line += "; aliases and metadata from the remote" if r.settings_changed else ""
+        lines.append(line + ("" if r.changed else " (nothing changed)"))
     _emit(args, {"pulled": [r.to_json() for r in results]}, "\n".join(lines) or "the remote holds no models")
+
+
+def cmd_deploy_remote(args, default_root):
+    from .deploy import parse_meta
+    from .errors import InvalidInputError
+
+    if args.model in ("all", "both"):
+        raise InvalidInputError("'deploy --remote' deploys one model: name it")
+    r = _repo(args, default_root).remote(args.remote).deploy(
+        args.model, args.path, bump_kind=args.bump, version=args.set_version, reason=args.reason,
+        metadata=parse_meta(args.meta), force=args.force, dry_run=args.dry_run, consume=args.consume)
+    if args.dry_run:
+        text = f"{_deploy_text(r.local)} (as {r.version} on {r.remote})"
+    elif r.unchanged:
+        text = f"{r.local.model}: unchanged, {r.version} is current here and on {r.remote}; nothing deployed"
+    else:
+        text = (f"deployed {r.local.model} {r.version} on {r.remote} and here  hash {r.local.hash[:12]}  "
+                f"{r.objects_sent} objects, {_mb(r.bytes_sent)} sent\n"
+                f"  remote current: {r.previous or '-'} -> {r.version}")
+        if r.renumbered_from:
+            text += f"\n  {r.renumbered_from} was taken on the remote meanwhile: it is {r.version} there and here"
+    _emit(args, r.to_json(), text)
+
+
+def cmd_promote_remote(args, default_root):
+    from .remote_pointers import check_no_link
+
+    check_no_link(args.link)
+    r = _repo(args, default_root).remote(args.remote).promote(args.model, args.version, args.channel,
+                                                              reason=args.reason)
+    text = (f"{r.model} on {r.remote}: {args.channel} is already {r.version}; nothing changed" if r.unchanged
+            else f"promoted {r.model} {r.version} to {args.channel} on {r.remote} (was {r.previous or '-'})")
+    _emit(args, {**r.to_json(), "channel": args.channel}, text)
 
 
 _COMMANDS = {

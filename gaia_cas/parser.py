@@ -290,7 +290,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = command("promote", "point a channel (e.g. staging, canary) at a version; it gets its own link")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("version", metavar="VERSION")
-    p.add_argument("--to", required=True, metavar="CHANNEL", dest="channel",
+    p.add_argument("--to", "--channel", required=True, metavar="CHANNEL", dest="channel",
                    help="the channel; 'current' is the default channel (same as rollback)")
     p.add_argument("--link", metavar="PATH", help="where the channel's link lives (default models/MODEL/CHANNEL)")
     reason(p)
@@ -391,21 +391,41 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if action != "list":
             rp.add_argument("name", metavar="NAME")
 
-    p = command("push", "upload versions the remote lacks (objects first, then the manifest by compare-and-swap)")
-    p.add_argument("model", nargs="?", metavar="MODEL", help="one model, or 'all' (the default)")
+    p = command("push", "upload versions the remote lacks (objects first, then the manifest by compare-and-swap), "
+                        "with current, channels, aliases and metadata where this store saw their latest change")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="one model, or 'all' (the default; one line per model, "
+                                                             "exit 1 if any failed)")
     p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
 
-    p = command("pull", "fetch a remote version (every object verified), then move current to it")
+    p = command("pull", "fetch the remote's current and channels' versions (every object verified), then move the "
+                        "local current and channels to match")
     p.add_argument("model", metavar="MODEL", help="a model, or 'all'")
     p.add_argument("version", nargs="?", metavar="VERSION",
-                   help="fetch this version without moving current (default: the remote's current)")
+                   help="fetch this version without moving current or any channel")
     p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
+    p.add_argument("--channel", metavar="C", help="fetch only the remote's channel C and move only the local C "
+                                                 "('current': only current)")
     p = command("sync", "pull every model whose remote manifest changed (one conditional GET each); --watch keeps "
                         "following it, for inference hosts")
     p.add_argument("model", nargs="?", metavar="MODEL", help="one model, or 'all' (the default)")
     p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
     p.add_argument("--watch", action="store_true", help="keep following the remote until stopped (SIGTERM, Ctrl-C)")
     p.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between rounds (default 5)")
+    p.add_argument("--channel", metavar="C", help="follow only channel C (as 'pull --channel'; default: current "
+                                                 "and every channel)")
+    if only in (None, "deploy"):
+        sub.choices["deploy"].add_argument(
+            "--remote", metavar="NAME", help="deploy as the remote's next version: numbered there by "
+                                             "compare-and-swap (a lost race takes the next free number), made "
+                                             "current there, and recorded here as the same version")
+    if only in (None, "promote"):
+        sub.choices["promote"].add_argument("--remote", metavar="NAME",
+                                            help="move the remote's channel instead (by compare-and-swap); nothing "
+                                                 "local changes")
+    if only in (None, "cleanup"):
+        sub.choices["cleanup"].add_argument("--remote", metavar="NAME",
+                                            help="the remote's own retention instead, by compare-and-swap (same "
+                                                 "rules; a local cleanup never touches a remote)")
     if only in (None, "list"):
         sub.choices["list"].add_argument("--remote", metavar="NAME",
                                          help="list the versions of MODEL on this remote instead")

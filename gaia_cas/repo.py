@@ -240,7 +240,7 @@ class Repository:
     def check_link_free(self, model: str, channel: str, link: str) -> None:
         return self.ctx.check_link_free(model, channel, link)
 
-    # -- S3 remote: one-line delegations to gaia_cas.remotes and gaia_cas.transfer ----------------
+    # -- S3 remote: gaia_cas.remotes (the named remotes), gaia_cas.remote_verbs (the verbs) -------
 
     def add_remote(self, name: str, url: str, *, endpoint: str | None = None, region: str | None = None):
         """Register ``s3://BUCKET[/PREFIX]`` as remote ``name`` after probing it; (Remote, is_default)."""
@@ -252,34 +252,8 @@ class Repository:
         from . import remotes
         return remotes.load(self.ctx)
 
-    def push(self, name: str | None = None, *, remote: str | None = None) -> list:
-        """Upload versions the remote lacks and merge the manifest; one PushResult per model."""
-        from . import transfer
-        return transfer.push(self.ctx, name, remote=remote)
-
-    def pull(self, name: str, selector: str | None = None, *, remote: str | None = None) -> list:
-        """Fetch a remote version (verified) and, without ``selector``, make it current; PullResults."""
-        from . import transfer
-        return transfer.pull(self.ctx, name, selector, remote=remote)
-
-    def sync(self, name: str | None = None, *, remote: str | None = None, watch: bool = False,
-             interval: float = 5.0, report=None) -> list:
-        """Pull every model (or one) whose remote manifest changed; ``watch`` keeps following."""
-        from . import transfer
-        return transfer.sync(self.ctx, name, remote=remote, watch=watch, interval=interval, report=report)
-
-    def rollback_remote(self, name: str, selector: str, *, remote: str | None = None, reason: str | None = None):
-        """Move the remote's current to an existing version by compare-and-swap; a RemoteRollback."""
-        from . import transfer
-        return transfer.rollback_remote(self.ctx, name, selector, remote=remote, reason=reason)
-
-    def verify_remote(self, name: str | None = None, *, remote: str | None = None, sample: float | None = None):
-        """Re-hash, on the remote, what its manifests reach; a VerifyReport (nothing is changed)."""
-        from . import remote_verify
-        return remote_verify.verify_remote(self.ctx, name, remote=remote, sample=sample)
-
-    def gc_remote(self, *, remote: str | None = None, grace=None, dry_run: bool = False):
-        """Delete what no remote manifest reaches, older than ``grace`` (default 24 h); a RemoteGcPlan."""
-        from . import remote_gc
-        return remote_gc.gc_remote(self.ctx, remote, grace=remote_gc.DEFAULT_GRACE if grace is None else grace,
-                                   dry_run=dry_run)
+    def remote(self, name: str | None = None):
+        """The verbs on remote ``name`` (default: the default remote) -- push, pull, sync, deploy,
+        rollback, promote, cleanup, verify, gc: a :class:`~gaia_cas.remote_verbs.RemoteVerbs`."""
+        from .remote_verbs import RemoteVerbs
+        return RemoteVerbs(self.ctx, name)

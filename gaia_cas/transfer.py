@@ -35,23 +35,40 @@ JOBS = 32  # the best concurrency measured here against Ceph RGW (tools README)
 
 
 class PushResult(namedtuple("PushResult", "model versions_sent objects_sent bytes_sent renumbered current "
-                                          "current_moved note")):
+                                          "current_moved note channels_moved settings_moved error",
+                            defaults=({}, False, None))):
+    """One model's push. ``error`` is set when it failed (the other models of ``push all`` still
+    ran) or when a pointer was left alone because this store had not seen its latest change: the
+    versions were sent all the same, and the rest of the fields say what was done."""
+
     __slots__ = ()
+
+    @classmethod
+    def failed(cls, model: str, error: str) -> "PushResult":
+        return cls(model, 0, 0, 0, {}, None, False, None, error=error)
 
     def to_json(self) -> dict:
         return {"model": self.model, "versions_sent": self.versions_sent, "objects_sent": self.objects_sent,
                 "bytes_sent": self.bytes_sent, "renumbered": self.renumbered, "remote_current": self.current,
-                "current_moved": self.current_moved, "note": self.note}
+                "current_moved": self.current_moved, "channels_moved": self.channels_moved,
+                "settings_moved": self.settings_moved, "note": self.note, "error": self.error}
 
 
 class PullResult(namedtuple("PullResult", "model version objects_received bytes_received current previous "
-                                          "changed")):
+                                          "changed channels_moved settings_changed", defaults=({}, False))):
     __slots__ = ()
 
     def to_json(self) -> dict:
         return {"model": self.model, "version": self.version, "objects_received": self.objects_received,
                 "bytes_received": self.bytes_received, "current": self.current, "previous": self.previous,
-                "changed": self.changed}
+                "changed": self.changed, "channels_moved": self.channels_moved,
+                "settings_changed": self.settings_changed}
+
+
+# What a store has seen of a remote: the generation of the remote's latest change of current, of
+# each channel, and of the model's settings, as recorded by the store's last push or pull.
+Markers = namedtuple("Markers", "current channels settings")
+SETTINGS_ACTIONS = ("model-add", "model-set", "settings")
 
 
 def identity(version) -> tuple:
@@ -59,25 +76,73 @@ def identity(version) -> tuple:
     return (version.tree, version.deployment_id, version.user, version.host)
 
 
-def current_marker(manifest) -> int:
-    """The generation of the manifest's latest change of current (0: never)."""
+def pointer_marker(manifest, channel: str | None = None) -> int:
+    """The generation of the manifest's latest change of current (``channel`` None) or of that
+    channel (0: never)."""
     for event in manifest.events_newest_first():
-        if "channel" in event.details:
+        if event.details.get("channel") != channel:
             continue
         if event.before != event.after:
             return event.generation
     return 0
 
 
+def current_marker(manifest) -> int:
+    """The generation of the manifest's latest change of current (0: never)."""
+    return pointer_marker(manifest)
+
+
+def settings_marker(manifest) -> int:
+    """The generation of the latest change of the model's settings (0: never)."""
+    return next((e.generation for e in manifest.events_newest_first() if e.action in SETTINGS_ACTIONS), 0)
+
+
+def seen_markers(manifest, remote: str) -> Markers:
+    """What this local manifest last saw of the remote (None where it never synced)."""
+    if manifest is not None:
+        for event in manifest.events_newest_first():
+            if event.action in ("push", "pull") and event.details.get("remote") == remote:
+                d = event.details
+                channels = d.get("remote_channels")
+                channels = {k: v for k, v in channels.items() if _is_generation(v)} \
+                    if isinstance(channels, dict) else {}
+                current, settings = d.get("remote_current"), d.get("remote_settings")
+                return Markers(current if _is_generation(current) else None, channels,
+                               settings if _is_generation(settings) else None)
+    return Markers(None, {}, None)
+
+
 def seen_marker(manifest, remote: str) -> int | None:
     """Which change of the remote's current this local manifest last saw (None: never synced)."""
-    if manifest is None:
-        return None
-    for event in manifest.events_newest_first():
-        if event.action in ("push", "pull") and event.details.get("remote") == remote:
-            value = event.details.get("remote_current")
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
-    return None
+    return seen_markers(manifest, remote).current
+
+
+def _is_generation(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def settings_of(manifest) -> tuple:
+    """The model settings that travel between stores: aliases and default metadata. The source
+    folder and the link paths are this machine's, and retention is each store's own decision
+    (a trainer's keep-3 never becomes the team remote's)."""
+    return sorted(manifest.config.aliases), manifest.config.metadata
+
+
+def cleaned_identities(manifest) -> set:
+    """The versions a remote cleanup removed (its history rows carry their identities): a push
+    never sends them back."""
+    gone = set()
+    for event in manifest.history:
+        if event.action == "cleanup":
+            for key in event.details.get("identities") or ():
+                if isinstance(key, (list, tuple)) and len(key) == 4:
+                    gone.add(tuple(key))
+    return gone
+
+
+def open_remote(repo, remote_name):
+    """(Remote, object store, manifest store) of the named (or default) remote."""
+    return _open(repo, remote_name)
 
 
 def _open(repo, remote_name):
@@ -86,6 +151,19 @@ def _open(repo, remote_name):
     remote = remotes.get(repo, remote_name)
     objects, manifests = remote.open()
     return remote, objects, manifests
+
+
+def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, int]:
+    """Upload, children first, every object ``versions`` reach that the remote lacks;
+    (objects, bytes) sent. ``remote_trees``: trees a remote manifest reaches (never checked)."""
+    return _upload_versions(repo, versions, remote_trees, robjects)
+
+
+class _RemoteCleaned(Exception):
+    """A remote cleanup dropped a version this push relied on to know what the remote holds."""
+
+
+MAX_RESTARTS = 5
 
 
 def parallel_map(function, items, jobs: int = JOBS) -> list:
@@ -101,102 +179,175 @@ def parallel_map(function, items, jobs: int = JOBS) -> list:
 # -- push ----------------------------------------------------------------------------------
 
 def push(repo, name: str | None = None, *, remote: str | None = None) -> list[PushResult]:
+    """Push one model, or every model (``None``/``"all"``): one PushResult per model. With
+    several models, one that fails is reported in its result's ``error`` and the others still
+    go; a single model's failure raises."""
+    from .errors import GaiaCasError
+
     remote_cfg, objects, manifests = _open(repo, remote)
-    models = repo.models() if name in (None, "all") else [repo.model(name)]
-    return [_push_model(repo, model, remote_cfg.name, objects, manifests) for model in models]
+    if name not in (None, "all"):
+        return [_push_model(repo, repo.model(name), remote_cfg.name, objects, manifests)]
+    results = []
+    for model in repo.models():
+        try:
+            results.append(_push_model(repo, model, remote_cfg.name, objects, manifests))
+        except GaiaCasError as exc:
+            results.append(PushResult.failed(model, str(exc)))
+    return results
 
 
 def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
     local = repo.manifest(model)
-    snap = rmanifests.snapshot(model)
-    on_remote = {identity(v) for v in snap.manifest.versions} if snap else set()
-    remote_trees = {v.tree for v in snap.manifest.versions} if snap else set()
-    pending = [v for v in local.versions if identity(v) not in on_remote and not v.broken]
-
+    seen = seen_markers(local, remote_name)
     objects_sent = bytes_sent = 0
-    if pending:
-        objects_sent, bytes_sent = _upload_versions(repo, pending, remote_trees, robjects)
+    for _ in range(MAX_RESTARTS):
+        snap = rmanifests.snapshot(model)
+        rm = snap.manifest if snap else None
+        on_remote = {identity(v) for v in rm.versions} if rm else set()
+        gone = cleaned_identities(rm) if rm else set()
+        relied = {v.tree for v in rm.versions} if rm else set()
+        pending = [v for v in local.versions if identity(v) not in on_remote and identity(v) not in gone
+                   and not v.broken]
+        if pending:
+            sent_objects, sent_bytes = _upload_versions(repo, pending, relied, robjects)
+            objects_sent += sent_objects
+            bytes_sent += sent_bytes
+        outcome = {}
+        try:
+            committed = rmanifests.update(
+                model, lambda rm: _merge_pushed(rm, local, pending, relied, seen, outcome), create=True)
+        except _RemoteCleaned:
+            continue  # what the remote holds is decided again, and re-checked
+        break
+    else:
+        from .storage import StaleTokenError
 
-    seen = seen_marker(local, remote_name)
-    outcome = {}
-
-    def merge(rm) -> None:
-        outcome.clear()
-        numbers = {identity(v): v.version for v in rm.versions}
-        assigned = rm.assigned()
-        taken = assigned | set(local.version_numbers()) | local.assigned()
-        mapping, sent, renumbered = {}, 0, {}
-        user, host = clock.who()
-        at = clock.stamp(clock.now())
-        for v in local.versions:
-            key = identity(v)
-            if key in numbers:
-                mapping[key] = numbers[key]
-                continue
-            if v.broken:
-                continue
-            number = v.version
-            if number in assigned or number in mapping.values():
-                number = _next_free(rm.highest or number, taken)
-                renumbered[v.version] = number
-            taken.add(number)
-            rm.versions.append(v.replace(version=number, broken=False))
-            if rm.highest is None or version_key(number) > version_key(rm.highest):
-                rm.highest = number
-            rm.new_trees.add(v.tree)
-            details = {"via": "push", "tree": v.tree}
-            if number != v.version:
-                details["renumbered_from"] = v.version
-            record(rm, "deploy", version=number, before=rm.current, at=at, user=v.user or user, host=v.host or host,
-                   reason=v.reason, details=details)
-            mapping[key] = number
-            numbers[key] = number
-            sent += 1
-        wanted = None
-        current = local.current_version()
-        if current is not None:
-            wanted = mapping.get(identity(current))
-        note = None
-        moved = False
-        if wanted is not None and rm.current != wanted:
-            if rm.current is None or (seen is not None and seen >= current_marker(rm)):
-                before = rm.current
-                rm.current = wanted
-                record(rm, "push", version=wanted, before=before, at=at, user=user, host=host, reason=None,
-                       details={"tree": current.tree})
-                moved = True
-            else:
-                note = (f"the remote's current {rm.current} was set since this store last saw it; not moved to "
-                        f"{wanted} (pull first to see it)")
-        outcome.update(mapping=mapping, sent=sent, renumbered=renumbered, moved=moved, note=note)
-
-    committed = rmanifests.update(model, merge, create=True)
-    mapping = outcome["mapping"]
-    in_step = current_marker(committed) if committed.current is not None and local.current_version() is not None \
-        and committed.current == mapping.get(identity(local.current_version())) else seen
-    adopt = {key: number for key, number in mapping.items()}
-    _adopt(repo, model, remote_name, adopt, in_step, seen, outcome["sent"])
+        raise StaleTokenError(model)
+    numbers = outcome["numbers"]
+    in_step = in_step_after(local, committed, numbers, seen)
+    adopt(repo, model, remote_name, numbers, in_step, seen, outcome["sent"])
+    problems = outcome["problems"]
     return PushResult(model, outcome["sent"], objects_sent, bytes_sent, outcome["renumbered"], committed.current,
-                      outcome["moved"], outcome["note"])
+                      outcome["moved"], "; ".join(outcome["notes"]) or None, outcome["channels"],
+                      outcome["settings"], "; ".join(problems) + " (the versions were sent)" if problems else None)
 
 
-def _next_free(highest: str, taken: set) -> str:
-    number = bump(highest, "minor")
+def _merge_pushed(rm, local, pending, relied, seen: Markers, outcome: dict) -> None:
+    """Decide a push against the remote manifest ``rm`` (again on every lost race): add the
+    pending versions (renumbered where the remote gave their number to other content), then
+    move current, each channel and the settings only where this store has seen the remote's
+    latest change of them."""
+    outcome.clear()
+    if not relied <= {v.tree for v in rm.versions}:
+        # A remote cleanup dropped a version since the snapshot: the objects only it reached
+        # may be gc's by now, so the push must check them again instead of trusting the walk.
+        raise _RemoteCleaned()
+    numbers = {identity(v): v.version for v in rm.versions}
+    assigned = rm.assigned()
+    taken = assigned | set(local.version_numbers()) | local.assigned()
+    sent, renumbered = 0, {}
+    user, host = clock.who()
+    at = clock.stamp(clock.now())
+    for v in pending:
+        key = identity(v)
+        if key in numbers:
+            continue
+        number = v.version
+        if number in assigned or number in numbers.values():
+            number = next_free(rm.highest or number, taken)
+            renumbered[v.version] = number
+        taken.add(number)
+        rm.versions.append(v.replace(version=number, broken=False))
+        if rm.highest is None or version_key(number) > version_key(rm.highest):
+            rm.highest = number
+        rm.new_trees.add(v.tree)
+        details = {"via": "push", "tree": v.tree}
+        if number != v.version:
+            details["renumbered_from"] = v.version
+        record(rm, "deploy", version=number, before=rm.current, at=at, user=v.user or user, host=v.host or host,
+               reason=v.reason, details=details)
+        numbers[key] = number
+        sent += 1
+    problems, notes, channels = [], [], {}
+    moved = False
+    current = local.current_version()
+    wanted = numbers.get(identity(current)) if current is not None else None
+    if wanted is not None and rm.current != wanted:
+        if rm.current is None or (seen.current is not None and seen.current >= pointer_marker(rm)):
+            before = rm.current
+            rm.current = wanted
+            record(rm, "push", version=wanted, before=before, at=at, user=user, host=host, reason=None,
+                   details={"tree": current.tree})
+            moved = True
+        else:
+            problems.append(f"the remote's current {rm.current} was set since this store last saw it; not moved "
+                            f"to {wanted} (pull first to see it)")
+    for channel, entry in sorted(local.channels.items()):
+        version = local.find(entry["version"])
+        wanted = numbers.get(identity(version)) if version is not None else None
+        old = rm.channels.get(channel)
+        if wanted is None or (old is not None and old["version"] == wanted):
+            continue
+        mark = seen.channels.get(channel)
+        if old is None or (mark is not None and mark >= pointer_marker(rm, channel)):
+            # A link path is this machine's: the remote's channel keeps its own (None when new).
+            rm.channels[channel] = {"version": wanted, "link": old["link"] if old else None}
+            record(rm, "promote", version=wanted, before=old["version"] if old else None, after=wanted, at=at,
+                   user=user, host=host, reason=None, details={"channel": channel, "via": "push"})
+            channels[channel] = wanted
+        else:
+            problems.append(f"the remote's channel {channel} ({old['version']}) was moved since this store last "
+                            f"saw it; not moved to {wanted} (pull first to see it)")
+    settings = False
+    aliases, metadata = settings_of(local)
+    if (aliases, metadata) != settings_of(rm):
+        latest = settings_marker(rm)  # 0: the remote's settings were never set (a new model)
+        if latest == 0 or (seen.settings is not None and seen.settings >= latest):
+            rm.config = rm.config.replace(aliases=list(aliases), metadata=dict(metadata))
+            record(rm, "settings", version=None, before=rm.current, at=at, user=user, host=host, reason=None,
+                   details={"via": "push"})
+            settings = True
+        else:
+            notes.append("the remote's aliases and metadata were changed since this store last saw them; left as "
+                         "they are (pull first to see them)")
+    outcome.update(numbers=numbers, sent=sent, renumbered=renumbered, moved=moved, channels=channels,
+                   settings=settings, problems=problems, notes=notes)
+
+
+def in_step_after(local, committed, numbers: dict, seen: Markers) -> Markers:
+    """What the local store has seen of the remote after a push: each pointer the two stores now
+    agree on is in step at the remote's latest change of it; the others stay as seen before."""
+    current = local.current_version()
+    in_current = seen.current
+    if committed.current is not None and current is not None and committed.current == numbers.get(identity(current)):
+        in_current = pointer_marker(committed)
+    channels = dict(seen.channels)
+    for channel, entry in committed.channels.items():
+        mine = local.channels.get(channel)
+        version = local.find(mine["version"]) if mine else None
+        if version is not None and numbers.get(identity(version)) == entry["version"]:
+            channels[channel] = pointer_marker(committed, channel)
+    in_settings = settings_marker(committed) if settings_of(local) == settings_of(committed) else seen.settings
+    return Markers(in_current, channels, in_settings)
+
+
+def next_free(highest: str, taken: set, kind: str = "minor") -> str:
+    number = bump(highest, kind)
     while number in taken:
         number = bump(number, "patch")
     return number
 
 
-def _adopt(repo, model, remote_name, numbers: dict, in_step, seen, sent: int) -> None:
+def adopt(repo, model, remote_name, numbers: dict, in_step: Markers, seen: Markers, sent: int) -> None:
     """Record the push locally: the numbers the remote gave (renumbering local versions whose
-    number was taken there) and which change of the remote's current this store has now seen.
-    Nothing is written when neither changed."""
+    number was taken there) and which changes of the remote's pointers and settings this store
+    has now seen. Nothing is written when neither changed."""
     user, host = clock.who()
     at = clock.stamp(clock.now())
     with repo.writing(), repo.manifests.edit(model, on_commit=repo.sync_link) as lm:
         renames = [(v, numbers[identity(v)]) for v in lm.versions
                    if identity(v) in numbers and numbers[identity(v)] != v.version]
-        if not renames and in_step == seen_marker(lm, remote_name):
+        if not renames and in_step == seen_markers(lm, remote_name):
             return
         existing = set(lm.version_numbers())
         for v, number in renames:
@@ -217,7 +368,12 @@ def _adopt(repo, model, remote_name, numbers: dict, in_step, seen, sent: int) ->
             record(lm, "renumber", version=number, before=lm.current, at=at, user=user, host=host, reason=None,
                    details={"remote": remote_name, "from": old, "to": number})
         record(lm, "push", version=None, before=lm.current, at=at, user=user, host=host, reason=None,
-               details={"remote": remote_name, "remote_current": in_step, "versions_sent": sent})
+               details=_marker_details(remote_name, in_step, versions_sent=sent))
+
+
+def _marker_details(remote_name: str, markers: Markers, **more) -> dict:
+    return {"remote": remote_name, "remote_current": markers.current, "remote_channels": dict(markers.channels),
+            "remote_settings": markers.settings, **more}
 
 
 def _upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, int]:
@@ -315,19 +471,24 @@ def _upload(repo, robjects, oid: str) -> int:
 # -- sync: follow the remote ------------------------------------------------------------------
 
 def sync(repo, name: str | None = None, *, remote: str | None = None, watch: bool = False,
-         interval: float = 5.0, report=None, rounds: int | None = None) -> list[PullResult]:
+         interval: float = 5.0, report=None, rounds: int | None = None, channel: str | None = None) -> list[PullResult]:
     """Pull every model (or one) whose remote manifest changed: each round is one conditional
     GET per manifest (a 304 costs nothing), a pull only on change. With ``watch``, repeat every
     ``interval`` seconds until interrupted (``rounds`` bounds it, for tests); a failure in a
     round is passed to ``report(model, error)`` and the next round tries again, so an inference
     host keeps serving what it has while the remote is down or holds a corrupt object.
-    ``report(result)`` is also called with each PullResult that changed something."""
+    ``report(result)`` is also called with each PullResult that changed something. ``channel``
+    is :func:`pull`'s: follow only that channel (models without it on the remote are skipped)."""
     import time
 
     from .errors import GaiaCasError
 
     if not interval > 0:
         raise InvalidInputError(f"--interval must be above 0 seconds, not {interval!r}")
+    if channel not in (None, "current"):
+        from .manifest import check_channel_name
+
+        check_channel_name(channel)
     remote_cfg, objects, manifests = _open(repo, remote)
     if name not in (None, "all"):
         check_model_name(name)
@@ -350,7 +511,12 @@ def sync(repo, name: str | None = None, *, remote: str | None = None, watch: boo
                 token = manifests.token(model)
                 if token is None:
                     continue
-                result = _pull_model(repo, model, None, remote_cfg.name, objects, manifests)
+                if channel not in (None, "current") and (name in (None, "all")):
+                    snap = manifests.snapshot(model)
+                    if snap is None or channel not in snap.manifest.channels:
+                        seen[model] = token
+                        continue
+                result = _pull_model(repo, model, None, remote_cfg.name, objects, manifests, channel)
                 seen[model] = token
                 results.append(result)
                 if report is not None and result.changed:
@@ -366,113 +532,168 @@ def sync(repo, name: str | None = None, *, remote: str | None = None, watch: boo
         time.sleep(interval)
 
 
-# -- rollback on the remote -------------------------------------------------------------------
-
-class RemoteRollback(namedtuple("RemoteRollback", "model version previous unchanged remote")):
-    __slots__ = ()
-
-    def to_json(self) -> dict:
-        return {"model": self.model, "version": self.version, "previous": self.previous,
-                "unchanged": self.unchanged, "remote": self.remote}
-
-
-def rollback_remote(repo, name: str, selector: str, *, remote: str | None = None,
-                    reason: str | None = None) -> RemoteRollback:
-    """Move the remote's current to an existing version by compare-and-swap, from any machine
-    (the operator's emergency rollback): no local model is needed, and nothing local changes.
-    Stores that have not pulled since can no longer move the remote's current back."""
-    from .names import check_text
-
-    remote_cfg, _, rmanifests = _open(repo, remote)
-    check_model_name(name)
-    check_text(reason, "--reason")
-    user, host = clock.who()
-    outcome = {}
-
-    def change(rm) -> None:
-        target = repo.select(rm, selector)  # decided again on every attempt, against the manifest read
-        if target.broken:
-            raise CorruptionError(f"version {target.version} of '{name}' on remote '{remote_cfg.name}' is marked "
-                                  "broken; it cannot be made current")
-        outcome.update(version=target.version, previous=rm.current)
-        if rm.current == target.version:
-            return
-        left = rm.find(rm.current) if rm.current else None
-        record(rm, "rollback", version=target.version, before=rm.current, after=target.version,
-               at=clock.stamp(clock.now()), user=user, host=host, reason=reason,
-               details={"from_tree": left.tree} if left is not None else None)
-        rm.current = target.version
-
-    rmanifests.update(name, change)
-    return RemoteRollback(name, outcome["version"], outcome["previous"], outcome["version"] == outcome["previous"],
-                          remote_cfg.name)
-
-
 # -- pull ----------------------------------------------------------------------------------
 
-def pull(repo, name: str, selector: str | None = None, *, remote: str | None = None) -> list[PullResult]:
+def pull(repo, name: str, selector: str | None = None, *, remote: str | None = None,
+         channel: str | None = None) -> list[PullResult]:
+    """Fetch from the remote and move the local pointers to match, one PullResult per model.
+
+    Without ``selector`` or ``channel``: the remote's current and every channel's version, then
+    the local current and those channels move to the remote's. ``channel``: only that channel's
+    version, and only that local channel moves (``"current"``: only current). ``selector``:
+    that version, nothing moves. ``"all"``: every remote model (with ``channel``, every model
+    that has it)."""
+    if selector is not None and channel is not None:
+        raise InvalidInputError("give a VERSION or --channel, not both: a VERSION is fetched without moving anything")
+    if channel not in (None, "current"):
+        from .manifest import check_channel_name
+
+        check_channel_name(channel)
     remote_cfg, objects, manifests = _open(repo, remote)
     if name == "all":
         if selector is not None:
             raise InvalidInputError("'pull all' takes no VERSION: it pulls every model's current version")
-        return [_pull_model(repo, m, None, remote_cfg.name, objects, manifests) for m in manifests.names()]
+        results = []
+        for model in manifests.names():
+            if channel not in (None, "current"):
+                snap = manifests.snapshot(model)
+                if snap is None or channel not in snap.manifest.channels:
+                    continue
+            results.append(_pull_model(repo, model, None, remote_cfg.name, objects, manifests, channel))
+        return results
     check_model_name(name)
-    return [_pull_model(repo, name, selector, remote_cfg.name, objects, manifests)]
+    return [_pull_model(repo, name, selector, remote_cfg.name, objects, manifests, channel)]
 
 
-def _pull_model(repo, model, selector, remote_name, robjects, rmanifests) -> PullResult:
+def _pull_targets(rm, model, selector, channel, remote_name, select) -> tuple[dict, list]:
+    """({pointer: version} the pull moves -- "current" or a channel --, [versions to fetch])."""
+    if selector is not None:
+        return {}, [select(rm, selector)]
+    if channel not in (None, "current"):
+        entry = rm.channels.get(channel)
+        if entry is None:
+            raise NotFoundError(f"remote '{remote_name}' has no channel '{channel}' of '{model}'")
+        moves = {channel: rm.find(entry["version"])}
+    else:
+        moves = {"current": select(rm, None)} if rm.current is not None or channel == "current" or \
+            not rm.channels else {}
+        if channel is None:
+            moves.update((name, rm.find(entry["version"])) for name, entry in sorted(rm.channels.items()))
+    targets = list({identity(v): v for v in moves.values()}.values())
+    return moves, targets
+
+
+def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channel=None) -> PullResult:
+    from .defaults import LINK
+
     snap = rmanifests.snapshot(model)
     if snap is None:
         raise NotFoundError(f"remote '{remote_name}' has no model '{model}'")
     rm = snap.manifest
-    target = repo.select(rm, selector)
-    if target.broken:
-        raise CorruptionError(f"version {target.version} of '{model}' on remote '{remote_name}' is marked broken")
+    moves, targets = _pull_targets(rm, model, selector, channel, remote_name, repo.select)
+    for target in targets:
+        if target.broken:
+            raise CorruptionError(f"version {target.version} of '{model}' on remote '{remote_name}' is marked broken")
     local = repo.manifests.read(model)
     if local is None:
         repo.check_link_free(model, "current", repo.layout.default_link(model))
     else:
-        clash = local.find(target.version)
-        if clash is not None and identity(clash) != identity(target) \
-                and not any(identity(v) == identity(target) for v in local.versions):
-            raise InvalidInputError(f"this store's version {target.version} of '{model}' is other content than the "
-                                    f"remote's; push first (the remote renumbers it)")
+        for target in targets:
+            clash = local.find(target.version)
+            if clash is not None and identity(clash) != identity(target) \
+                    and not any(identity(v) == identity(target) for v in local.versions):
+                raise InvalidInputError(f"this store's version {target.version} of '{model}' is other content than "
+                                        f"the remote's; push first (the remote renumbers it)")
+    for pointer in moves:
+        if pointer != "current" and (local is None or pointer not in local.channels):
+            repo.check_link_free(model, pointer, LINK.format(model=model, channel=pointer))
+    settings = _settings_to_adopt(repo, model, local, rm, seen_markers(local, remote_name))
     received = [0, 0]
     with repo.objects.staging() as staging:
-        _fetch(repo, robjects, staging, target.tree, received)
+        for target in targets:
+            _fetch(repo, robjects, staging, target.tree, received)
         outcome = {}
         with repo.writing():
             staging.install()
-            repo.materialize(target.tree)
+            for target in targets:
+                repo.materialize(target.tree)
             with repo.manifests.edit(model, create=True, check_tree=repo.check_complete,
                                      on_commit=repo.sync_link) as lm:
-                outcome.update(_merge_pulled(lm, rm, target, selector, remote_name))
+                outcome.update(_merge_pulled(lm, rm, targets, moves, settings, remote_name))
     return PullResult(model, outcome["version"], received[0], received[1], outcome["current"], outcome["previous"],
-                      outcome["changed"])
+                      outcome["changed"], outcome["channels"], outcome["settings"])
 
 
-def _merge_pulled(lm, rm, target, selector, remote_name) -> dict:
-    existing = next((v for v in lm.versions if identity(v) == identity(target)), None)
-    added = existing is None
-    if added:
-        lm.versions.append(target.replace(pinned=False, broken=False))
-        lm.new_trees.add(target.tree)
-        if lm.highest is None or version_key(target.version) > version_key(lm.highest):
-            lm.highest = target.version
-        number = target.version
-    else:
-        number = existing.version
+def _settings_to_adopt(repo, model, local, rm, seen: Markers):
+    """The remote's (aliases, metadata) when a pull takes them -- the remote changed them since
+    this store last saw them, or the model is new here -- else None. The remote's latest
+    settings win; an alias another local model owns is refused before anything is written."""
+    theirs = settings_of(rm)
+    if local is not None and (settings_of(local) == theirs or
+                              (seen.settings is not None and seen.settings >= settings_marker(rm))):
+        return None
+    if local is None and theirs == ([], {}):
+        return None
+    for alias in theirs[0]:
+        try:
+            owner = repo.model(alias)
+        except NotFoundError:
+            continue
+        if owner != model:
+            raise InvalidInputError(f"the remote's alias '{alias}' of '{model}' is '{owner}' in this store; "
+                                    f"change one of them ('gaia-cas model set')")
+    return theirs
+
+
+def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
+    seen = seen_markers(lm, remote_name)
+    user, host = clock.who()
+    at = clock.stamp(clock.now())
+    numbers, added = {}, False
+    for target in targets:
+        existing = next((v for v in lm.versions if identity(v) == identity(target)), None)
+        if existing is None:
+            lm.versions.append(target.replace(pinned=False, broken=False))
+            lm.new_trees.add(target.tree)
+            if lm.highest is None or version_key(target.version) > version_key(lm.highest):
+                lm.highest = target.version
+            numbers[identity(target)] = target.version
+            added = True
+        else:
+            numbers[identity(target)] = existing.version
     previous = lm.current
-    if selector is None:
-        lm.current = number
-    seen = seen_marker(lm, remote_name)
-    in_step = current_marker(rm) if selector is None and rm.current == target.version else seen
-    changed = added or lm.current != previous or in_step != seen
+    channels = {}
+    in_channels = dict(seen.channels)
+    for pointer, target in moves.items():
+        number = numbers[identity(target)]
+        if pointer == "current":
+            lm.current = number
+            continue
+        old = lm.channels.get(pointer)
+        if old is None or old["version"] != number:
+            lm.channels[pointer] = {"version": number, "link": old["link"] if old else None}  # links stay local
+            record(lm, "promote", version=number, before=old["version"] if old else None, after=number, at=at,
+                   user=user, host=host, reason=None, details={"channel": pointer, "via": "pull",
+                                                                "remote": remote_name})
+            channels[pointer] = number
+        in_channels[pointer] = pointer_marker(rm, pointer)
+    in_current = pointer_marker(rm) if "current" in moves and rm.current is not None else seen.current
+    in_settings = seen.settings
+    if settings is not None:
+        lm.config = lm.config.replace(aliases=list(settings[0]), metadata=dict(settings[1]))
+        record(lm, "model-set", version=None, before=lm.current, at=at, user=user, host=host, reason=None,
+               details={"via": "pull", "remote": remote_name})
+    if settings is not None or settings_of(lm) == settings_of(rm):
+        in_settings = settings_marker(rm)
+    in_step = Markers(in_current, in_channels, in_settings)
+    primary = moves.get("current") or (next(iter(moves.values())) if moves else targets[0])
+    number = numbers[identity(primary)]
+    changed = added or lm.current != previous or bool(channels) or settings is not None or in_step != seen
     if changed:
-        user, host = clock.who()
-        record(lm, "pull", version=number, before=previous, at=clock.stamp(clock.now()), user=user, host=host,
-               reason=None, details={"remote": remote_name, "remote_current": in_step, "tree": target.tree})
-    return {"version": number, "current": lm.current, "previous": previous, "changed": changed}
+        record(lm, "pull", version=number, before=previous, at=at, user=user, host=host, reason=None,
+               details=_marker_details(remote_name, in_step, tree=primary.tree))
+    return {"version": number, "current": lm.current, "previous": previous, "changed": changed,
+            "channels": channels, "settings": settings is not None}
 
 
 def _fetch(repo, robjects, staging, tree: str, received: list) -> None:

@@ -5,6 +5,7 @@ nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def test_push_sends_children_first_then_nothing_the_second_time(cli, root, url, 
     local_generation = repo.manifest("ssd").generation
     _, remote_manifests = repo.remotes()[1]["origin"].open()
     token = remote_manifests.snapshot("ssd").token
-    again = repo.push()[0]  # the library API, as the CLI calls it
+    again = repo.remote().push()[0]  # the library API, as the CLI calls it
     assert (again.versions_sent, again.objects_sent, again.bytes_sent) == (0, 0, 0)
     assert repo.manifest("ssd").generation == local_generation  # nothing written locally
     assert remote_manifests.snapshot("ssd").token == token  # nor on the remote
@@ -175,7 +176,12 @@ def test_two_stores_pushing_at_once_both_land_with_distinct_numbers(cli, root, u
     procs = [subprocess.Popen([sys.executable, "-m", "gaia_cas", "--root", str(where), "push", "--json"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for where in (root, other)]
     outs = [p.communicate(timeout=60) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    # both land; the one that committed second never saw the remote, so it leaves production
+    # alone and says so: exit 1, its versions sent all the same
+    assert sorted(p.returncode for p in procs) == [0, 1], outs
+    refused = outs[[p.returncode for p in procs].index(1)]
+    assert "not moved" in refused[1] and "the versions were sent" in refused[1]
+    assert json.loads(refused[0])["pushed"][0]["versions_sent"] == 1
     from gaia_cas.remotes import get
 
     _, manifests = get(Repository(root), "origin").open()
@@ -204,11 +210,13 @@ def test_a_push_from_a_store_that_missed_a_change_of_current_does_not_move_it(cl
     assert cli("push", "--json").json()["pushed"][0]["current_moved"]  # root had seen it: rollback goes out
     cli("deploy", "ssd", make_savedmodel(tmp_path / "c", variant=3), root_dir=other)
     run = cli("push", "--json", root_dir=other)
+    assert run.code == 1
     doc = run.json()["pushed"][0]
     assert doc["versions_sent"] == 1 and not doc["current_moved"] and doc["remote_current"] == "1.0.0"
-    assert "not moved" in doc["note"]
+    assert "not moved" in doc["error"]
     text = cli("push", root_dir=other)
-    assert "not moved" in text.out
+    assert text.code == 1 and "remote current 1.0.0" in text.out
+    assert_one_line_error(text, "push of ssd failed", "not moved")
 
 
 # -- pull ------------------------------------------------------------------------------------
@@ -341,7 +349,9 @@ def test_rollback_on_the_remote_from_any_machine_holds_against_stale_pushes(cli,
     assert again["unchanged"]
     # the trainer has not seen the rollback: its next push adds its version, leaves production alone
     cli("deploy", "ssd", make_savedmodel(tmp_path / "c", variant=3))
-    doc = cli("push", "--json").json()["pushed"][0]
+    run = cli("push", "--json")
+    doc = run.json()["pushed"][0]
+    assert run.code == 1 and "not moved" in doc["error"]
     assert doc["versions_sent"] == 1 and not doc["current_moved"] and doc["remote_current"] == "1.0.0"
     host = _second_root(tmp_path, "host")
     cli("remote", "add", "origin", url, "--endpoint", endpoint, root_dir=host)

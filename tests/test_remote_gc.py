@@ -57,7 +57,7 @@ def test_a_push_racing_gc_keeps_every_object_it_commits(cli, root, pushed, tmp_p
     ran = []
 
     def gc_first(self, model, change, **kw):  # the push's objects are up, its manifest not yet
-        ran.append(Repository(root).gc_remote(remote="origin", grace=timedelta(minutes=5)))
+        ran.append(Repository(root).remote("origin").gc(grace=timedelta(minutes=5)))
         return real(self, model, change, **kw)
 
     monkeypatch.setattr(S3ManifestStore, "update", gc_first)
