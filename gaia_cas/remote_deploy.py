@@ -2,9 +2,10 @@
 
 The order, and why it is safe when two trainers deploy the same model at once:
 
-1. Read the remote manifest (its ETag is the snapshot's token) and hash the source without
-   writing anything (a dry run), so a refusal -- content the remote's operator rolled back
-   from, a number the remote already gave out -- changes nothing anywhere.
+1. Read the remote manifest (its ETag is the snapshot's token); when the remote could refuse
+   the content (its history holds a rollback), hash the source first without writing anything
+   (a dry run), so a refusal -- content the remote's operator rolled back from, a number the
+   remote already gave out -- changes nothing anywhere.
 2. Deploy locally under the first number free in both stores (the remote's ``assigned()`` and
    the local one's): the local store commits the version (number, deployment id, user, host)
    and its current, as a plain deploy would.
@@ -70,9 +71,13 @@ def deploy_remote(ctx, name: str, path=None, *, remote: str | None = None, bump_
     if explicit is not None and rm is not None and explicit in rm.assigned():
         raise InvalidInputError(f"version {explicit} of '{model}' was already assigned on remote '{remote_cfg.name}'; "
                                 "version numbers are never reused")
-    probe = deploy(ctx, model, path, bump_kind=bump_kind, version=version, force=force, dry_run=True, **options)
-    if rm is not None and not force:
-        found = rolled_back_from(rm, probe.hash)
+    # The content is hashed first (a dry run) only when the remote could refuse it: that costs
+    # a second read of the source, at hashing speed, never an upload.
+    refusable = rm is not None and not force and any(e.action == "rollback" for e in rm.history)
+    if dry_run or refusable:
+        probe = deploy(ctx, model, path, bump_kind=bump_kind, version=version, force=force, dry_run=True,
+                       **options)
+        found = rolled_back_from(rm, probe.hash) if refusable else None
         if found is not None:
             raise RolledBackContentError(model, found[0], found[1], describe_rollback(model, *found)
                                          + f" (on remote '{remote_cfg.name}')")
