@@ -667,8 +667,7 @@ def cmd_sync(args, default_root):
             print(f"{PROG}: warning: {shown(where)}{' '.join(_describe(error).split())}; trying again in "
                   f"{args.interval:g} s", file=sys.stderr, flush=True)
         elif args.watch:
-            line = (_dumps(result.to_json()) if args.json else
-                    f"{result.model}: {result.version}, current {result.previous or '-'} -> {result.current}")
+            line = _dumps(result.to_json()) if args.json else _synced(result)
             print(line, flush=True)
 
     results = _repo(args, default_root).remote(args.remote).sync(args.model, watch=args.watch, interval=args.interval,
@@ -676,8 +675,14 @@ def cmd_sync(args, default_root):
     if not args.watch:
         changed = [r for r in results if r.changed]
         _emit(args, {"pulled": [r.to_json() for r in results]},
-              "\n".join(f"{r.model}: {r.version}, current {r.previous or '-'} -> {r.current}" for r in changed)
-              or "up to date")
+              "\n".join(_synced(r) for r in changed) or "up to date")
+
+
+def _synced(r) -> str:
+    moved = "".join(f", {channel} -> {version}" for channel, version in r.channels_moved.items())
+    if r.current is None and r.previous is None and moved:
+        return f"{r.model}: {r.version}{moved}"  # a channel followed alone
+    return f"{r.model}: {r.version}, current {r.previous or '-'} -> {r.current}{moved}"
 
 
 def cmd_push(args, default_root):

@@ -19,6 +19,7 @@ diff               :mod:`gaia_cas.diff`
 import-legacy      :mod:`gaia_cas.legacy`
 export, import     :mod:`gaia_cas.archive`
 resolve            :mod:`gaia_cas.reader`
+remote verbs       :mod:`gaia_cas.remote_verbs` (``repo.remote(name)``: push, pull, deploy, …)
 =================  ==========================================================
 """
 

@@ -229,7 +229,7 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
     problems = outcome["problems"]
     return PushResult(model, outcome["sent"], objects_sent, bytes_sent, outcome["renumbered"], committed.current,
                       outcome["moved"], "; ".join(outcome["notes"]) or None, outcome["channels"],
-                      outcome["settings"], "; ".join(problems) + " (the versions were sent)" if problems else None)
+                      outcome["settings"], "; ".join(problems) + (" (the versions were sent)" if outcome["sent"] else "") if problems else None)
 
 
 def _merge_pushed(rm, local, pending, relied, seen: Markers, outcome: dict) -> None:
