@@ -9,12 +9,17 @@ A version is the same version in two stores when its tree, deployment id, user a
 the same; its number may differ. A local version whose number the remote already gave to other
 content gets the next free number there, and the local store adopts it (both histories say so).
 
-The remote's ``current`` moves only from a store that has seen the remote's latest change of
-current (a pull, or a push that left both in step, records which change it saw): a trainer who
-never pulled cannot move production back to what it deployed an hour ago.
+The remote's ``current`` -- and each channel, and the model's aliases and metadata -- moves only
+from a store that has seen the remote's latest change of it (a pull, or a push that left both
+in step, records which change it saw: :class:`Markers`): a trainer who never pulled cannot move
+production back to what it deployed an hour ago. A pointer left alone is that model's error;
+the versions are sent all the same. Source folders, link paths and retention never travel.
 
 pull verifies every object against its oid before it enters the local store, then publishes
-like a deploy: staging, install, materialize, commit (the tree checked complete), link.
+like a deploy: staging, install, materialize, commit (the tree checked complete), link. It
+moves the local current and every channel the remote has to the remote's (only one with
+``channel``; none when a VERSION is asked for), and takes the remote's aliases and metadata when
+they changed there since this store last saw them.
 """
 
 from __future__ import annotations
@@ -491,7 +496,7 @@ def sync(repo, name: str | None = None, *, remote: str | None = None, watch: boo
         check_channel_name(channel)
     remote_cfg, objects, manifests = _open(repo, remote)
     if name not in (None, "all"):
-        check_model_name(name)
+        name = _named(repo, name)
     seen: dict[str, object] = {}
     results: list[PullResult] = []
     done = 0
@@ -561,8 +566,15 @@ def pull(repo, name: str, selector: str | None = None, *, remote: str | None = N
                     continue
             results.append(_pull_model(repo, model, None, remote_cfg.name, objects, manifests, channel))
         return results
-    check_model_name(name)
-    return [_pull_model(repo, name, selector, remote_cfg.name, objects, manifests, channel)]
+    return [_pull_model(repo, _named(repo, name), selector, remote_cfg.name, objects, manifests, channel)]
+
+
+def _named(repo, name: str) -> str:
+    """A local alias names the same model on the remote; any other name is taken as it is."""
+    try:
+        return repo.model(name)
+    except NotFoundError:
+        return check_model_name(name)
 
 
 def _pull_targets(rm, model, selector, channel, remote_name, select) -> tuple[dict, list]:
