@@ -596,7 +596,7 @@ def _pull_targets(rm, model, selector, channel, remote_name, select) -> tuple[di
 
 
 def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channel=None) -> PullResult:
-    from .defaults import LINK
+    from contextlib import ExitStack
 
     snap = rmanifests.snapshot(model)
     if snap is None:
@@ -607,25 +607,27 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
         if target.broken:
             raise CorruptionError(f"version {target.version} of '{model}' on remote '{remote_name}' is marked broken")
     local = repo.manifests.read(model)
-    if local is None:
-        repo.check_link_free(model, "current", repo.layout.default_link(model))
-    else:
+    if local is not None:
         for target in targets:
             clash = local.find(target.version)
             if clash is not None and identity(clash) != identity(target) \
                     and not any(identity(v) == identity(target) for v in local.versions):
                 raise InvalidInputError(f"this store's version {target.version} of '{model}' is other content than "
                                         f"the remote's; push first (the remote renumbers it)")
-    for pointer in moves:
-        if pointer != "current" and (local is None or pointer not in local.channels):
-            repo.check_link_free(model, pointer, LINK.format(model=model, channel=pointer))
     settings = _settings_to_adopt(repo, model, local, rm, seen_markers(local, remote_name))
+    claims = _check_claims(repo, model, local, moves, settings)  # before a byte is fetched
     received = [0, 0]
     with repo.objects.staging() as staging:
         for target in targets:
-            _fetch(repo, robjects, staging, target.tree, received)
+            _fetch(repo, robjects, staging, target.tree, received)  # no lock held: the long part
         outcome = {}
-        with repo.writing():
+        with ExitStack() as held:
+            if claims:
+                # New links or aliases are claims across models, as in 'model add': checked again
+                # under the claims lock, taken before the store barrier.
+                held.enter_context(repo.claims())
+                _check_claims(repo, model, repo.manifests.read(model), moves, settings)
+            held.enter_context(repo.writing())
             staging.install()
             for target in targets:
                 repo.materialize(target.tree)
@@ -636,24 +638,42 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
                       outcome["changed"], outcome["channels"], outcome["settings"])
 
 
+def _check_claims(repo, model, local, moves: dict, settings) -> bool:
+    """Check the links and aliases this pull would claim (a new model's link, a new channel's,
+    the remote's aliases); whether there are any."""
+    from .defaults import LINK
+
+    claims = False
+    if local is None:
+        repo.check_link_free(model, "current", repo.layout.default_link(model))
+        claims = True
+    for pointer in moves:
+        if pointer != "current" and (local is None or pointer not in local.channels):
+            repo.check_link_free(model, pointer, LINK.format(model=model, channel=pointer))
+            claims = True
+    if settings is not None and (local is None or sorted(local.config.aliases) != settings[0]):
+        for alias in settings[0]:
+            try:
+                owner = repo.model(alias)
+            except NotFoundError:
+                continue
+            if owner != model:
+                raise InvalidInputError(f"the remote's alias '{alias}' of '{model}' is '{owner}' in this store; "
+                                        f"change one of them ('gaia-cas model set')")
+        claims = True
+    return claims
+
+
 def _settings_to_adopt(repo, model, local, rm, seen: Markers):
     """The remote's (aliases, metadata) when a pull takes them -- the remote changed them since
     this store last saw them, or the model is new here -- else None. The remote's latest
-    settings win; an alias another local model owns is refused before anything is written."""
+    settings win (an alias another local model owns is refused: :func:`_check_claims`)."""
     theirs = settings_of(rm)
     if local is not None and (settings_of(local) == theirs or
                               (seen.settings is not None and seen.settings >= settings_marker(rm))):
         return None
     if local is None and theirs == ([], {}):
         return None
-    for alias in theirs[0]:
-        try:
-            owner = repo.model(alias)
-        except NotFoundError:
-            continue
-        if owner != model:
-            raise InvalidInputError(f"the remote's alias '{alias}' of '{model}' is '{owner}' in this store; "
-                                    f"change one of them ('gaia-cas model set')")
     return theirs
 
 

@@ -135,3 +135,16 @@ def test_sync_channel_follows_one_channel(cli, root, origin, tmp_path):
     assert "up to date" not in cli("sync", "--channel", "staging", root_dir=host).out
     assert Repository(host).manifest("ssd").channels["staging"]["version"] == "1.1.0"
     assert cli("sync", "--channel", "staging", root_dir=host).out.strip() == "up to date"
+
+
+def test_pull_all_with_a_channel_pulls_the_models_that_have_it(cli, root, origin, tmp_path):
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1))
+    cli("deploy", "yolo", make_savedmodel(tmp_path / "y", variant=7))
+    cli("promote", "ssd", "1.0.0", "--to", "canary")
+    assert cli("push", "all").code == 0
+    host = _store(cli, tmp_path, origin, "host")
+    doc = cli("pull", "all", "--channel", "canary", "--json", root_dir=host).json()["pulled"]
+    assert [(r["model"], r["channels_moved"]) for r in doc] == [("ssd", {"canary": "1.0.0"})]
+    assert Repository(host).models() == ["ssd"]
+    assert Repository(host).manifest("ssd").current is None  # only the channel was asked for
+    assert_one_line_error(cli("pull", "ssd", "--channel", "Bad/Name", root_dir=host), "invalid channel name")

@@ -146,3 +146,26 @@ def test_a_refused_deploy_remote_changes_nothing_anywhere(cli, root, origin, tmp
     assert {k: v for k, v in snapshot(root).items() if not k.startswith("logs")} == \
         {k: v for k, v in before.items() if not k.startswith("logs")}
     assert manifests.snapshot("ssd").token == token
+
+
+def test_when_the_remote_part_fails_the_version_stays_here_and_a_push_sends_it(cli, root, origin, tmp_path,
+                                                                               monkeypatch):
+    from gaia_cas.s3 import RemoteError
+
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1), "--remote", "origin")
+    real = S3ManifestStore.compare_and_swap
+
+    def refused(self, model, token, manifest):
+        raise RemoteError("remote 'origin': service unavailable (503)")
+
+    monkeypatch.setattr(S3ManifestStore, "compare_and_swap", refused)
+    run = cli("deploy", "ssd", make_savedmodel(tmp_path / "b", variant=2), "--remote", "origin")
+    assert_one_line_error(run, "service unavailable", "ssd 1.1.0 is deployed here but not on remote 'origin'",
+                          "gaia-cas push ssd")
+    assert Repository(root).manifest("ssd").current == "1.1.0"
+    assert _remote(root).version_numbers() == ["1.0.0"]
+    monkeypatch.setattr(S3ManifestStore, "compare_and_swap", real)
+    doc = cli("push", "--json").json()["pushed"][0]
+    assert doc["versions_sent"] == 1 and doc["current_moved"] and doc["error"] is None
+    assert _remote(root).current == "1.1.0"
+    _agrees(root, _remote(root))
