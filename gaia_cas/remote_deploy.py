@@ -84,8 +84,14 @@ def deploy_remote(ctx, name: str, path=None, *, remote: str | None = None, bump_
     local = ctx.manifests.read(model)
     number = explicit or next_free(_highest(rm, local), _taken(rm, local), bump_kind)
     if dry_run:
+        unchanged = False
+        if probe.unchanged:  # identical to the local current: that version, under the remote's number if it has it
+            current = local.current_version()
+            number = next((v.version for v in (rm.versions if rm else ()) if identity(v) == identity(current)),
+                          current.version if rm is None or current.version not in rm.assigned() else number)
+            unchanged = rm is not None and rm.current == number
         return RemoteDeployResult(probe._replace(version=number), remote_cfg.name, number,
-                                  rm.current if rm else None, 0, 0, None, False)
+                                  rm.current if rm else None, 0, 0, None, unchanged)
     result = deploy(ctx, model, path, bump_kind=bump_kind, version=number, force=force, **options)
     local = ctx.manifest(model)
     mine = local.find(result.version)

@@ -68,6 +68,8 @@ def test_deploy_remote_numbers_on_the_remote_and_records_the_same_version_here(c
     stored = (root / "manifests" / "ssd.msgpack").read_bytes()
     again = cli("deploy", "ssd", tmp_path / "a", "--remote", "origin", "--json").json()
     assert again["unchanged"] and again["version"] == "1.0.0" and again["objects_sent"] == 0
+    dry = cli("deploy", "ssd", tmp_path / "a", "--remote", "origin", "--dry-run", "--json").json()
+    assert (dry["version"], dry["unchanged"], dry["dry_run"]) == ("1.0.0", True, True)
     assert manifests.snapshot("ssd").token == token
     assert (root / "manifests" / "ssd.msgpack").read_bytes() == stored
     text = cli("deploy", "ssd", make_savedmodel(tmp_path / "b", variant=2), "--remote", "origin")
