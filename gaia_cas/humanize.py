@@ -32,15 +32,13 @@ def size(n: int) -> str:
         return "-" + size(-n)
     if n < 1024:
         return f"{n} B"
-    value = float(n)
-    for unit in _UNITS:
-        value /= 1024
-        if value < 10:
-            tenths = -(-int(value * 10 * 1000) // 1000)  # ceil without float noise at exact values
-            if tenths < 100:
-                return f"{tenths / 10:.1f} {unit}"
-            value = 10.0
-        whole = -(-int(value * 1000) // 1000)
+    power = 1
+    for unit in _UNITS:  # integer arithmetic: exact at every boundary
+        power *= 1024
+        tenths = -(-n * 10 // power)
+        if tenths < 100:
+            return f"{tenths // 10}.{tenths % 10} {unit}"
+        whole = -(-n // power)
         if whole < 1024 or unit == _UNITS[-1]:
             return f"{whole} {unit}"
     return f"{n} B"  # not reached
