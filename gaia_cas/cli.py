@@ -11,7 +11,6 @@ import os
 import sys
 
 from .errors import GaiaCasError, Terminated
-from . import humanize
 from .parser import PROG, build_parser, command_in, json_errors, wanted_json
 
 
@@ -92,6 +91,18 @@ def error_kind(exc: BaseException) -> str:
         return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
     return "os" if isinstance(exc, OSError) else "internal"
 
+
+class _Humanize:
+    """gaia_cas.humanize, imported when text is first formatted: an unchanged redeploy's one
+    line and every --json document need none of it."""
+
+    def __getattr__(self, name):
+        from . import humanize as module
+
+        return getattr(module, name)
+
+
+humanize = _Humanize()
 
 _REPOS: list = []  # repositories opened by this command, to report a log that could not be written
 

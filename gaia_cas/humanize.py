@@ -125,7 +125,12 @@ def page(text: str, enabled: bool = True) -> None:
     if command is None or not on_terminal:
         print(text)
         return
+    import shutil
     import subprocess
+
+    if command == "less" and shutil.which("less") is None:
+        print(text)  # the default pager is not installed: as if there were none
+        return
 
     env = dict(os.environ)
     env.setdefault("LESS", "FRX")
