@@ -112,7 +112,7 @@ def remove_model(ctx, name: str, *, force: bool = False, reason: str | None = No
         keeps = _keeps(manifest)
         if keeps and not force:
             raise InvalidInputError(f"model '{model}' still has {'; '.join(keeps)}: 'gaia-cas model remove {model} "
-                                    "--force' removes it anyway (its links too), or move those first")
+                                    "--force' removes it all the same, its links with it")
         versions = [(v.version, v.tree) for v in manifest.versions]
         dropped = []
         with held_back():  # links, then the manifest: a stop request waits for both
