@@ -217,14 +217,19 @@ def _refuse_rolled_back(ctx, request: DeployRequest, manifest: Manifest | None, 
 
 
 def _refuse_near_miss(ctx, model: str) -> None:
-    """``deploy sdd PATH`` where ``ssd`` exists is a typo far more often than a new model."""
+    """``deploy sdd PATH`` where ``ssd`` exists is a typo far more often than a new model: a
+    name difflib finds close (ratio 0.6 or more) to a model's name or alias is refused. A name
+    that only extends one (``catboost-copy``, ``cat2``) or differs from it only in digits
+    (``ssd-v2`` beside ``ssd-v1``) is a deliberate variant, not a typo."""
     import difflib
 
-    names = {}
+    names = []
     for other in ctx.models():
-        names[other] = other
-        names.update((alias, other) for alias in ctx.manifest(other).config.aliases)
-    close = difflib.get_close_matches(model, list(names), n=1)
+        names += [other, *ctx.manifest(other).config.aliases]
+    digits = str.maketrans("", "", "0123456789")
+    candidates = [n for n in names if not (model.startswith(n) or model.endswith(n)
+                                           or model.translate(digits) == n.translate(digits))]
+    close = difflib.get_close_matches(model, candidates, n=1)
     if close:
         raise NotFoundError(
             f"no model '{model}': did you mean {close[0]}? (a new model: 'gaia-cas model add {model}' first, "

@@ -14,7 +14,7 @@ from gaia_cas.errors import InvalidInputError, ModelNotFoundError, NotFoundError
 
 @pytest.fixture
 def ssd(repo, tmp_path):
-    repo.add_model("ssd", aliases=["dl"])
+    repo.add_model("ssd", aliases=["dl", "detector"])
     repo.deploy("ssd", make_savedmodel(tmp_path / "v0"))
     return repo
 
@@ -31,8 +31,8 @@ def test_a_near_miss_of_a_model_name_is_refused_with_the_name_meant(ssd, cli, ro
 
 
 def test_a_near_miss_of_an_alias_names_the_alias(ssd, cli, tmp_path):
-    run = cli("deploy", "dll", make_savedmodel(tmp_path / "v1", variant=1))
-    assert_one_line_error(run, "did you mean dl?")
+    run = cli("deploy", "detectro", make_savedmodel(tmp_path / "v1", variant=1))
+    assert_one_line_error(run, "did you mean detector?")
 
 
 def test_new_or_model_add_makes_the_close_name_a_model(ssd, cli, tmp_path):
@@ -47,10 +47,14 @@ def test_new_or_model_add_makes_the_close_name_a_model(ssd, cli, tmp_path):
     assert ssd.deploy("sd", src, new=True).version == "1.0.0"
 
 
-def test_a_name_unlike_any_model_is_still_created_by_deploy(ssd, cli, tmp_path):
+def test_a_name_unlike_any_model_or_a_deliberate_variant_is_still_created_by_deploy(ssd, cli, tmp_path):
     run = cli("deploy", "catboost", make_joblib(tmp_path / "m.joblib"))
     assert run.code == 0, run.err
-    assert "catboost" in ssd.models()
+    for variant in ("ssd2", "ssd-copy", "catboost-v1", "catboost-v2", "old-ssd"):  # extends a name, or digits
+        assert cli("deploy", variant, make_joblib(tmp_path / f"{variant}.joblib", variant=3)).code == 0, variant
+    assert {"catboost", "ssd2", "ssd-copy", "catboost-v2", "old-ssd"} <= set(ssd.models())
+    assert_one_line_error(cli("deploy", "sd", tmp_path / "m.joblib"), "did you mean ssd?")  # a letter lost
+    assert_one_line_error(cli("deploy", "catbost", tmp_path / "m.joblib"), "did you mean catboost?")
 
 
 # -- a folder one level too high -------------------------------------------------------------

@@ -318,7 +318,7 @@ def test_list_of_a_remote_model_shows_the_remote_manifest(cli, root, url, endpoi
     cli("deploy", "ssd", make_savedmodel(tmp_path / "b", variant=2))  # not pushed
     doc = cli("list", "ssd", "--remote", "origin", "--json").json()
     assert doc["current"] == "1.0.0" and [v["version"] for v in doc["versions"]] == ["1.0.0"]
-    assert "current 1.0.0, 1 versions" in cli("list", "ssd", "--remote", "origin").out
+    assert "current 1.0.0, 1 version\n" in cli("list", "ssd", "--remote", "origin").out
     assert_one_line_error(cli("list", "nothere", "--remote", "origin"), "unknown model 'nothere'")
     assert_one_line_error(cli("list", "--remote", "origin"), "give MODEL")
 
