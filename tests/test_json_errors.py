@@ -118,3 +118,27 @@ def test_every_error_family_has_a_kind():
     assert error_kind(errors.RootNotFoundError("x")) == "root_not_found"
     assert error_kind(PermissionError(13, "denied")) == "os"
     assert error_kind(ZeroDivisionError()) == "internal"
+
+
+def test_a_signal_under_json_is_a_terminated_error(deployed, root, no_hang):
+    """SIGTERM to a command that runs until stopped: exit 128 + 15, and the JSON says so."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import LAUNCHER
+
+    proc = subprocess.Popen([sys.executable, str(LAUNCHER), "--root", str(root), "--json", "logs", "-n", "1",
+                             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+    try:
+        first = proc.stdout.readline()  # the backlog's line: it is following now
+        assert "deployed m 1.0.0" in json.loads(first)["line"]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert json.loads(out) == {"error": {"message": "terminated by SIGTERM", "kind": "terminated"}}
+    assert err.strip() == "gaia-cas: terminated by SIGTERM"
