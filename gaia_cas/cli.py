@@ -451,12 +451,15 @@ def cmd_cleanup(args, default_root):
     return _report_failures([(f"cleanup of {p.model}", p.error) for p in plans if p.error])
 
 
-_GC_KINDS = {"object": "objects", "tree": "materialized trees", "tmp": "temp entries", "log": "log files",
-             "manifest-tmp": "manifest temp files", "store-tmp": "store temp files", "link-tmp": "link temp files"}
+_GC_KINDS = {"object": ("object", "objects"), "tree": ("materialized tree", "materialized trees"),
+             "tmp": ("temp entry", "temp entries"), "log": ("log file", "log files"),
+             "manifest-tmp": ("manifest temp file", "manifest temp files"),
+             "store-tmp": ("store temp file", "store temp files"), "link-tmp": ("link temp file", "link temp files")}
 
 
 def _counted(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {_GC_KINDS.get(kind, kind)}" for kind, n in sorted(counts.items())) or "nothing"
+    return ", ".join(humanize.plural(n, *_GC_KINDS.get(kind, (kind, kind)))
+                     for kind, n in sorted(counts.items())) or "nothing"
 
 
 def _report_failures(failures: list[tuple[str, str]]) -> int:
@@ -486,7 +489,8 @@ def cmd_gc(args, default_root):
                "young_unreferenced": plan.young_unreferenced}
         deleted = _counted(result.deleted)
         text = f"deleted {deleted}, freed {_size(result.bytes_freed)}"
-    text += (f"\n{plan.reachable_objects} objects in use; {plan.young_unreferenced} unreferenced objects "
+    text += (f"\n{humanize.plural(plan.reachable_objects, 'object')} in use; "
+             f"{humanize.plural(plan.young_unreferenced, 'unreferenced object')} "
              f"are younger than the grace period ({args.grace}) and stay")
     _emit(args, doc, text)
 
@@ -498,9 +502,9 @@ def cmd_verify(args, default_root):
     else:
         report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason)
     scope = f" ({args.sample:g}% sample)" if args.sample else ""
-    lines = [f"checked {report.checked_objects} objects{scope}, {report.checked_trees} trees, "
-             f"{report.checked_links} links: "
-             + ("no problems" if not report.problems else f"{len(report.problems)} problem(s)")]
+    lines = [f"checked {humanize.plural(report.checked_objects, 'object')}{scope}, "
+             f"{humanize.plural(report.checked_trees, 'tree')}, {humanize.plural(report.checked_links, 'link')}: "
+             + ("no problems" if not report.problems else humanize.plural(len(report.problems), "problem"))]
     lines += [f"  {shown(p)}" for p in report.problems]
     if report.broken_versions:
         lines.append(f"broken versions (never served): {', '.join(report.broken_versions)}")
@@ -563,7 +567,7 @@ def cmd_import_legacy(args, default_root):
     saved = sum(p.logical_bytes - p.new_bytes for p in plans) if not args.dry_run else None
     for p in plans:
         verb = "would import" if args.dry_run else "imported"
-        lines.append(f"{p.folder} -> {p.model}: {verb} {len(p.versions)} versions, current {p.current or '-'}")
+        lines.append(f"{p.folder} -> {p.model}: {verb} {humanize.plural(len(p.versions), 'version')}, current {p.current or '-'}")
         lines += [f"  {v.label} -> {v.assigned}" + (f"  ({'; '.join(v.notes)})" if v.notes else "")
                   for v in p.versions]
         lines += [f"  skipped {label}: {why}" for label, why in p.skipped]
@@ -753,9 +757,10 @@ def cmd_gc_remote(args, default_root):
 
     grace = DEFAULT_GRACE if getattr(args.grace, "is_default", False) else parse_age(args.grace)
     plan = gc_remote(_repo(args, default_root), args.remote, grace=grace, dry_run=args.dry_run)
-    what = f"{len(plan.doomed)} objects, {_size(plan.bytes)}"
+    what = f"{humanize.plural(len(plan.doomed), 'object')}, {_size(plan.bytes)}"
     text = (f"would delete {what} on {plan.remote}" if plan.dry_run else f"deleted {plan.deleted} of {what} on "
-            f"{plan.remote}") + (f"\n{plan.reachable} objects in use; {plan.young_unreferenced} unreferenced objects "
+            f"{plan.remote}") + (f"\n{humanize.plural(plan.reachable, 'object')} in use; "
+                                 f"{humanize.plural(plan.young_unreferenced, 'unreferenced object')} "
                                  f"are younger than the grace period and stay")
     _emit(args, plan.to_json(), text)
 
@@ -789,7 +794,8 @@ def cmd_push(args, default_root):
     results = push(repo, args.model, remote=args.remote)
     lines = []
     for r in results:
-        line = (f"{r.model}: {r.versions_sent} versions, {r.objects_sent} objects, {_size(r.bytes_sent)} sent; "
+        line = (f"{r.model}: {humanize.plural(r.versions_sent, 'version')}, "
+                f"{humanize.plural(r.objects_sent, 'object')}, {_size(r.bytes_sent)} sent; "
                 f"remote current {r.current or '-'}" + (" (moved)" if r.current_moved else ""))
         for old, new in r.renumbered.items():
             line += f"\n  {old} was taken on the remote by other content: it is {new} there and here now"
@@ -804,7 +810,7 @@ def cmd_pull(args, default_root):
 
     repo = _repo(args, default_root)
     results = pull(repo, args.model, args.version, remote=args.remote)
-    lines = [f"{r.model}: {r.version} ({r.objects_received} objects, {_size(r.bytes_received)} received); "
+    lines = [f"{r.model}: {r.version} ({humanize.plural(r.objects_received, 'object')}, {_size(r.bytes_received)} received); "
              + (f"current {r.previous or '-'} -> {r.current}" if r.previous != r.current else f"current {r.current or '-'}")
              + ("" if r.changed else " (nothing changed)") for r in results]
     _emit(args, {"pulled": [r.to_json() for r in results]}, "\n".join(lines) or "the remote holds no models")
