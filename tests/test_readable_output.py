@@ -313,3 +313,13 @@ def test_without_pager_set_less_runs_with_frx(three, root, tmp_path):
     assert text.startswith("LESS=FRX ") and "m: current 1.2.0" in text
     code, _ = _in_pty(["--root", root, "list", "m"], {"PATH": path, "NO_COLOR": "1", "LESS": "S"})
     assert (tmp_path / "less.txt").read_text().startswith("LESS=S ")
+
+
+def test_counts_of_one_are_singular_in_verify_and_gc(repo, tmp_path, cli):
+    one = tmp_path / "one.bin"
+    one.write_bytes(b"only file")
+    repo.deploy("solo", one)
+    assert cli("verify").out.splitlines()[0] == "checked 1 object, 1 tree, 1 link: no problems"
+    assert cli("gc", "--dry-run", "--grace", "0s").out.splitlines() == [
+        "would delete nothing, freeing 0 B",
+        "2 objects in use; 0 unreferenced objects are younger than the grace period (0s) and stay"]
