@@ -376,7 +376,7 @@ def test_verify_remote_reports_a_corrupt_or_missing_object_and_changes_nothing(c
     assert problems[bad]["kind"] == "corrupt-object" and problems[gone]["kind"] == "missing-object"
     assert problems[bad]["versions"] == ["ssd 1.0.0"]
     text = cli("verify", "ssd", "--remote", "origin")
-    assert text.code == 1 and bad in text.out and "2 problem(s)" in text.out
+    assert text.code == 1 and bad in text.out and ": 2 problems" in text.out
     assert raw.get_object(Bucket=s3_server.bucket, Key=f"{prefix}/objects/{bad[:2]}/{bad[2:]}")["Body"].read() == b"bad"
     assert_one_line_error(cli("verify", "--remote", "origin", "--repair"), "local store only")
 
