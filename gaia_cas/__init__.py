@@ -1,7 +1,14 @@
 """gaia-cas: versioned ML model deployment on a content-addressed store.
 
 The package root stays light (the CLI imports it on every start); the library API is reached
-through the names below, each imported on first use.
+through the names below, each imported on first use -- and listed by ``dir(gaia_cas)``, so
+completion in a shell or an editor offers them before they are loaded::
+
+    import gaia_cas
+
+    active = gaia_cas.resolve("ssd")               # what a server loads: path, version, hash
+    pinned = gaia_cas.resolve("ssd", version="1.4")
+    repo = gaia_cas.Repository.open("/srv/models")  # everything the CLI does
 """
 
 from .errors import GaiaCasError
@@ -10,18 +17,18 @@ __version__ = "0.1.0"
 
 __all__ = ["GaiaCasError", "ModelHandle", "Repository", "Resolved", "resolve"]
 
+_LAZY = {"Repository": "repo", "ModelHandle": "handle", "resolve": "reader", "Resolved": "reader"}
+
 
 def __getattr__(name):
-    if name == "Repository":
-        from .repo import Repository
+    if name in _LAZY:
+        from importlib import import_module
 
-        return Repository
-    if name == "ModelHandle":
-        from .handle import ModelHandle
-
-        return ModelHandle
-    if name in ("resolve", "Resolved"):
-        from . import reader
-
-        return getattr(reader, name)
+        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # found directly from now on
+        return value
     raise AttributeError(f"module 'gaia_cas' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

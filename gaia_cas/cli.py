@@ -11,7 +11,7 @@ import os
 import sys
 
 from .errors import GaiaCasError, Terminated
-from .parser import PROG, build_parser, command_in
+from .parser import PROG, build_parser, command_in, json_errors, wanted_json
 
 
 def run(argv: list[str] | None = None, default_root: str | None = None):
@@ -32,11 +32,12 @@ def run(argv: list[str] | None = None, default_root: str | None = None):
 
 def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    json_errors(wanted_json(argv))  # a rejected command line under --json is a JSON error too
     parser = build_parser(only=command_in(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required (see '{PROG} --help')", file=sys.stderr)
+        _fail(args, "usage", f"a command is required (see '{PROG} --help')")
         return 2
     _REPOS.clear()  # main() can run many times in one process (tests, embedding)
     from .interrupts import stop_on_signals
@@ -48,10 +49,10 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
         return code
     except Terminated as exc:
         after = "; the change under way was committed first (see 'gaia-cas history')" if exc.committed else ""
-        print(f"{PROG}: terminated by {exc.name}{after}", file=sys.stderr)
+        _fail(args, "terminated", f"terminated by {exc.name}{after}", prefix=f"{PROG}: ")
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        _fail(args, "interrupted", "interrupted", prefix=f"{PROG}: ")
         return 130
     except BrokenPipeError:
         # The reader of our output went away (e.g. `| head`): not an error worth a message.
@@ -64,12 +65,44 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
             traceback.print_exc()
         # One line, whatever the message carries: names may be undecodable, library texts multi-line.
         message = " ".join(_describe(exc).encode("utf-8", "backslashreplace").decode("utf-8").split())
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        _fail(args, error_kind(exc), message)
         return 1
     finally:
         restore_signals()
 
 
+
+def _fail(args, kind: str, message: str, prefix: str = f"{PROG}: error: ") -> None:
+    """The one line on stderr; under --json also ``{"error": {"message", "kind"}}`` on stdout,
+    so a script reading stdout sees the failure without parsing stderr."""
+    if getattr(args, "json", False):
+        print(_dumps({"error": {"message": message, "kind": kind}}, indent=2), flush=True)
+    print(f"{prefix}{message}", file=sys.stderr)
+
+
+def error_kind(exc: BaseException) -> str:
+    """What kind of failure ``exc`` is, for scripts: the family of gaia-cas errors it belongs
+    to -- the class just below :class:`GaiaCasError` in its ancestry, in snake case
+    (``not_found``, ``invalid_input``, ``lock_timeout``, ``corruption``, ``store``, ``source``,
+    ``root_not_found``) -- else ``os`` for an operating-system error, else ``internal``."""
+    if isinstance(exc, GaiaCasError):
+        family = next(c for c in reversed(type(exc).__mro__) if issubclass(c, GaiaCasError) and c is not GaiaCasError)
+        name = family.__name__.removesuffix("Error")
+        return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
+    return "os" if isinstance(exc, OSError) else "internal"
+
+
+class _Humanize:
+    """gaia_cas.humanize, imported when text is first formatted: an unchanged redeploy's one
+    line and every --json document need none of it."""
+
+    def __getattr__(self, name):
+        from . import humanize as module
+
+        return getattr(module, name)
+
+
+humanize = _Humanize()
 
 _REPOS: list = []  # repositories opened by this command, to report a log that could not be written
 
@@ -94,9 +127,10 @@ def _describe(exc: Exception) -> str:
 # -- helpers ---------------------------------------------------------------------------------
 
 def _repo(args, default_root):
+    from .layout import find_root  # its error speaks of --root (Repository.open's, to Python, of root=)
     from .repo import Repository
 
-    repo = Repository.open(args.root, default_root=default_root, lock_timeout=args.lock_timeout)
+    repo = Repository(find_root(args.root, default_root), lock_timeout=args.lock_timeout)
     _REPOS.append(repo)
     return repo
 
@@ -107,9 +141,13 @@ def _dumps(value, **options) -> str:
     return json.dumps(value, **options)
 
 
-def _emit(args, document, text: str) -> None:
+def _emit(args, document, text: str, paged: bool = False) -> None:
+    """Print the JSON document (--json) or the text; a long listing (``paged``) through the
+    pager when stdout is a terminal (see :mod:`gaia_cas.humanize`)."""
     if args.json:
         print(_dumps(document, indent=2, sort_keys=False))
+    elif text and paged:
+        humanize.page(text, enabled=not getattr(args, "no_pager", False))
     elif text:
         print(text)
 
@@ -149,17 +187,16 @@ def shown(text) -> str:
     return "".join(out)
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1048576:.2f} MB"
+def _size(n: int) -> str:
+    return humanize.size(n)
 
 
 def _files(n: int) -> str:
-    return f"{n} file" if n == 1 else f"{n} files"
+    return humanize.plural(n, "file")
 
 
-def _table(rows: list[list[str]], indent: str = "") -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+def _table(rows: list[list[str]], indent: str = "", **options) -> str:
+    return humanize.table(rows, indent, **options)
 
 
 def _version_json(manifest, version) -> dict:
@@ -186,6 +223,8 @@ def cmd_init(args, default_root):
 
 def cmd_model(args, default_root):
     repo = _repo(args, default_root)
+    if args.model_command == "remove":
+        return cmd_remove(args, default_root, repo)
     if args.model_command == "show":
         model = repo.model(args.name)
         config = repo.manifest(model).config
@@ -217,13 +256,13 @@ def _deploy_text(result) -> str:
         if result.unchanged:
             return f"{result.model}: unchanged (identical to current version {result.version}); nothing would be deployed"
         return (f"{result.model}: would deploy {result.version} ({_files(result.file_count)}, "
-                f"{_mb(result.size_bytes)}, {result.format}, hash {result.hash}); nothing written (dry run)")
+                f"{_size(result.size_bytes)}, {result.format}, hash {result.hash}); nothing written (dry run)")
     if result.unchanged:
         text = (f"{result.model}: unchanged (identical to current version {result.version}, hash {result.hash[:12]}); "
                 "nothing deployed (--force deploys it anyway)")
     else:
-        text = (f"deployed {result.model} {result.version}  hash {result.hash[:12]}  {result.file_count} files  "
-                f"{_mb(result.size_bytes)}  {result.format}  {result.new_objects} new objects\n"
+        text = (f"deployed {result.model} {result.version}  hash {result.hash[:12]}  {_files(result.file_count)}  "
+                f"{_size(result.size_bytes)}  {result.format}  {humanize.plural(result.new_objects, 'new object')}\n"
                 f"  current: {result.previous or '-'} -> {result.version}")
     if result.consumed is not None:
         c = result.consumed
@@ -243,6 +282,8 @@ def cmd_deploy(args, default_root):
     repo = _repo(args, default_root)
     options = dict(bump_kind=args.bump, version=args.set_version, reason=args.reason,
                    metadata=parse_meta(args.meta), force=args.force, dry_run=args.dry_run, consume=args.consume)
+    if getattr(args, "new", False):
+        options["new"] = True
     if args.model in ("all", "both"):
         if args.path is not None:
             from .errors import InvalidInputError
@@ -259,36 +300,69 @@ def cmd_deploy(args, default_root):
     _emit(args, result.to_json(), _deploy_text(result))
 
 
-def _list_one(repo, model, as_json: bool) -> tuple[dict | None, str]:
-    """The JSON document or the text of one model's versions -- only the one that is printed."""
+def _list_one(repo, model, as_json: bool, newest: int | None = None, colour: bool = False) -> tuple[dict | None, str]:
+    """The JSON document or the text of one model's versions -- only the one that is printed;
+    ``newest``: only that many, newest first."""
     manifest = repo.manifest(model)
-    versions = manifest.versions[::-1]  # newest first
+    every = manifest.versions
+    versions = every[::-1] if newest is None else every[::-1][:newest]
     if as_json:
         return {"model": manifest.model, "current": manifest.current,
                 "versions": [_version_json(manifest, v) for v in versions]}, ""
     aliases = f" (alias {', '.join(manifest.config.aliases)})" if manifest.config.aliases else ""
-    head = f"{manifest.model}{aliases}: current {manifest.current or '-'}, {len(versions)} versions"
+    shown_count = f" (newest {len(versions)} shown)" if len(versions) < len(every) else ""
+    head = (f"{manifest.model}{aliases}: current {manifest.current or '-'}, "
+            f"{humanize.plural(len(every), 'version')}{shown_count}")
     if not versions:
-        return None, head
-    rows = [["", "VERSION", "DEPLOYED", "HASH", "SIZE", "FORMAT", "REASON"]]
-    rows += [[("*" if v.version == manifest.current else "") + ("!" if v.broken else ""), v.version,
-              shown(v.created_at[:19].replace("T", " ")), v.tree[:12], _mb(v.size_bytes), shown(v.format),
-              shown((v.reason or "")[:40])]
-             for v in versions]
-    return None, head + "\n" + _table(rows, "  ")
+        return None, humanize.paint(head, "bold", colour)
+    legacy = _legacy_reasons(manifest, versions)
+    rows = [["", "VERSION", "ID", "DEPLOYED", "HASH", "SIZE", "FORMAT", "REASON"]]
+    styles = {0: "bold"}
+    for v in versions:
+        if v.broken:
+            styles[len(rows)] = "red"
+        elif v.version == manifest.current:
+            styles[len(rows)] = "green"
+        reason = legacy.get(v.version, v.reason) or ""
+        reason = reason if len(reason) <= 40 else reason[:39] + "\u2026"
+        rows.append([("*" if v.version == manifest.current else "") + ("!" if v.broken else "")
+                     + ("p" if v.pinned else ""), v.version, _deployment_label(v), humanize.when(v.created_at),
+                     v.tree[:12], _size(v.size_bytes), shown(v.format), shown(reason)])
+    return None, humanize.paint(head, "bold", colour) + "\n" + _table(rows, "  ", right=(5,), styles=styles,
+                                                                     colour=colour)
+
+
+def _deployment_label(version) -> str:
+    """``v1.3_20250716_132518``: the old layout's folder name, which names the version as a
+    selector (the patch left out when it is 0, as the old layout wrote it)."""
+    number = version.version[:-2] if version.version.endswith(".0") and version.version.count(".") == 2 \
+        else version.version
+    return shown(f"v{number}_{version.deployment_id}")
+
+
+def _legacy_reasons(manifest, versions) -> dict[str, str]:
+    """For versions imported from the old layout: the ``deployment_reason`` its metadata.json
+    gave, which says more than "imported from the legacy layout". The history is read only when
+    some version carries one."""
+    if not any(isinstance(v.metadata.get("deployment_reason"), str) for v in versions):
+        return {}
+    imported = {e.version for e in manifest.history if e.action == "import" and e.version}
+    return {v.version: v.metadata["deployment_reason"] for v in versions
+            if v.version in imported and isinstance(v.metadata.get("deployment_reason"), str)}
 
 
 def cmd_list(args, default_root):
     if getattr(args, "remote", None) is not None:
         return cmd_list_remote(args, default_root)
     repo = _repo(args, default_root)
+    newest, colour = getattr(args, "number", None), humanize.colour_for()
     if args.model:
-        doc, text = _list_one(repo, args.model, args.json)
-        _emit(args, doc, text)
+        doc, text = _list_one(repo, args.model, args.json, newest, colour)
+        _emit(args, doc, text, paged=True)
         return
-    parts = [_list_one(repo, m, args.json) for m in repo.models()]
+    parts = [_list_one(repo, m, args.json, newest, colour) for m in repo.models()]
     text = "\n\n".join(t for _, t in parts) or "no models yet: deploy one with 'gaia-cas deploy MODEL PATH'"
-    _emit(args, {"models": [d for d, _ in parts]}, text)
+    _emit(args, {"models": [d for d, _ in parts]}, text, paged=True)
 
 
 def cmd_status(args, default_root):
@@ -304,22 +378,22 @@ def cmd_status(args, default_root):
     lines = []
     if models:
         rows = [["MODEL", "CURRENT", "VERSIONS", "SIZE", "ALL VERSIONS"]]
-        rows += [[m.model, m.current or "-", str(m.versions), _mb(m.size_bytes), _mb(m.logical_bytes)] for m in models]
-        lines.append(_table(rows))
+        rows += [[m.model, m.current or "-", str(m.versions), _size(m.size_bytes), _size(m.logical_bytes)] for m in models]
+        lines.append(_table(rows, right=(2, 3, 4), styles={0: "bold"}, colour=humanize.colour_for()))
     else:
         lines.append("no models yet")
     s = status.store
     if s.used_bytes is None:
-        lines.append(f"\nstore: {s.objects} objects, {_mb(s.bytes_on_disk)} on disk for {_mb(s.logical_bytes)} "
+        lines.append(f"\nstore: {humanize.plural(s.objects, 'object')}, {_size(s.bytes_on_disk)} on disk for {_size(s.logical_bytes)} "
                      "of versions; the deduplication saving and the bytes no version uses are unknown: "
                      "something cannot be read, run 'gaia-cas verify'")
     else:
         ratio = f", {s.logical_bytes / s.used_bytes:.1f}x" if s.used_bytes else ""
-        lines.append(f"\nstore: {s.objects} objects; versions use {_mb(s.used_bytes)} on disk for "
-                     f"{_mb(s.logical_bytes)} of files (deduplication saves {_mb(max(s.saved_bytes, 0))}{ratio}); "
-                     f"{_mb(s.garbage_bytes)} used by no version (gc frees it)")
+        lines.append(f"\nstore: {humanize.plural(s.objects, 'object')}; versions use {_size(s.used_bytes)} on disk for "
+                     f"{_size(s.logical_bytes)} of files (deduplication saves {_size(max(s.saved_bytes, 0))}{ratio}); "
+                     f"{_size(s.garbage_bytes)} used by no version (gc frees it)")
     if s.staging_bytes:
-        lines.append(f"       {_mb(s.staging_bytes)} in store/tmp (deploys in flight or interrupted; gc frees what "
+        lines.append(f"       {_size(s.staging_bytes)} in store/tmp (deploys in flight or interrupted; gc frees what "
                      "is left past the grace period)")
     lines.append(f"root:  {repo.root}")
     _emit(args, doc, "\n".join(lines))
@@ -329,7 +403,9 @@ def cmd_show(args, default_root):
     repo = _repo(args, default_root)
     manifest, version = repo.show(args.model, args.version)
     doc = {"model": manifest.model, **_version_json(manifest, version)}
-    rows = [[k, "" if v is None else shown(v)] for k, v in doc.items() if k != "metadata"]
+    human = {"created_at": humanize.when(version.created_at),
+             "size_bytes": f"{version.size_bytes} ({_size(version.size_bytes)})"}
+    rows = [[k, "" if v is None else shown(human.get(k, v))] for k, v in doc.items() if k not in ("metadata", "size_mb")]
     rows += [[f"metadata.{shown(k)}", _dumps(v)] for k, v in version.metadata.items()]
     _emit(args, doc, _table(rows))
 
@@ -380,12 +456,15 @@ def cmd_cleanup(args, default_root):
     return _report_failures([(f"cleanup of {p.model}", p.error) for p in plans if p.error])
 
 
-_GC_KINDS = {"object": "objects", "tree": "materialized trees", "tmp": "temp entries", "log": "log files",
-             "manifest-tmp": "manifest temp files", "store-tmp": "store temp files", "link-tmp": "link temp files"}
+_GC_KINDS = {"object": ("object", "objects"), "tree": ("materialized tree", "materialized trees"),
+             "tmp": ("temp entry", "temp entries"), "log": ("log file", "log files"),
+             "manifest-tmp": ("manifest temp file", "manifest temp files"),
+             "store-tmp": ("store temp file", "store temp files"), "link-tmp": ("link temp file", "link temp files")}
 
 
 def _counted(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {_GC_KINDS.get(kind, kind)}" for kind, n in sorted(counts.items())) or "nothing"
+    return ", ".join(humanize.plural(n, *_GC_KINDS.get(kind, (kind, kind)))
+                     for kind, n in sorted(counts.items())) or "nothing"
 
 
 def _report_failures(failures: list[tuple[str, str]]) -> int:
@@ -408,14 +487,15 @@ def cmd_gc(args, default_root):
     counts = _counted(plan.counts())
     if result is None:
         doc = {"dry_run": True, **plan.to_json()}
-        text = "\n".join([f"would delete {counts}, freeing {_mb(plan.bytes)}"]
+        text = "\n".join([f"would delete {counts}, freeing {_size(plan.bytes)}"]
                          + [f"  {d.kind:12} {shown(d.path)}" for d in plan.doomed])
     else:
         doc = {"dry_run": False, **result.to_json(), "reachable_objects": plan.reachable_objects,
                "young_unreferenced": plan.young_unreferenced}
         deleted = _counted(result.deleted)
-        text = f"deleted {deleted}, freed {_mb(result.bytes_freed)}"
-    text += (f"\n{plan.reachable_objects} objects in use; {plan.young_unreferenced} unreferenced objects "
+        text = f"deleted {deleted}, freed {_size(result.bytes_freed)}"
+    text += (f"\n{humanize.plural(plan.reachable_objects, 'object')} in use; "
+             f"{humanize.plural(plan.young_unreferenced, 'unreferenced object')} "
              f"are younger than the grace period ({args.grace}) and stay")
     _emit(args, doc, text)
 
@@ -427,9 +507,9 @@ def cmd_verify(args, default_root):
     else:
         report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason)
     scope = f" ({args.sample:g}% sample)" if args.sample else ""
-    lines = [f"checked {report.checked_objects} objects{scope}, {report.checked_trees} trees, "
-             f"{report.checked_links} links: "
-             + ("no problems" if not report.problems else f"{len(report.problems)} problem(s)")]
+    lines = [f"checked {humanize.plural(report.checked_objects, 'object')}{scope}, "
+             f"{humanize.plural(report.checked_trees, 'tree')}, {humanize.plural(report.checked_links, 'link')}: "
+             + ("no problems" if not report.problems else humanize.plural(len(report.problems), "problem"))]
     lines += [f"  {shown(p)}" for p in report.problems]
     if report.broken_versions:
         lines.append(f"broken versions (never served): {', '.join(report.broken_versions)}")
@@ -451,7 +531,7 @@ def cmd_promote(args, default_root):
 
 def cmd_history(args, default_root):
     repo = _repo(args, default_root)
-    events = repo.history(args.model)
+    events = repo.history(args.model, getattr(args, "number", None))
     doc = {"model": repo.model(args.model), "events": [
         {"generation": e.generation, "at": e.at, "action": e.action, "version": e.version, "before": e.before,
          "after": e.after, "user": e.user, "host": e.host, "reason": e.reason, "details": e.details}
@@ -460,24 +540,27 @@ def cmd_history(args, default_root):
     for e in events:
         action = e.action + (f" {e.details['channel']}" if "channel" in e.details else "")
         change = f"{e.before or '-'} -> {e.after or '-'}" if e.before != e.after else (e.version or "")
-        if e.action == "cleanup":
+        if e.action in ("cleanup", "remove"):
             change = "removed " + ", ".join(e.details.get("removed", []))
-        rows.append([str(e.generation), shown(e.at[:19].replace("T", " ")), shown(action), shown(change),
+        rows.append([str(e.generation), humanize.when(e.at), shown(action), shown(change),
                      shown(f"{e.user}@{e.host}"), shown(e.reason or "")])
-    _emit(args, doc, _table(rows) if events else "no history yet")
+    text = _table(rows, right=(0,), styles={0: "bold"}, colour=humanize.colour_for()) if events else "no history yet"
+    _emit(args, doc, text, paged=True)
 
 
 def cmd_diff(args, default_root):
     repo = _repo(args, default_root)
     d = repo.diff(args.model, args.a, args.b)
     lines = [f"{d.model} {d.a} -> {d.b}"]
-    lines += [f"  + {shown(p)}  ({s} bytes)" for p, s in d.added]
-    lines += [f"  - {shown(p)}  ({s} bytes)" for p, s in d.removed]
-    lines += [f"  ~ {shown(p)}  ({sa} -> {sb} bytes)" for p, sa, sb in d.changed]
+    colour = humanize.colour_for()
+    lines += [humanize.paint(f"  + {shown(p)}  ({_size(s)})", "green", colour) for p, s in d.added]
+    lines += [humanize.paint(f"  - {shown(p)}  ({_size(s)})", "red", colour) for p, s in d.removed]
+    lines += [humanize.paint(f"  ~ {shown(p)}  ({_size(sa)} -> {_size(sb)})", "yellow", colour)
+              for p, sa, sb in d.changed]
     lines += [f"  metadata.{shown(k)}: {_dumps(va)} -> {_dumps(vb)}" for k, (va, vb) in d.metadata.items()]
     if len(lines) == 1:
         lines.append("  identical")
-    _emit(args, d.to_json(), "\n".join(lines))
+    _emit(args, d.to_json(), "\n".join(lines), paged=True)
 
 
 def cmd_import_legacy(args, default_root):
@@ -491,7 +574,7 @@ def cmd_import_legacy(args, default_root):
     saved = sum(p.logical_bytes - p.new_bytes for p in plans) if not args.dry_run else None
     for p in plans:
         verb = "would import" if args.dry_run else "imported"
-        lines.append(f"{p.folder} -> {p.model}: {verb} {len(p.versions)} versions, current {p.current or '-'}")
+        lines.append(f"{p.folder} -> {p.model}: {verb} {humanize.plural(len(p.versions), 'version')}, current {p.current or '-'}")
         lines += [f"  {v.label} -> {v.assigned}" + (f"  ({'; '.join(v.notes)})" if v.notes else "")
                   for v in p.versions]
         lines += [f"  skipped {label}: {why}" for label, why in p.skipped]
@@ -504,7 +587,7 @@ def cmd_import_legacy(args, default_root):
             lines.append(f"  next: {p.next_command}   (where new versions of {p.model} come from)")
     lines.append(f"legacy timestamps read in {zone.name} (--timezone to choose)")
     if saved is not None:
-        lines.append(f"identical copies stored once: {_mb(max(saved, 0))} saved")
+        lines.append(f"identical copies stored once: {_size(max(saved, 0))} saved")
     _emit(args, {"dry_run": args.dry_run, "bytes_saved": saved, "timezone": zone.name,
                  "models": [p.to_json() for p in plans]}, "\n".join(lines))
 
@@ -527,8 +610,29 @@ def cmd_import(args, default_root):
 
 def cmd_logs(args, default_root):
     repo = _repo(args, default_root)
-    lines = repo.logs(args.lines)
-    _emit(args, {"lines": lines}, "\n".join(map(shown, lines)) if lines else "no log lines yet")
+    model = getattr(args, "model", None)
+    if getattr(args, "follow", False):
+        # One line at a time as processes write them, until stopped (Ctrl-C, SIGTERM);
+        # under --json one JSON object per line.
+        for line in repo.logs(args.lines, model=model, follow=True):
+            print(_dumps({"line": line}) if args.json else shown(line), flush=True)
+        return
+    lines = repo.logs(args.lines, model=model)
+    _emit(args, {"lines": lines}, "\n".join(map(shown, lines)) if lines else "no log lines yet", paged=True)
+
+
+def cmd_remove(args, default_root, repo=None):
+    """``remove MODEL VERSION`` and ``model remove NAME [--force]``."""
+    repo = repo or _repo(args, default_root)
+    whole = args.command == "model"
+    r = repo.remove(args.name if whole else args.model, None if whole else args.version,
+                    force=getattr(args, "force", False), reason=args.reason)
+    if r.model_removed:
+        text = (f"removed model {r.model} ({humanize.plural(len(r.versions), 'version')}"
+                + (f"; links removed: {', '.join(map(shown, r.links))}" if r.links else "") + ")")
+    else:
+        text = f"removed {r.model} {', '.join(r.versions)} from its manifest"
+    _emit(args, r.to_json(), text + "\n'gaia-cas gc' frees the files no other version uses")
 
 
 def cmd_demo(args, default_root):
@@ -653,9 +757,10 @@ def cmd_gc_remote(args, default_root):
 
     grace = None if getattr(args.grace, "is_default", False) else parse_age(args.grace)
     plan = _repo(args, default_root).remote(args.remote).gc(grace=grace, dry_run=args.dry_run)
-    what = f"{len(plan.doomed)} objects, {_mb(plan.bytes)}"
+    what = f"{humanize.plural(len(plan.doomed), 'object')}, {_size(plan.bytes)}"
     text = (f"would delete {what} on {plan.remote}" if plan.dry_run else f"deleted {plan.deleted} of {what} on "
-            f"{plan.remote}") + (f"\n{plan.reachable} objects in use; {plan.young_unreferenced} unreferenced objects "
+            f"{plan.remote}") + (f"\n{humanize.plural(plan.reachable, 'object')} in use; "
+                                 f"{humanize.plural(plan.young_unreferenced, 'unreferenced object')} "
                                  f"are younger than the grace period and stay")
     _emit(args, plan.to_json(), text)
 
@@ -691,7 +796,8 @@ def cmd_push(args, default_root):
     for r in results:
         if r.error is not None and not (r.versions_sent or r.current):
             continue  # failed before anything was sent: its error line says it all
-        line = (f"{r.model}: {r.versions_sent} versions, {r.objects_sent} objects, {_mb(r.bytes_sent)} sent; "
+        line = (f"{r.model}: {humanize.plural(r.versions_sent, 'version')}, "
+                f"{humanize.plural(r.objects_sent, 'object')}, {_size(r.bytes_sent)} sent; "
                 f"remote current {r.current or '-'}" + (" (moved)" if r.current_moved else ""))
         for old, new in r.renumbered.items():
             line += f"\n  {old} was taken on the remote by other content: it is {new} there and here now"
@@ -711,7 +817,8 @@ def cmd_pull(args, default_root):
     results = _repo(args, default_root).remote(args.remote).pull(args.model, args.version, channel=args.channel)
     lines = []
     for r in results:
-        line = (f"{r.model}: {r.version} ({r.objects_received} objects, {_mb(r.bytes_received)} received); "
+        line = (f"{r.model}: {r.version} ({humanize.plural(r.objects_received, 'object')}, "
+                f"{_size(r.bytes_received)} received); "
                 + (f"current {r.previous or '-'} -> {r.current}" if r.previous != r.current
                    else f"current {r.current or '-'}"))
         line += "".join(f"; {channel} -> {version}" for channel, version in r.channels_moved.items())
@@ -735,7 +842,7 @@ def cmd_deploy_remote(args, default_root):
         text = f"{r.local.model}: unchanged, {r.version} is current here and on {r.remote}; nothing deployed"
     else:
         text = (f"deployed {r.local.model} {r.version} on {r.remote} and here  hash {r.local.hash[:12]}  "
-                f"{r.objects_sent} objects, {_mb(r.bytes_sent)} sent\n"
+                f"{humanize.plural(r.objects_sent, 'object')}, {_size(r.bytes_sent)} sent\n"
                 f"  remote current: {r.previous or '-'} -> {r.version}")
         if r.renumbered_from:
             text += f"\n  {r.renumbered_from} was taken on the remote meanwhile: it is {r.version} there and here"
@@ -762,3 +869,4 @@ _COMMANDS = {
     "watch": cmd_watch, "serve": cmd_serve,
     "remote": cmd_remote, "push": cmd_push, "pull": cmd_pull, "sync": cmd_sync,
 }
+_COMMANDS["remove"] = cmd_remove

@@ -14,7 +14,7 @@ from collections import namedtuple
 from pathlib import Path
 
 from . import clock, history, ingest
-from .errors import GaiaCasError, InvalidInputError, ModelNotFoundError, RolledBackContentError
+from .errors import GaiaCasError, InvalidInputError, ModelNotFoundError, NotFoundError, RolledBackContentError
 from .manifest import Manifest, Version, record
 from .materialize import build as build_tree
 from .names import check_model_name, check_text
@@ -77,15 +77,16 @@ def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
 def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: str = "minor",
            version: str | None = None, reason: str | None = None, metadata: dict | None = None,
            force: bool = False, dry_run: bool = False, source_label: str | None = None,
-           consume: bool = False) -> DeployResult:
+           consume: bool = False, new: bool = False) -> DeployResult:
     """Deploy a file or folder as the model's next version and make it current.
 
     ``source_label`` is what the version records as its source when ``path`` is only a
     temporary extraction (import of an archive). ``consume`` hands the source over: its
     files are hard-linked into the store instead of copied where the filesystem allows,
     and the source is deleted once the deploy has committed (see README, deploy --consume).
+    ``new`` creates a model whose name is close to an existing one's (else refused as a typo).
     """
-    request = _request(ctx, name, path, bump_kind, version, reason, metadata, force)
+    request = _request(ctx, name, path, bump_kind, version, reason, metadata, force, new)
     if source_label is not None:
         request = request._replace(label=source_label)
     snapshot = request.snapshot
@@ -103,6 +104,8 @@ def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: 
         node, remembered = consumption.node, None
     else:
         node, remembered = ingest.recall(request.source, cache)
+    if not force and remembered is None:
+        _refuse_wrong_level(request.source, node)
     if dry_run:
         built = remembered or ingest.hash_only(node, cache)
         fmt = ingest.source_format(node)
@@ -213,7 +216,42 @@ def _refuse_rolled_back(ctx, request: DeployRequest, manifest: Manifest | None, 
                                  history.describe_rollback(manifest.model, version, event))
 
 
-def _request(ctx, name, path, bump_kind, version, reason, metadata, force) -> DeployRequest:
+def _refuse_near_miss(ctx, model: str) -> None:
+    """``deploy sdd PATH`` where ``ssd`` exists is a typo far more often than a new model: a
+    name difflib finds close (ratio 0.6 or more) to a model's name or alias is refused. A name
+    that only extends one (``catboost-copy``, ``cat2``) or differs from it only in digits
+    (``ssd-v2`` beside ``ssd-v1``) is a deliberate variant, not a typo."""
+    import difflib
+
+    names = []
+    for other in ctx.models():
+        names += [other, *ctx.manifest(other).config.aliases]
+    digits = str.maketrans("", "", "0123456789")
+    candidates = [n for n in names if not (model.startswith(n) or model.endswith(n)
+                                           or model.translate(digits) == n.translate(digits))]
+    close = difflib.get_close_matches(model, candidates, n=1)
+    if close:
+        raise NotFoundError(
+            f"no model '{model}': did you mean {close[0]}? (a new model: 'gaia-cas model add {model}' first, "
+            "or deploy --new)")
+
+
+def _refuse_wrong_level(source: Path, node) -> None:
+    """A folder of no known format that holds one a level down (``big/saved_model``) is most
+    likely the wrong folder: refused with the one meant, unless --force."""
+    if not isinstance(node, ingest.ScannedDir) or ingest.source_format(node) != "unknown":
+        return
+    from .formats import nested_format
+
+    found = nested_format({name: {n for n, c in child.children.items() if isinstance(c, ingest.ScannedFile)}
+                           for name, child in node.children.items() if isinstance(child, ingest.ScannedDir)})
+    if found is not None:
+        inner, fmt = found
+        raise InvalidInputError(f"{source} is no model format gaia-cas knows, but {source.name}/{inner} is a {fmt}: "
+                                f"did you mean {source / inner}? (--force deploys {source.name} as it is)")
+
+
+def _request(ctx, name, path, bump_kind, version, reason, metadata, force, new=False) -> DeployRequest:
     """Validate everything a deploy was given, before a single byte is written."""
     if bump_kind not in BUMPS:
         raise InvalidInputError(f"unknown bump {bump_kind!r}: use one of {', '.join(BUMPS)}")
@@ -225,6 +263,8 @@ def _request(ctx, name, path, bump_kind, version, reason, metadata, force) -> De
         snapshot, token = (snap.manifest, snap.token) if snap else (None, None)
     except ModelNotFoundError:
         model, snapshot, token = check_model_name(name), None, None
+        if not new:
+            _refuse_near_miss(ctx, model)
     if path is None:
         if snapshot is None:
             raise ModelNotFoundError(name, ctx.models())  # with a PATH, deploy would create it

@@ -57,6 +57,19 @@ def detect_names(files: "set[str] | dict") -> str:
     return UNKNOWN
 
 
+_FOLDER_NAMES = {"savedmodel": "SavedModel"}
+
+
+def nested_format(children: "dict[str, set[str]]") -> "tuple[str, str] | None":
+    """For a folder of no known format: the one subfolder (name, format) that has a known
+    folder format, given each subfolder's file names -- ``{"saved_model": {"saved_model.pb",
+    ...}}`` for ``big/saved_model`` -- or None when none does, or several do (then no single
+    folder was obviously meant)."""
+    found = [(name, detect_names(files)) for name, files in sorted(children.items())]
+    known = [(name, _FOLDER_NAMES.get(fmt, fmt)) for name, fmt in found if fmt != UNKNOWN]
+    return known[0] if len(known) == 1 else None
+
+
 def detect_file(path: Path) -> str:
     return detect(path)
 

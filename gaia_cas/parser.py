@@ -78,8 +78,29 @@ class _TopFormatter(_Width, argparse.RawDescriptionHelpFormatter):
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose subcommands (of any depth) also use :class:`_Formatter`."""
 
+    json_errors = False  # see json_errors()
+
     def __init__(self, *args, formatter_class=_Formatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message):
+        if _Parser.json_errors:
+            import json
+
+            print(json.dumps({"error": {"message": message, "kind": "usage"}}, indent=2), flush=True)
+        super().error(message)
+
+
+def json_errors(on: bool) -> None:
+    """Whether a rejected command line is also reported as ``{"error": {"message", "kind":
+    "usage"}}`` on stdout (the CLI turns it on when --json is on the command line)."""
+    _Parser.json_errors = on
+
+
+def wanted_json(argv) -> bool:
+    """Whether --json is among the options of ``argv`` (before any ``--``)."""
+    args = list(argv)
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
 def _common(parser, top):
@@ -98,6 +119,8 @@ def _common(parser, top):
     parser.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=default(None),
                         help="how long to wait for a model's lock "
                              f"(default $GAIA_CAS_LOCK_TIMEOUT, else {defaults.LOCK_TIMEOUT:g})")
+    parser.add_argument("--no-pager", action="store_true", default=default(False),
+                        help="never send long listings to $PAGER (they go there only on a terminal)")
 
 
 class _DefaultAge(str):
@@ -144,6 +167,18 @@ class _ModelOptional(argparse.Action):
 
 _TOP_FLAGS = {"--version", "--json", "-v", "--verbose", "-h", "--help"}
 _TOP_VALUED = {"--root", "--lock-timeout"}
+_TOP_FLAGS |= {"--no-pager"}
+
+
+def _count(text: str) -> int:
+    """-n N: a count of 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def command_in(argv) -> str | None:
@@ -234,6 +269,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     mp = msub.add_parser("show", help="show a model's settings", description="show a model's settings")
     _common(mp, top=False)
     mp.add_argument("name", metavar="NAME")
+    text = "forget a model: its manifest and links go, gc frees its files later"
+    mp = msub.add_parser("remove", help=text, description=text + "; a model with a current version, a channel "
+                         "or a pinned version needs --force")
+    _common(mp, top=False)
+    mp.add_argument("name", metavar="NAME")
+    mp.add_argument("--force", action="store_true",
+                    help="remove it even though it has a current version, channels or pinned versions")
+    reason(mp)
 
     p = command("deploy", "deploy a file or folder as the model's next version and make it current")
     p.add_argument("model", metavar="MODEL", help="model name or alias; 'all' (or 'both') deploys every model from its source")
@@ -247,10 +290,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--consume", action="store_true",
                    help="hand the source over: hard-link its files into the store instead of copying them "
                         "(same filesystem), then delete the source once the deploy has committed")
+    p.add_argument("--new", action="store_true",
+                   help="MODEL is a new model even though its name is close to an existing one's")
     reason(p)
 
     p = command("list", "list versions, newest first, the current one marked")
     p.add_argument("model", nargs="?", metavar="MODEL", help="one model (default: every model)")
+    p.add_argument("-n", "--number", type=_count, metavar="N", help="only the newest N versions of each model")
 
     p = command("status", "current version per model, and the store's size and deduplication")
     p.add_argument("model", nargs="?", metavar="MODEL", help="one model (default: every model)")
@@ -297,6 +343,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     p = command("history", "the audit trail: who changed what, when and why")
     p.add_argument("model", metavar="MODEL")
+    p.add_argument("-n", "--number", type=_count, metavar="N", help="only the newest N events")
 
     p = command("diff", "files added, removed and changed between two versions, and metadata changed")
     p.add_argument("model", metavar="MODEL")
@@ -341,6 +388,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     p = command("logs", "show the most recent lines of the operation log")
     p.add_argument("-n", "--lines", type=int, default=20, metavar="N", help="how many lines (default 20)")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="only the lines that name this model")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="then keep printing lines as they are written, until stopped (Ctrl-C)")
+
+    p = command("remove", "drop one version from a model's manifest (never the current, a channel's or a "
+                          "pinned one); gc frees its files later")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION", help="a version selector")
+    reason(p)
 
     command("demo", "deploy the bundled sample models (a SavedModel folder and a joblib file) and show them")
 

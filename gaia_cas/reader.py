@@ -16,6 +16,10 @@ and calls :func:`resolve` again only when it returns True::
             if fresh.hash != active.hash:
                 model = load(fresh.path)
             active = fresh
+
+``resolve("ssd", version="1.4.0")`` names one version instead (any selector ``gaia-cas`` takes:
+``1.4``, ``v1.4_20250716_202612``, a hash prefix, ``previous``). A missing root is explained
+in the caller's terms: ``root=``, not the command line's ``--root``.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptionError, GaiaCasError, NotFoundError, StoreError
+from .errors import CorruptionError, GaiaCasError, InvalidInputError, NotFoundError, RootNotFoundError, StoreError
 from .ingest import artifact_path
-from .layout import Layout, find_root
+from .layout import Layout, find_root as find_layout_root
 from .manifest_store import Manifests, file_token
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class Resolved:
     metadata: dict[str, Any]
     format: str
     generation: int
-    created_at: str
+    created_at: datetime  # timezone-aware (stored as UTC)
     manifest_path: Path = field(repr=False)
     token: tuple[int, int, int] = field(repr=False)
 
@@ -53,16 +61,42 @@ class Resolved:
             return True
 
 
-def resolve(model: str, root: str | os.PathLike | None = None, channel: str = "current") -> Resolved:
+def find_root(root: str | os.PathLike | None = None, default: str | os.PathLike | None = None) -> Path:
+    """The data root as :func:`gaia_cas.layout.find_root` finds it, with an error that speaks
+    to a Python caller: of ``root=`` and ``$GAIA_CAS_ROOT``, not of the command line's --root."""
+    try:
+        return find_layout_root(root, default)
+    except RootNotFoundError:
+        pass
+    env = os.environ.get("GAIA_CAS_ROOT")
+    if root is not None and str(root) != "":
+        where = Path(root).absolute()
+        message = (f"root={os.fspath(root)!r} is not a gaia-cas root: {where} holds no store/ and manifests/ "
+                   f"(create one with gaia_cas.Repository.init({str(where)!r}) or 'gaia-cas init {where}')")
+    elif env:
+        message = (f"$GAIA_CAS_ROOT={env!r} is not a gaia-cas root (no store/ and manifests/ there); "
+                   "pass root='/path/to/root' or correct the variable")
+    else:
+        message = (f"no gaia-cas root found: none at or above the working directory ({Path.cwd()}) and "
+                   "$GAIA_CAS_ROOT is not set; pass root='/path/to/root' (the folder holding store/ and manifests/; "
+                   "gaia_cas.Repository.init(path) or 'gaia-cas init DIR' creates one)")
+    raise RootNotFoundError(message) from None
+
+
+def resolve(model: str, root: str | os.PathLike | None = None, channel: str = "current", *,
+            version: str | None = None) -> Resolved:
     """The active version of ``model`` (a name or an alias) under ``root``, on ``channel``.
 
     ``root`` defaults to ``$GAIA_CAS_ROOT``, else the nearest ancestor of the working directory
     holding ``store/`` and ``manifests/``. ``channel`` names a channel set by ``promote``
-    (e.g. ``"staging"``); the default is the current version.
+    (e.g. ``"staging"``); the default is the current version. ``version`` names one version
+    instead, by any selector the CLI takes (``"1.4.0"``, ``"1.4"``, a hash prefix, ``"previous"``).
     """
+    if version is not None and channel != "current":
+        raise InvalidInputError("resolve() takes version= or channel=, not both")
     layout = Layout(find_root(root))
     try:
-        return _resolve(layout, model, channel)
+        return _resolve(layout, model, channel, version)
     except OSError as exc:
         if isinstance(exc, GaiaCasError):
             raise
@@ -73,14 +107,20 @@ def resolve(model: str, root: str | os.PathLike | None = None, channel: str = "c
                          f"{exc.strerror or exc}{where}") from exc
 
 
-def _resolve(layout: Layout, model: str, channel: str) -> Resolved:
+def _resolve(layout: Layout, model: str, channel: str, selector: str | None = None) -> Resolved:
     manifests = Manifests(layout)
     name = manifests.lookup(model)
     snapshot = manifests.snapshot(name)
     if snapshot is None:
         raise NotFoundError(f"model '{model}' has no manifest")
     manifest = snapshot.manifest
-    number = manifest.channel_versions().get(channel)
+    if selector is not None:
+        from .selectors import select
+
+        channel = f"version {selector!r}"  # for the broken-version message below
+        number = select(manifest, selector).version
+    else:
+        number = manifest.channel_versions().get(channel)
     if number is None:
         if channel == "current":
             raise NotFoundError(f"model '{name}' has no current version yet")
@@ -88,7 +128,8 @@ def _resolve(layout: Layout, model: str, channel: str) -> Resolved:
                             f"{', '.join(sorted(manifest.channel_versions())) or 'none'})")
     version = manifest.find(number)
     if version.broken:
-        raise CorruptionError(f"the {channel} version of '{name}' ({version.version}) is marked broken by verify: "
+        what = channel if selector is not None else f"the {channel} version"
+        raise CorruptionError(f"{what} of '{name}' ({version.version}) is marked broken by verify: "
                               "its files are corrupt or missing; roll back or redeploy")
     tree_dir = layout.tree_path(version.tree)
     if not tree_dir.is_dir():
@@ -111,5 +152,15 @@ def _resolve(layout: Layout, model: str, channel: str) -> Resolved:
     return Resolved(
         model=name, version=version.version, hash=version.tree, path=path,
         metadata=dict(version.metadata), format=version.format, generation=manifest.generation,
-        created_at=version.created_at, manifest_path=layout.manifest_path(name), token=snapshot.token,
+        created_at=_moment(version.created_at), manifest_path=layout.manifest_path(name), token=snapshot.token,
     )
+
+
+def _moment(stamp: str) -> "datetime":
+    from datetime import datetime
+
+    try:
+        value = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        raise CorruptionError(f"the version's created_at {stamp!r} is not a time") from None
+    return value if value.tzinfo is not None else value.astimezone()  # a naive stamp is local time

@@ -28,8 +28,7 @@ from __future__ import annotations
 import os
 
 from .context import Context
-from .errors import InvalidInputError, StoreError
-from .layout import find_root
+from .errors import StoreError
 
 # Each verb module is imported by the method that uses it: an unchanged redeploy then loads
 # deploy's modules only, not those of rollback, status or the model settings.
@@ -46,6 +45,7 @@ class Repository:
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, *, default_root=None,
              lock_timeout: float | None = None) -> "Repository":
+        from .reader import find_root  # a missing root is explained in terms of root=
         return cls(find_root(root, default_root), lock_timeout=lock_timeout)
 
     @classmethod
@@ -182,21 +182,26 @@ class Repository:
 
         return diff(self.ctx, name, a, b)
 
-    def history(self, name: str) -> list:
-        """The model's audit trail, oldest first (append-only: nothing ever rewrites it)."""
-        return list(self.ctx.manifest(name).history)
+    def history(self, name: str, n: int | None = None) -> list:
+        """The model's audit trail, oldest first (append-only: nothing ever rewrites it); ``n``: the newest n."""
+        m = self.ctx.manifest(name)
+        return list(m.history) if n is None else [e for _, e in zip(range(n), m.events_newest_first())][::-1]
 
-    def logs(self, n: int = 20) -> list[str]:
-        if n < 0:
-            raise InvalidInputError("-n must be 0 or more")
-        from .oplog import tail
+    def logs(self, n: int = 20, model: str | None = None, follow: bool = False):
+        """The last ``n`` log lines (of ``model``'s); ``follow``: an endless iterator of them and every new one."""
+        from .logview import read
 
-        return tail(self.layout.logs, n)
+        return read(self.ctx, n, model, follow)
 
-    def resolve(self, name: str):
+    def resolve(self, name: str, **options):  # version=, channel=: see gaia_cas.reader.resolve
         from .reader import resolve
 
-        return resolve(name, root=self.root)
+        return resolve(name, root=self.root, **options)
+
+    def remove(self, name: str, selector: str | None = None, **options):
+        """Drop one version, or (no ``selector``) the whole model (``force``, ``reason``); see :mod:`gaia_cas.removal`."""
+        from .removal import remove
+        return remove(self.ctx, name, selector, **options)
 
     # -- moving versions in and out ------------------------------------------------------------
 

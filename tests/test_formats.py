@@ -225,7 +225,8 @@ def test_detect(tmp_path, build, expected):
 @pytest.mark.parametrize("build, expected", CASES, ids=[_ids(c) for c in CASES])
 def test_deploy_records_format_in_manifest(repo, tmp_path, build, expected):
     path = build(tmp_path / "src")
-    result = repo.deploy("m", path)
+    # force: a folder holding a SavedModel one level down is refused as the likely wrong folder
+    result = repo.deploy("m", path, force=build is unknown_folder_with_nested_savedmodel)
     assert result.format == expected
     version = repo.manifest("m").versions[-1]
     assert version.format == expected

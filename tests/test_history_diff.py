@@ -228,12 +228,12 @@ def test_diff_lists_files_added_removed_changed_with_sizes_and_metadata(cli, two
     text = cli("diff", "m", "1.0", "1.1").out.splitlines()
     assert text == [
         "m 1.0.0 -> 1.1.0",
-        "  + assets/new.txt  (7 bytes)",
-        "  + extra/deep/x.bin  (300 bytes)",
-        "  - assets/old.txt  (10 bytes)",
-        "  - fingerprint.pb  (2 bytes)",
-        "  ~ saved_model.pb  (39 -> 39 bytes)",
-        "  ~ variables/variables.data-00000-of-00001  (4096 -> 8192 bytes)",
+        "  + assets/new.txt  (7 B)",
+        "  + extra/deep/x.bin  (300 B)",
+        "  - assets/old.txt  (10 B)",
+        "  - fingerprint.pb  (2 B)",
+        "  ~ saved_model.pb  (39 B -> 39 B)",
+        "  ~ variables/variables.data-00000-of-00001  (4.0 KiB -> 8.0 KiB)",
         "  metadata.only_a: 1 -> null",
         "  metadata.only_b: null -> [1, 2]",
         "  metadata.threshold: 0.5 -> 0.6",

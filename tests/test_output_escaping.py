@@ -32,7 +32,7 @@ def test_diff_escapes_file_names(evil_versions, cli):
     run = cli("diff", "m", "1.0", "1.1")
     assert run.code == 0
     clean(run.out)
-    assert f"  + {ESCAPED}  (10 bytes)" in run.out.splitlines()
+    assert f"  + {ESCAPED}  (10 B)" in run.out.splitlines()
     assert cli("diff", "m", "1.0", "1.1", "--json").json()["added"] == [{"path": EVIL, "size": 10}]  # exact in JSON
 
 

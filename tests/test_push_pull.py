@@ -326,7 +326,7 @@ def test_list_of_a_remote_model_shows_the_remote_manifest(cli, root, url, endpoi
     cli("deploy", "ssd", make_savedmodel(tmp_path / "b", variant=2))  # not pushed
     doc = cli("list", "ssd", "--remote", "origin", "--json").json()
     assert doc["current"] == "1.0.0" and [v["version"] for v in doc["versions"]] == ["1.0.0"]
-    assert "current 1.0.0, 1 versions" in cli("list", "ssd", "--remote", "origin").out
+    assert "current 1.0.0, 1 version\n" in cli("list", "ssd", "--remote", "origin").out
     assert_one_line_error(cli("list", "nothere", "--remote", "origin"), "unknown model 'nothere'")
     assert_one_line_error(cli("list", "--remote", "origin"), "give MODEL")
 
@@ -386,7 +386,7 @@ def test_verify_remote_reports_a_corrupt_or_missing_object_and_changes_nothing(c
     assert problems[bad]["kind"] == "corrupt-object" and problems[gone]["kind"] == "missing-object"
     assert problems[bad]["versions"] == ["ssd 1.0.0"]
     text = cli("verify", "ssd", "--remote", "origin")
-    assert text.code == 1 and bad in text.out and "2 problem(s)" in text.out
+    assert text.code == 1 and bad in text.out and ": 2 problems" in text.out
     assert raw.get_object(Bucket=s3_server.bucket, Key=f"{prefix}/objects/{bad[:2]}/{bad[2:]}")["Body"].read() == b"bad"
     assert_one_line_error(cli("verify", "--remote", "origin", "--repair"), "local store only")
 

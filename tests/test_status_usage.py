@@ -54,10 +54,11 @@ def test_saving_ignores_garbage_and_staging(messy, cli):
     assert store["bytes_on_disk"] == used + store["garbage_bytes"] + STAGING
 
     text = cli("status").out
-    saved_mb = (2 * (B + S) - used) / 1048576
-    assert f"deduplication saves {saved_mb:.2f} MB" in text
-    assert f"{STAGING / 1048576:.2f} MB in store/tmp" in text
-    assert f"{store['garbage_bytes'] / 1048576:.2f} MB used by no version" in text
+    from gaia_cas.humanize import size
+
+    assert f"deduplication saves {size(2 * (B + S) - used)}" in text
+    assert f"{size(STAGING)} in store/tmp" in text
+    assert f"{size(store['garbage_bytes'])} used by no version" in text
 
 
 def test_clean_store_has_no_garbage_or_staging(repo, cli, tmp_path):
@@ -76,4 +77,4 @@ def test_a_single_version_never_shows_a_negative_saving(repo, cli, tmp_path):
 
     repo.deploy("ml", make_joblib(tmp_path / "m.joblib"))
     run = cli("status")
-    assert run.code == 0 and "saves 0.00 MB" in run.out and "-0.00" not in run.out
+    assert run.code == 0 and "saves 0 B," in run.out and "saves -" not in run.out
