@@ -134,12 +134,13 @@ class Chunker:
         return Recipe(self._hasher.hexdigest(), self._size, tuple(self._chunks)), last
 
 
-def reassemble(recipe: Recipe, read_chunk, write) -> None:
-    """Write the file ``recipe`` describes through ``write(bytes)``, every chunk checked.
+def reassembled(recipe: Recipe, read_chunk):
+    """Yield the bytes of the file ``recipe`` describes, chunk by chunk, each checked first.
 
     ``read_chunk(oid)`` returns a chunk's bytes (or raises). A chunk whose bytes do not match
-    its oid or its length, or a whole that does not match the file's oid, raises
-    CorruptionError naming it; the caller discards what was written (it was written aside).
+    its oid or its length raises CorruptionError naming it before it is yielded; a whole that
+    does not match the file's oid raises after the last chunk. Callers write aside and publish
+    only once the generator has ended cleanly.
     """
     hasher = new_hasher()
     for offset, chunk in recipe.offsets():
@@ -148,9 +149,15 @@ def reassemble(recipe: Recipe, read_chunk, write) -> None:
             raise CorruptionError(f"chunk {chunk.oid} of file {recipe.oid} (at byte {offset}) does not match its "
                                   f"hash; the file cannot be rebuilt")
         hasher.update(data)
-        write(data)
+        yield data
     if hasher.hexdigest() != recipe.oid:
         raise CorruptionError(f"the chunks of file {recipe.oid} do not rebuild it (recipe corrupt)")
+
+
+def reassemble(recipe: Recipe, read_chunk, write) -> None:
+    """Write the file ``recipe`` describes through ``write(bytes)``; see :func:`reassembled`."""
+    for data in reassembled(recipe, read_chunk):
+        write(data)
 
 
 def changed_ranges(old: Recipe | None, new: Recipe) -> list[tuple[int, int]]:

@@ -1,0 +1,185 @@
+"""Recipes on disk, and the two moves between a whole object and its chunks.
+
+``store/recipes/<oid[:2]>/<oid[2:]>`` holds the recipe of the file ``oid`` (design.md, Chunks).
+A recipe is written once, by the write protocol, and never changed; it is read without
+following a symlink or blocking on a FIFO, with a size limit, and decoded with limits.
+
+:func:`split` turns a whole object into chunks: it reads the object once, cutting and hashing
+as it reads, stages the chunks the store lacks, installs them, then writes the recipe. Only
+after both are durable may the whole object go (gc decides that, under its barrier).
+:func:`rebuild` goes the other way: it reassembles a file aside from its chunks, every chunk and
+the whole checked, into a staging area, where it is installed like any staged object.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .atomic import UnsafeFileError, make_dirs, read_regular, write_atomic
+from .chunking import MAX_CHUNK, MAX_RECIPE_BYTES, Chunker, Recipe, decode_recipe, encode_recipe, reassembled
+from .errors import CorruptionError, StoreError
+from .names import check_oid, is_oid
+
+READ = 1 << 20
+
+
+class RecipeStore:
+    """The recipes of one store: ``get``, ``put``, ``exists``, ``oids``, ``delete``."""
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.root = layout.store / "recipes"
+
+    def path(self, oid: str) -> str:
+        check_oid(oid)
+        return f"{self.root}/{oid[:2]}/{oid[2:]}"
+
+    def exists(self, oid: str) -> bool:
+        try:
+            return stat.S_ISREG(os.lstat(self.path(oid)).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def get(self, oid: str) -> Recipe | None:
+        """The recipe of file ``oid``, or None when the file was never chunked."""
+        where = f"recipe of {oid}"
+        try:
+            data = read_regular(self.path(oid), MAX_RECIPE_BYTES)
+        except FileNotFoundError:
+            return None
+        except UnsafeFileError:
+            raise CorruptionError(f"the {where} is not a regular file (never followed): the store is damaged there") \
+                from None
+        except OSError as exc:
+            raise StoreError(f"the {where} cannot be read ({exc.strerror or exc})") from exc
+        if len(data) > MAX_RECIPE_BYTES:
+            raise CorruptionError(f"the {where} is larger than {MAX_RECIPE_BYTES} bytes")
+        recipe = decode_recipe(data, where)
+        if recipe.oid != oid:
+            raise CorruptionError(f"the {where} describes file {recipe.oid} instead")
+        return recipe
+
+    def put(self, recipe: Recipe) -> bool:
+        """Store ``recipe`` unless the file has one already (either describes it); True if written."""
+        if self.exists(recipe.oid):
+            return False
+        final = self.path(recipe.oid)
+        make_dirs(os.path.dirname(final))
+        write_atomic(final, encode_recipe(recipe), 0o444)
+        return True
+
+    def oids(self):
+        """The oid of every file that has a recipe (names that are not oids are skipped)."""
+        try:
+            shards = os.listdir(self.root)
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            if len(shard) != 2:
+                continue
+            try:
+                names = os.listdir(f"{self.root}/{shard}")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                if is_oid(shard + name):
+                    yield shard + name
+
+    def delete(self, oid: str) -> bool:
+        try:
+            os.unlink(self.path(oid))
+            return True
+        except FileNotFoundError:
+            return False
+
+
+def cut_object(objects, oid: str, on_chunk=None) -> Recipe:
+    """Read the whole object ``oid`` once and return its recipe; ``on_chunk(chunk, data)`` sees
+    every chunk's bytes as it is cut. The object must hash to its oid (else CorruptionError)."""
+    chunker = Chunker()
+    buffer = bytearray(READ)
+    view = memoryview(buffer)
+    with objects.open(oid) as src:
+        while n := src.readinto(buffer):
+            for chunk, data in chunker.feed(view[:n]):
+                if on_chunk is not None:
+                    on_chunk(chunk, data)
+    recipe, last = chunker.finish()
+    for chunk, data in last:
+        if on_chunk is not None:
+            on_chunk(chunk, data)
+    if recipe.oid != oid:
+        raise CorruptionError(f"object {oid} does not match its hash; it is not split into chunks")
+    return recipe
+
+
+def describe(objects, recipes: RecipeStore, oid: str) -> Recipe:
+    """The recipe of file ``oid``: the stored one, or cut from the whole object now and stored
+    (a recipe alone costs nothing to keep: no chunk is written)."""
+    recipe = recipes.get(oid)
+    if recipe is None:
+        recipe = cut_object(objects, oid)
+        recipes.put(recipe)
+    return recipe
+
+
+def split(objects, recipes: RecipeStore, oid: str) -> tuple[Recipe, int]:
+    """Store the chunks of the whole object ``oid`` that the store lacks, then its recipe.
+
+    Returns the recipe and how many chunk bytes were new. The chunks are staged as they are cut
+    (the object is read once), installed together, and only then is the recipe written: a
+    recipe on disk always finds its chunks. The caller holds the store barrier."""
+    with objects.staging() as staging:
+        added = [0]
+
+        def keep(chunk, data) -> None:
+            if not objects.exists(chunk.oid):
+                if staging.add_bytes(bytes(data)) != chunk.oid:
+                    raise CorruptionError(f"chunk {chunk.oid} of object {oid} changed while it was staged")
+                added[0] += chunk.length
+
+        recipe = cut_object(objects, oid, keep)
+        staging.install()
+        staging.keep()
+    recipes.put(recipe)
+    return recipe, added[0]
+
+
+def read_chunk(objects, oid: str) -> bytes:
+    """A chunk's bytes, at most a few maximum chunks of them (a bigger object is no chunk)."""
+    with objects.open(oid) as src:
+        data = src.read(MAX_CHUNK * 4 + 1)
+    if len(data) > MAX_CHUNK * 4:
+        raise CorruptionError(f"object {oid} is too large to be a chunk")
+    return data
+
+
+def rebuild(objects, recipe: Recipe, staging) -> int:
+    """Reassemble the file ``recipe`` describes into ``staging`` (installed with the rest of it),
+    every chunk checked against its oid and the whole against the file's; returns its size.
+    Memory holds one chunk at a time."""
+    stream = _Stream(reassembled(recipe, lambda oid: read_chunk(objects, oid)))
+    oid, size = staging.add_stream(stream, f"file {recipe.oid} from its chunks")
+    if oid != recipe.oid or size != recipe.size:
+        raise CorruptionError(f"the chunks of file {recipe.oid} do not rebuild it (recipe corrupt)")
+    return size
+
+
+class _Stream:
+    """An iterator of byte strings read like a file (``readinto``), for Staging.add_stream."""
+
+    def __init__(self, pieces):
+        self._pieces = pieces
+        self._pending = memoryview(b"")
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            data = next(self._pieces, None)
+            if data is None:
+                return 0
+            self._pending = memoryview(data)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
