@@ -36,7 +36,7 @@ from .manifest_store import Manifests
 from .materialize import links_objects, retire_tree
 from .names import is_oid
 from .retention import parse_age
-from .trees import TreeReader
+from .trees import FILE, TreeReader
 
 DEFAULT_GRACE = parse_age(defaults.GRACE)
 DEFAULT_LOG_AGE = parse_age(defaults.LOG_AGE)
@@ -46,7 +46,7 @@ DEFAULT_LOG_AGE = parse_age(defaults.LOG_AGE)
 class Doomed:
     path: Path
     size: int
-    kind: str  # object, tree, tmp, log, manifest-tmp, link-tmp, lease
+    kind: str  # object, whole (split into chunks, then removed), recipe, tree, tmp, log, manifest-tmp, link-tmp, lease
 
 
 @dataclass
@@ -89,16 +89,29 @@ def read_all_manifests(manifests: Manifests) -> list[Manifest]:
     return result
 
 
-def mark(layout: Layout, manifests: list[Manifest], reader: TreeReader) -> set[str]:
-    """Every oid (trees and files) reachable from any version of any manifest."""
+def mark(layout: Layout, manifests: list[Manifest], reader: TreeReader, big: "BigFiles | None" = None) -> set[str]:
+    """Every oid (trees and files) reachable from any version of any manifest; ``big`` (if
+    given) collects the files at or above its threshold."""
     reachable: set[str] = set()
     for manifest in manifests:
         for version in manifest.versions:
-            _mark_tree(reader, version.tree, reachable, manifest.model, version.version)
+            _mark_tree(reader, version.tree, reachable, manifest.model, version.version, big)
     return reachable
 
 
-def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, version: str) -> None:
+class BigFiles:
+    """The reachable files of at least ``threshold`` bytes, oid -> size: gc's chunking candidates."""
+
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+        self.sizes: dict[str, int] = {}
+
+    def add(self, entries) -> None:
+        self.sizes.update((e.oid, e.size) for _, e in entries if e.kind == FILE and e.size >= self.threshold)
+
+
+def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, version: str,
+               big: BigFiles | None = None) -> None:
     if oid in reachable:
         return  # shared subtree already walked
     try:
@@ -108,6 +121,36 @@ def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, ve
                              "run 'gaia-cas verify'") from None
     reachable.add(oid)
     reachable.update(entry.oid for _, entry in entries)
+    if big is not None:
+        big.add(entries)
+
+
+def mark_chunks(recipes, reachable: set[str]) -> set[str]:
+    """Add to ``reachable`` the chunks of every reachable file that has a recipe; returns the
+    files that have one. An unreadable recipe makes gc delete nothing (fail closed): its
+    chunks could not be told apart from garbage."""
+    described = set()
+    for oid in recipes.oids():
+        if oid not in reachable:
+            continue
+        try:
+            recipe = recipes.get(oid)
+        except GaiaCasError as exc:
+            raise GcRefusedError(f"gc deleted nothing: {exc}; run 'gaia-cas verify'") from None
+        reachable.update(chunk.oid for chunk in recipe.chunks)
+        described.add(oid)
+    return described
+
+
+def hot_files(reader: TreeReader, trees: set[str]) -> set[str]:
+    """The files of the trees that stay materialized: they are served whole (design.md, Chunks)."""
+    hot: set[str] = set()
+    for tree in trees:
+        try:
+            hot.update(entry.oid for _, entry in reader.walk(tree) if entry.kind == FILE)
+        except GaiaCasError as exc:
+            raise GcRefusedError(f"gc deleted nothing: materialized tree {tree} cannot be read ({exc})") from None
+    return hot
 
 
 def linked_trees(layout: Layout, manifests: list[Manifest]) -> set[str]:
@@ -154,7 +197,11 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
     if refusal is not None:
         raise GcRefusedError(f"gc deleted nothing: {refusal}")
     all_manifests = already_read if already_read is not None else read_all_manifests(manifests)
-    reachable = mark(layout, all_manifests, reader)
+    from .recipes import RecipeStore, chunk_threshold
+
+    recipes = RecipeStore(layout)
+    big = BigFiles(chunk_threshold(layout))
+    reachable = mark(layout, all_manifests, reader, big)
     trees_to_keep = protected_trees(all_manifests, now, grace) | linked_trees(layout, all_manifests)
     cutoff = time.time() - grace.total_seconds()
     plan = GcPlan()
@@ -164,11 +211,18 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
     plan.ignored.extend(unreadable)
     for lease in live:  # roots whatever their age: their holders are alive
         if reader.store.exists(lease.tree):
-            _mark_tree(reader, lease.tree, reachable, lease.model, lease.version)
+            _mark_tree(reader, lease.tree, reachable, lease.model, lease.version, big)
             trees_to_keep.add(lease.tree)
         else:
             plan.ignored.append(f"leases: {lease.model} {lease.version} (tree {lease.tree} is not in the store)")
     plan.doomed.extend(Doomed(path, 0, "lease") for path in dead)
+    mark_chunks(recipes, reachable)
+    for oid in recipes.oids():  # recipes of files nothing reaches any more
+        if oid not in reachable:
+            path = Path(recipes.path(oid))
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff:
+                plan.doomed.append(Doomed(path, st.st_size, "recipe"))
 
     for fanout in _scan(layout.objects):
         if not (fanout.is_dir(follow_symlinks=False) and len(fanout.name) == 2):
@@ -189,6 +243,7 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             else:
                 plan.doomed.append(Doomed(Path(item.path), st.st_size, "object"))
 
+    staying = set(trees_to_keep)
     for item in _scan(layout.trees):
         st = item.stat(follow_symlinks=False)
         if not is_oid(item.name):
@@ -197,6 +252,24 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             tree = Path(item.path)
             # A tree of hard links frees nothing by itself (its objects are counted as objects).
             plan.doomed.append(Doomed(tree, 0 if links_objects(tree) else _unshared_bytes(tree), "tree"))
+        elif reader.store.exists(item.name):
+            staying.add(item.name)
+
+    # Large files no staying tree serves go cold: split into chunks, then the whole removed.
+    candidates = {oid: size for oid, size in big.sizes.items() if size > 0}
+    if candidates:
+        hot = hot_files(reader, staying)
+        objects = reader.store
+        for oid, size in sorted(candidates.items()):
+            if oid in hot:
+                continue
+            path = Path(objects.path(oid))
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue  # cold already: its chunks hold it
+            if stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff:
+                plan.doomed.append(Doomed(path, st.st_size, "whole"))
 
     for item in _scan(layout.tmp):
         if TMP_MARK not in item.name:
@@ -262,7 +335,8 @@ def _execute(layout: Layout, plan: GcPlan, grace: timedelta, held: "_HeldFolders
     cutoff = time.time() - grace.total_seconds()
     # Reverse reference order: derived trees and leftovers first, objects last, so no state
     # along the way has a tree pointing at a missing object.
-    order = {"lease": 0, "link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "store-tmp": 3, "log": 4, "object": 5}
+    order = {"lease": 0, "link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "store-tmp": 3, "log": 4,
+             "recipe": 4, "object": 5, "whole": 6}
     refusal = layout.symlink_in_store(trees=True)  # again: a folder may have been swapped since the plan
     if refusal is not None:
         raise GcRefusedError(f"gc deleted nothing: {refusal}")
@@ -289,9 +363,17 @@ def _execute(layout: Layout, plan: GcPlan, grace: timedelta, held: "_HeldFolders
         except OSError:
             skipped += 1  # a folder on the way is no longer a plain folder: not entered
             continue
-        if item.kind in ("object", "tmp", "tree") and st.st_mtime > cutoff:
+        if item.kind in ("object", "tmp", "tree", "whole", "recipe") and st.st_mtime > cutoff:
             skipped += 1  # refreshed since the plan was made: someone uses it again
             continue
+        if item.kind == "whole":
+            # Its chunks and recipe durable first (split fsyncs both); only then the whole goes.
+            from .objects import ObjectStore
+            from .recipes import RecipeStore, split
+
+            oid = item.path.parent.name + item.path.name
+            _, written = split(ObjectStore(layout), RecipeStore(layout), oid)
+            freed -= written
         if item.kind == "tree":
             retire_tree(layout, item.path)
             touched_dirs.add(item.path.parent)

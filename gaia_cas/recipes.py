@@ -17,11 +17,38 @@ import os
 import stat
 
 from .atomic import UnsafeFileError, make_dirs, read_regular, write_atomic
-from .chunking import MAX_CHUNK, MAX_RECIPE_BYTES, Chunker, Recipe, decode_recipe, encode_recipe, reassembled
+from .chunking import MAX_CHUNK, MAX_RECIPE_BYTES, THRESHOLD, Chunker, Recipe, decode_recipe, encode_recipe, reassembled
 from .errors import CorruptionError, StoreError
 from .names import check_oid, is_oid
 
 READ = 1 << 20
+SETTINGS = "chunking.msgpack"  # in store/: {"threshold": bytes}; absent means THRESHOLD
+
+
+def chunk_threshold(layout) -> int:
+    """Files of at least this many bytes are kept as chunks once no hot version needs them whole."""
+    from .codec import unpack
+
+    try:
+        data = read_regular(layout.store / SETTINGS, 4096)
+    except FileNotFoundError:
+        return THRESHOLD
+    except OSError as exc:
+        raise StoreError(f"cannot read the chunking settings store/{SETTINGS}: {exc.strerror or exc}") from exc
+    doc = unpack(data, f"store/{SETTINGS}", max_str=64, max_array=0, max_map=8)
+    value = doc.get("threshold") if isinstance(doc, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or value < MAX_CHUNK:
+        raise CorruptionError(f"store/{SETTINGS} holds no valid threshold (at least {MAX_CHUNK} bytes)")
+    return value
+
+
+def set_chunk_threshold(layout, threshold: int) -> None:
+    from .codec import pack
+    from .errors import InvalidInputError
+
+    if threshold < MAX_CHUNK:
+        raise InvalidInputError(f"the chunking threshold must be at least {MAX_CHUNK} bytes (one largest chunk)")
+    write_atomic(layout.store / SETTINGS, pack({"threshold": threshold}))
 
 
 class RecipeStore:
@@ -92,6 +119,24 @@ class RecipeStore:
             return True
         except FileNotFoundError:
             return False
+
+
+def cold_files(objects, trees, tree_oid: str) -> list[str]:
+    """The files of ``tree_oid`` not stored whole but described by a recipe (kept as chunks)."""
+    from .trees import FILE
+
+    if not os.path.isdir(objects.layout.store / "recipes"):
+        return []  # no file of this store was ever chunked: no walk
+    recipes = None
+    cold = []
+    for _, entry in trees.walk(tree_oid):
+        if entry.kind != FILE or objects.exists(entry.oid):
+            continue
+        if recipes is None:
+            recipes = RecipeStore(objects.layout)
+        if recipes.exists(entry.oid) and entry.oid not in cold:
+            cold.append(entry.oid)
+    return cold
 
 
 def cut_object(objects, oid: str, on_chunk=None) -> Recipe:

@@ -1,0 +1,102 @@
+"""Hot versions whole, cold versions as chunks: gc splits what no staying tree serves, a
+rollback rebuilds it verified, and nothing is ever lost or served half-built."""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gaia_cas.errors import CorruptionError
+from gaia_cas.recipes import RecipeStore, set_chunk_threshold
+from gaia_cas.repo import Repository
+
+from store_helpers import objects_under, rand_bytes, tmp_leftovers, write, xxh
+
+MiB = 1 << 20
+ZERO = timedelta(0)
+
+
+def store_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in objects_under(root).values())
+
+
+@pytest.fixture
+def three(tmp_path):
+    """Three versions of a 24 MiB weights file (threshold 4 MiB): v1, v1 with its last 2 MiB
+    rewritten, v1 with 5 KB inserted in the middle; v3 current."""
+    repo = Repository.init(tmp_path / "root")
+    set_chunk_threshold(repo.layout, 4 * MiB)
+    base = rand_bytes(24 * MiB, 5)
+    tail = base[:-2 * MiB] + rand_bytes(2 * MiB, 6)
+    middle = base[:12 * MiB] + rand_bytes(5000, 7) + base[12 * MiB:]
+    src = tmp_path / "src"
+    versions = []
+    for data in (base, tail, middle):
+        write(src / "variables.data", data)
+        write(src / "saved_model.pb", b"graph")
+        versions.append((repo.deploy("ssd", src).version, data))
+    return repo, versions
+
+
+def test_gc_keeps_cold_versions_as_chunks_and_every_version_rolls_back_byte_identical(three):
+    repo, versions = three
+    before = store_bytes(repo.root)
+    repo.gc(grace=ZERO)
+    recipes = RecipeStore(repo.layout)
+    cold = [xxh(data) for _, data in versions[:2]]
+    assert all(not repo.objects.exists(oid) and recipes.exists(oid) for oid in cold)
+    assert repo.objects.exists(xxh(versions[2][1]))  # current stays whole
+    after = store_bytes(repo.root)
+    # current whole, plus one set of chunks, plus what the other two changed (each change
+    # costs at most its bytes and the chunks it touches): not three whole copies
+    assert after <= 2 * 24 * MiB + 2 * MiB + 3 * 4 * MiB < before
+    for number, data in versions[:2] + versions[2:]:
+        repo.rollback("ssd", number)
+        served = Path(repo.resolve("ssd").path) / "variables.data"
+        assert served.read_bytes() == data
+        assert os.stat(served).st_nlink > 1  # a hard-link checkout again, not a private copy
+    assert tmp_leftovers(repo.root) == []
+
+
+def test_a_version_rebuilt_whole_goes_cold_again_once_it_is_left(three):
+    repo, versions = three
+    repo.gc(grace=ZERO)
+    repo.rollback("ssd", versions[0][0])
+    assert repo.objects.exists(xxh(versions[0][1]))
+    repo.rollback("ssd", versions[2][0])
+    repo.gc(grace=ZERO)
+    assert not repo.objects.exists(xxh(versions[0][1]))
+    repo.check_complete(repo.manifest("ssd").find(versions[0][0]).tree)
+
+
+def test_a_corrupt_chunk_refuses_the_rollback_and_current_stays(three):
+    repo, versions = three
+    repo.gc(grace=ZERO)
+    recipe = RecipeStore(repo.layout).get(xxh(versions[0][1]))
+    victim = objects_under(repo.root)[recipe.chunks[3].oid]
+    os.chmod(victim, 0o644)
+    with open(victim, "r+b") as f:
+        f.write(b"\x00\x01")
+    with pytest.raises(CorruptionError, match=recipe.chunks[3].oid):
+        repo.rollback("ssd", versions[0][0])
+    assert repo.manifest("ssd").current == versions[2][0]
+    assert (Path(repo.resolve("ssd").path) / "variables.data").read_bytes() == versions[2][1]
+    assert tmp_leftovers(repo.root) == []
+
+
+def test_gc_within_the_grace_keeps_everything_whole(three):
+    repo, versions = three
+    repo.gc()
+    assert all(repo.objects.exists(xxh(data)) for _, data in versions)
+    assert not os.path.isdir(repo.layout.store / "recipes")
+
+
+def test_files_below_the_threshold_are_never_chunked(tmp_path):
+    repo = Repository.init(tmp_path / "root")
+    src = tmp_path / "m.joblib"
+    for seed in (1, 2):
+        write(src, rand_bytes(2 * MiB, seed))
+        repo.deploy("catboost", src)
+    repo.gc(grace=ZERO)
+    assert not os.path.isdir(repo.layout.store / "recipes")
