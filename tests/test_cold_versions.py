@@ -100,3 +100,40 @@ def test_files_below_the_threshold_are_never_chunked(tmp_path):
         repo.deploy("catboost", src)
     repo.gc(grace=ZERO)
     assert not os.path.isdir(repo.layout.store / "recipes")
+
+
+def test_verify_rehashes_cold_files_through_their_chunks(three):
+    repo, versions = three
+    repo.gc(grace=ZERO)
+    report = repo.verify()
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.checked_objects > 10  # the chunks, not only the whole current file
+
+
+def test_a_corrupt_chunk_is_one_finding_naming_every_version_of_every_model_and_repair_isolates_it(three, tmp_path):
+    repo, versions = three
+    # a second model whose old version has the same weights as ssd's oldest version
+    src = tmp_path / "other"
+    write(src / "variables.data", versions[0][1])
+    write(src / "saved_model.pb", b"graph")
+    old = repo.deploy("mirror", src).version
+    write(src / "variables.data", rand_bytes(5 * MiB, 9))
+    repo.deploy("mirror", src)
+    repo.gc(grace=ZERO)
+    recipe = RecipeStore(repo.layout).get(xxh(versions[0][1]))
+    shared = recipe.chunks[-1].oid  # the tail: v1's own, not in v2 (its tail was rewritten)
+    victim = objects_under(repo.root)[shared]
+    os.chmod(victim, 0o644)
+    with open(victim, "r+b") as f:
+        f.write(b"\x00\x01\x02")
+    report = repo.verify()
+    found = [p for p in report.problems if p.oid == shared]
+    assert len(found) == 1 and found[0].kind == "corrupt-object"
+    assert set(found[0].versions) >= {f"ssd {versions[0][0]}", f"mirror {old}"}
+    repo.verify(repair=True)
+    assert repo.manifest("ssd").find(versions[0][0]).broken
+    assert repo.manifest("mirror").find(old).broken
+    assert not repo.manifest("ssd").find(versions[2][0]).broken
+    assert not repo.objects.exists(shared)  # quarantined: never served
+    after = repo.verify()
+    assert after.ok and after.broken_versions and all(p.resolved for p in after.problems)
