@@ -285,7 +285,10 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             os.close(fd)
         plan.doomed.append(Doomed(Path(item.path), _unshared_bytes(Path(item.path)), "tmp"))
 
-    for folder, kind in ((layout.manifests, "manifest-tmp"), (layout.store, "store-tmp")):
+    recipe_shards = [Path(shard.path) for shard in _scan(Path(recipes.root))
+                     if len(shard.name) == 2 and shard.is_dir(follow_symlinks=False)]
+    for folder, kind in ((layout.manifests, "manifest-tmp"), (layout.store, "store-tmp"),
+                         *((shard, "store-tmp") for shard in recipe_shards)):
         for item in _scan(folder):  # interrupted atomic writes: manifests, the stat cache
             if TMP_MARK in item.name and item.is_file(follow_symlinks=False):
                 st = item.stat(follow_symlinks=False)
