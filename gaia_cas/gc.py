@@ -56,6 +56,8 @@ class GcPlan:
     objects: int = 0  # every object file seen, and their bytes (status reuses this scan)
     object_bytes: int = 0
     young_unreferenced: int = 0  # unreferenced, but within the grace period
+    file_bytes: int = 0  # every distinct file the versions reach, counted once at its full size
+    chunk_bytes: int = 0  # bytes of the chunk objects cold files are kept as
     ignored: list[str] = field(default_factory=list)  # names gc does not recognise: left alone
 
     @property
@@ -100,14 +102,23 @@ def mark(layout: Layout, manifests: list[Manifest], reader: TreeReader, big: "Bi
 
 
 class BigFiles:
-    """The reachable files of at least ``threshold`` bytes, oid -> size: gc's chunking candidates."""
+    """The reachable files of at least ``threshold`` bytes, oid -> size (gc's chunking
+    candidates), and the bytes of all distinct reachable files (status's file-level saving)."""
 
     def __init__(self, threshold: int):
         self.threshold = threshold
         self.sizes: dict[str, int] = {}
+        self.distinct_bytes = 0
 
-    def add(self, entries) -> None:
-        self.sizes.update((e.oid, e.size) for _, e in entries if e.kind == FILE and e.size >= self.threshold)
+    def add(self, entries, reachable: set[str]) -> None:
+        seen = set()
+        for _, e in entries:
+            if e.kind != FILE or e.oid in reachable or e.oid in seen:
+                continue
+            seen.add(e.oid)
+            self.distinct_bytes += e.size
+            if e.size >= self.threshold:
+                self.sizes[e.oid] = e.size
 
 
 def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, version: str,
@@ -119,10 +130,10 @@ def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, ve
     except GaiaCasError as exc:
         raise GcRefusedError(f"gc deleted nothing: tree {oid} of {model} {version} cannot be read ({exc}); "
                              "run 'gaia-cas verify'") from None
+    if big is not None:
+        big.add(entries, reachable)
     reachable.add(oid)
     reachable.update(entry.oid for _, entry in entries)
-    if big is not None:
-        big.add(entries)
 
 
 def mark_chunks(recipes, reachable: set[str]) -> set[str]:
@@ -216,7 +227,10 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
         else:
             plan.ignored.append(f"leases: {lease.model} {lease.version} (tree {lease.tree} is not in the store)")
     plan.doomed.extend(Doomed(path, 0, "lease") for path in dead)
+    chunks = set(reachable)
     mark_chunks(recipes, reachable)
+    chunks = reachable - chunks
+    plan.file_bytes = big.distinct_bytes
     for oid in recipes.oids():  # recipes of files nothing reaches any more
         if oid not in reachable:
             path = Path(recipes.path(oid))
@@ -238,6 +252,8 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             plan.object_bytes += st.st_size
             if oid in reachable:
                 plan.reachable_objects += 1
+                if oid in chunks:
+                    plan.chunk_bytes += st.st_size
             elif st.st_mtime > cutoff:
                 plan.young_unreferenced += 1
             else:

@@ -137,3 +137,18 @@ def test_a_corrupt_chunk_is_one_finding_naming_every_version_of_every_model_and_
     assert not repo.objects.exists(shared)  # quarantined: never served
     after = repo.verify()
     assert after.ok and after.broken_versions and all(p.resolved for p in after.problems)
+
+
+def test_status_reports_the_chunk_saving_apart_from_the_file_saving(three):
+    repo, versions = three
+    before = repo.status().store
+    assert before.chunk_saved_bytes == 0 and before.chunk_bytes == 0
+    distinct = sum(len(data) for _, data in versions) + len(b"graph")
+    assert before.file_saved_bytes == before.logical_bytes - distinct  # saved_model.pb stored once
+    repo.gc(grace=ZERO)
+    after = repo.status().store
+    assert after.logical_bytes == before.logical_bytes and after.file_saved_bytes == before.file_saved_bytes
+    assert after.chunk_bytes > 24 * MiB  # the cold versions' chunks
+    assert after.chunk_saved_bytes >= 24 * MiB - 2 * MiB - 3 * 4 * MiB  # most of one whole copy
+    assert after.used_bytes == after.bytes_on_disk - after.garbage_bytes - after.staging_bytes
+    assert after.reclaimable_bytes == 0
