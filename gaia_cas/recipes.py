@@ -165,7 +165,10 @@ def describe(objects, recipes: RecipeStore, oid: str) -> Recipe:
     recipe = recipes.get(oid)
     if recipe is None:
         recipe = cut_object(objects, oid)
-        recipes.put(recipe)
+        try:
+            recipes.put(recipe)
+        except OSError:
+            pass  # a read-only store: the recipe is cut again next time
     return recipe
 
 

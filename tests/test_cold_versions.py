@@ -152,3 +152,32 @@ def test_status_reports_the_chunk_saving_apart_from_the_file_saving(three):
     assert after.chunk_saved_bytes >= 24 * MiB - 2 * MiB - 3 * 4 * MiB  # most of one whole copy
     assert after.used_bytes == after.bytes_on_disk - after.garbage_bytes - after.staging_bytes
     assert after.reclaimable_bytes == 0
+
+
+def test_diff_names_the_byte_ranges_a_retrain_changed_hot_or_cold(three):
+    repo, versions = three
+    (v1, base), (v2, tail), (v3, middle) = versions
+    for step in ("hot", "cold"):
+        d = repo.diff("ssd", v1, v2).to_json()
+        (change,) = d["changed"]
+        assert change["path"] == "variables.data"
+        start, end = change["ranges"][-1]
+        assert end == len(tail) and start <= len(tail) - 2 * MiB  # the rewritten tail, nothing before it
+        assert change["changed_bytes"] <= 2 * MiB + 4 * MiB
+        (inserted,) = repo.diff("ssd", v1, v3).to_json()["changed"]
+        assert len(inserted["ranges"]) == 1 and inserted["changed_bytes"] <= 5000 + 2 * 4 * MiB
+        assert inserted["ranges"][0][0] <= 12 * MiB < inserted["ranges"][0][1]
+        repo.gc(grace=ZERO)
+
+
+def test_export_of_a_cold_version_holds_its_real_bytes(three, tmp_path):
+    import tarfile
+
+    repo, versions = three
+    repo.gc(grace=ZERO)
+    out = tmp_path / "v1.tar"
+    repo.export("ssd", versions[0][0], out)
+    with tarfile.open(out) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("variables.data"))
+        assert tar.extractfile(member).read() == versions[0][1]
+    assert repo.manifest("ssd").current == versions[2][0]
