@@ -103,6 +103,10 @@ class Context:
             refusal = self.layout.symlink_in_store()  # never write through a symlink under store/
             if refusal is not None:
                 raise StoreError(refusal)
+            if os.path.lexists(self.layout.store / "format"):
+                from .recipes import check_format
+
+                check_format(self.layout)
             with store_barrier(self.layout.store, self.manifests.lock_timeout, exclusive=False):
                 self._writing += 1
                 try:

@@ -208,12 +208,20 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
     if refusal is not None:
         raise GcRefusedError(f"gc deleted nothing: {refusal}")
     all_manifests = already_read if already_read is not None else read_all_manifests(manifests)
-    from .recipes import RecipeStore, chunk_threshold
+    from .recipes import RecipeStore
+
+    from .recipes import settings
 
     recipes = RecipeStore(layout)
-    big = BigFiles(chunk_threshold(layout))
+    chosen = settings(layout)
+    big = BigFiles(chosen.threshold)
     reachable = mark(layout, all_manifests, reader, big)
     trees_to_keep = protected_trees(all_manifests, now, grace) | linked_trees(layout, all_manifests)
+    for manifest in all_manifests if chosen.hot_recent else ():  # the store asks for more hot versions
+        from .versions import version_key
+
+        newest = sorted(manifest.versions, key=lambda v: version_key(v.version))[-chosen.hot_recent:]
+        trees_to_keep.update(v.tree for v in newest)
     cutoff = time.time() - grace.total_seconds()
     plan = GcPlan()
     from . import leases

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import namedtuple
 
 from .atomic import UnsafeFileError, make_dirs, read_regular, write_atomic
 from .chunking import MAX_CHUNK, MAX_RECIPE_BYTES, THRESHOLD, Chunker, Recipe, decode_recipe, encode_recipe, reassembled
@@ -25,30 +26,93 @@ READ = 1 << 20
 SETTINGS = "chunking.msgpack"  # in store/: {"threshold": bytes}; absent means THRESHOLD
 
 
-def chunk_threshold(layout) -> int:
-    """Files of at least this many bytes are kept as chunks once no hot version needs them whole."""
+FORMAT_FILE = "format"  # in store/: absent means format 1 (no recipes); written before the first recipe
+FORMAT = 2
+
+
+def store_format(layout) -> int:
+    """The store's format: 1 for a store written before chunks (no ``store/format``), else its number."""
+    try:
+        data = read_regular(layout.store / FORMAT_FILE, 256)
+    except FileNotFoundError:
+        return 1
+    except OSError as exc:
+        raise StoreError(f"cannot read store/{FORMAT_FILE}: {exc.strerror or exc}") from exc
+    words = data.decode("ascii", "replace").split()
+    if len(words) != 4 or words[:3] != ["gaia-cas", "store", "format"] or not words[3].isdigit():
+        raise CorruptionError(f"store/{FORMAT_FILE} is not a gaia-cas store format line")
+    return int(words[3])
+
+
+def check_format(layout) -> None:
+    """Refuse to write to a store of a newer format than this gaia-cas knows."""
+    found = store_format(layout)
+    if found > FORMAT:
+        raise StoreError(f"this store has format {found}, written by a newer gaia-cas; this one writes format "
+                         f"{FORMAT} stores only (upgrade gaia-cas)")
+
+
+def upgrade(layout) -> bool:
+    """Mark the store as format 2 (it may hold recipes); True if it was format 1. Written before
+    the first recipe, so a store holding a recipe always says so."""
+    if store_format(layout) >= FORMAT:
+        return False
+    write_atomic(layout.store / FORMAT_FILE, f"gaia-cas store format {FORMAT}\n".encode())
+    return True
+
+
+class Settings(namedtuple("Settings", "threshold hot_recent")):
+    """The store's chunking settings: files of at least ``threshold`` bytes are kept as chunks
+    once no hot version needs them whole; ``hot_recent`` more of each model's newest versions
+    count as hot (besides current, channels, leases and the grace period)."""
+
+    __slots__ = ()
+
+
+DEFAULT_SETTINGS = Settings(THRESHOLD, 0)
+
+
+def settings(layout) -> Settings:
     from .codec import unpack
 
     try:
         data = read_regular(layout.store / SETTINGS, 4096)
     except FileNotFoundError:
-        return THRESHOLD
+        return DEFAULT_SETTINGS
     except OSError as exc:
         raise StoreError(f"cannot read the chunking settings store/{SETTINGS}: {exc.strerror or exc}") from exc
     doc = unpack(data, f"store/{SETTINGS}", max_str=64, max_array=0, max_map=8)
-    value = doc.get("threshold") if isinstance(doc, dict) else None
-    if not isinstance(value, int) or isinstance(value, bool) or value < MAX_CHUNK:
-        raise CorruptionError(f"store/{SETTINGS} holds no valid threshold (at least {MAX_CHUNK} bytes)")
-    return value
+    if not isinstance(doc, dict):
+        raise CorruptionError(f"store/{SETTINGS} is not a map of settings")
+    threshold, recent = doc.get("threshold", THRESHOLD), doc.get("hot_recent", 0)
+    for value in (threshold, recent):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CorruptionError(f"store/{SETTINGS} holds an invalid setting {value!r:.40}")
+    if threshold < MAX_CHUNK:
+        raise CorruptionError(f"store/{SETTINGS}: the threshold must be at least {MAX_CHUNK} bytes")
+    return Settings(threshold, recent)
 
 
-def set_chunk_threshold(layout, threshold: int) -> None:
+def chunk_threshold(layout) -> int:
+    return settings(layout).threshold
+
+
+def change_settings(layout, *, threshold: int | None = None, hot_recent: int | None = None) -> Settings:
     from .codec import pack
     from .errors import InvalidInputError
 
-    if threshold < MAX_CHUNK:
+    now = settings(layout)
+    if threshold is not None and threshold < MAX_CHUNK:
         raise InvalidInputError(f"the chunking threshold must be at least {MAX_CHUNK} bytes (one largest chunk)")
-    write_atomic(layout.store / SETTINGS, pack({"threshold": threshold}))
+    if hot_recent is not None and not 0 <= hot_recent <= 10_000:
+        raise InvalidInputError("--hot-recent must be between 0 and 10000")
+    new = Settings(now.threshold if threshold is None else threshold, now.hot_recent if hot_recent is None else hot_recent)
+    write_atomic(layout.store / SETTINGS, pack(new._asdict()))
+    return new
+
+
+def set_chunk_threshold(layout, threshold: int) -> None:
+    change_settings(layout, threshold=threshold)
 
 
 class RecipeStore:
@@ -92,6 +156,7 @@ class RecipeStore:
         if self.exists(recipe.oid):
             return False
         final = self.path(recipe.oid)
+        upgrade(self.layout)
         make_dirs(os.path.dirname(final))
         write_atomic(final, encode_recipe(recipe), 0o444)
         return True

@@ -181,3 +181,28 @@ def test_export_of_a_cold_version_holds_its_real_bytes(three, tmp_path):
         member = next(m for m in tar.getmembers() if m.name.endswith("variables.data"))
         assert tar.extractfile(member).read() == versions[0][1]
     assert repo.manifest("ssd").current == versions[2][0]
+
+
+def test_the_format_mark_comes_with_the_first_recipe_and_a_newer_format_is_not_written_to(three):
+    from gaia_cas.errors import StoreError
+    from gaia_cas.recipes import store_format
+
+    repo, versions = three
+    assert store_format(repo.layout) == 1  # a store without chunks stays as it was written
+    repo.gc(grace=ZERO)
+    assert store_format(repo.layout) == 2
+    assert (repo.layout.store / "format").read_text() == "gaia-cas store format 2\n"
+    (repo.layout.store / "format").write_text("gaia-cas store format 3\n")
+    assert repo.resolve("ssd").version == versions[2][0]  # still read
+    with pytest.raises(StoreError, match="format 3, written by a newer gaia-cas"):
+        repo.rollback("ssd", versions[1][0])
+    assert repo.manifest("ssd").current == versions[2][0]
+
+
+def test_hot_recent_keeps_the_newest_versions_whole(three):
+    from gaia_cas.recipes import change_settings
+
+    repo, versions = three
+    change_settings(repo.layout, hot_recent=2)
+    repo.gc(grace=ZERO)
+    assert [repo.objects.exists(xxh(data)) for _, data in versions] == [False, True, True]
