@@ -156,6 +156,9 @@ class RecipeStore:
         if self.exists(recipe.oid):
             return False
         final = self.path(recipe.oid)
+        for folder in (self.root, os.path.dirname(final)):  # never written through a planted symlink
+            if os.path.islink(folder):
+                raise StoreError(f"{folder} is a symlink; gaia-cas never follows a symlink under store/")
         upgrade(self.layout)
         make_dirs(os.path.dirname(final))
         write_atomic(final, encode_recipe(recipe), 0o444)

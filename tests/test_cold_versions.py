@@ -206,3 +206,36 @@ def test_hot_recent_keeps_the_newest_versions_whole(three):
     change_settings(repo.layout, hot_recent=2)
     repo.gc(grace=ZERO)
     assert [repo.objects.exists(xxh(data)) for _, data in versions] == [False, True, True]
+
+
+@pytest.mark.parametrize("planted", ["recipes", "shard"])
+def test_a_symlinked_recipes_folder_is_refused_and_nothing_is_written_outside(three, tmp_path, planted):
+    from gaia_cas.errors import GcRefusedError
+
+    repo, versions = three
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    recipes = repo.layout.store / "recipes"
+    if planted == "recipes":
+        os.symlink(outside, recipes)
+    else:
+        recipes.mkdir()
+        for oid in {xxh(data) for _, data in versions}:
+            if not (recipes / oid[:2]).exists():
+                os.symlink(outside, recipes / oid[:2])
+    with pytest.raises(GcRefusedError, match="symlink"):
+        repo.gc(grace=ZERO)
+    assert list(outside.iterdir()) == []
+    assert all(repo.objects.exists(xxh(data)) for _, data in versions)
+
+
+def test_diff_never_writes_a_recipe_through_a_planted_symlink(three, tmp_path):
+    from gaia_cas.errors import StoreError
+
+    repo, versions = three
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, repo.layout.store / "recipes")
+    with pytest.raises(StoreError, match="symlink"):
+        repo.diff("ssd", versions[0][0], versions[1][0])
+    assert list(outside.iterdir()) == []
