@@ -126,6 +126,12 @@ class RecipeStore:
         check_oid(oid)
         return f"{self.root}/{oid[:2]}/{oid[2:]}"
 
+    def _refuse_symlinks(self, oid: str) -> None:
+        """Never read or write a recipe through a planted symlink (store/recipes or its shard)."""
+        for folder in (self.root, os.path.dirname(self.path(oid))):
+            if os.path.islink(folder):
+                raise StoreError(f"{folder} is a symlink; gaia-cas never follows a symlink under store/")
+
     def exists(self, oid: str) -> bool:
         try:
             return stat.S_ISREG(os.lstat(self.path(oid)).st_mode)
@@ -135,6 +141,7 @@ class RecipeStore:
     def get(self, oid: str) -> Recipe | None:
         """The recipe of file ``oid``, or None when the file was never chunked."""
         where = f"recipe of {oid}"
+        self._refuse_symlinks(oid)
         try:
             data = read_regular(self.path(oid), MAX_RECIPE_BYTES)
         except FileNotFoundError:
@@ -156,9 +163,7 @@ class RecipeStore:
         if self.exists(recipe.oid):
             return False
         final = self.path(recipe.oid)
-        for folder in (self.root, os.path.dirname(final)):  # never written through a planted symlink
-            if os.path.islink(folder):
-                raise StoreError(f"{folder} is a symlink; gaia-cas never follows a symlink under store/")
+        self._refuse_symlinks(recipe.oid)
         upgrade(self.layout)
         make_dirs(os.path.dirname(final))
         write_atomic(final, encode_recipe(recipe), 0o444)
