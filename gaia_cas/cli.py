@@ -376,7 +376,8 @@ def cmd_cleanup(args, default_root):
 
 
 _GC_KINDS = {"object": "objects", "tree": "materialized trees", "tmp": "temp entries", "log": "log files",
-             "manifest-tmp": "manifest temp files", "store-tmp": "store temp files", "link-tmp": "link temp files"}
+             "manifest-tmp": "manifest temp files", "store-tmp": "store temp files", "link-tmp": "link temp files",
+             "whole": "whole copies of cold files (kept as chunks)", "recipe": "recipes of unused files"}
 
 
 def _counted(counts: dict[str, int]) -> str:
