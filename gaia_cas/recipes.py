@@ -111,6 +111,17 @@ def change_settings(layout, *, threshold: int | None = None, hot_recent: int | N
     return new
 
 
+def store_info(ctx, *, threshold: int | None = None, hot_recent: int | None = None) -> dict:
+    """The store's format and settings; with ``threshold`` or ``hot_recent``, changed first
+    (under the store barrier: a gc never plans with half of a change)."""
+    if threshold is not None or hot_recent is not None:
+        with ctx.writing():
+            chosen = change_settings(ctx.layout, threshold=threshold, hot_recent=hot_recent)
+    else:
+        chosen = settings(ctx.layout)
+    return {"format": store_format(ctx.layout), "chunk_threshold": chosen.threshold, "hot_recent": chosen.hot_recent}
+
+
 def set_chunk_threshold(layout, threshold: int) -> None:
     change_settings(layout, threshold=threshold)
 

@@ -239,3 +239,28 @@ def test_diff_never_writes_a_recipe_through_a_planted_symlink(three, tmp_path):
     with pytest.raises(StoreError, match="symlink"):
         repo.diff("ssd", versions[0][0], versions[1][0])
     assert list(outside.iterdir()) == []
+
+
+def test_the_store_command_shows_and_changes_the_chunking_settings(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import LAUNCHER
+
+    root = tmp_path / "root"
+    Repository.init(root)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, str(LAUNCHER), "--root", str(root), *args], capture_output=True,
+                              text=True, timeout=60)
+
+    shown = json.loads(cli("--json", "store").stdout)
+    assert shown == {"format": 1, "chunk_threshold": 64 * MiB, "hot_recent": 0}
+    changed = json.loads(cli("--json", "store", "--chunk-threshold", "128MiB", "--hot-recent", "2").stdout)
+    assert changed == {"format": 1, "chunk_threshold": 128 * MiB, "hot_recent": 2}
+    assert "128" in cli("store").stdout
+    for bad in (["--chunk-threshold", "1MiB"], ["--chunk-threshold", "lots"], ["--hot-recent", "-1"]):
+        run = cli("store", *bad)
+        assert run.returncode != 0 and run.stderr.startswith("gaia-cas: error:") and "Traceback" not in run.stderr
+    assert json.loads(cli("--json", "store").stdout)["chunk_threshold"] == 128 * MiB
