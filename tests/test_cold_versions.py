@@ -264,3 +264,30 @@ def test_the_store_command_shows_and_changes_the_chunking_settings(tmp_path):
         run = cli("store", *bad)
         assert run.returncode != 0 and run.stderr.startswith("gaia-cas: error:") and "Traceback" not in run.stderr
     assert json.loads(cli("--json", "store").stdout)["chunk_threshold"] == 128 * MiB
+
+
+def test_ten_retrains_cost_at_most_two_and_a_half_copies_and_all_roll_back_identical(tmp_path):
+    """The README's figure, at half the benchmark's scale: a 48 MiB file, six retrains
+    rewriting its last 1 MiB, three inserting a few KiB in the middle."""
+    import random
+
+    repo = Repository.init(tmp_path / "root")
+    set_chunk_threshold(repo.layout, 16 * MiB)
+    rng = random.Random(4)
+    size = 48 * MiB
+    weights = [rng.randbytes(size)]
+    for _ in range(6):
+        weights.append(weights[-1][:-MiB] + rng.randbytes(MiB))
+    for step in range(3):
+        middle = size // 2 + step * MiB
+        weights.append(weights[-1][:middle] + rng.randbytes(4096) + weights[-1][middle:])
+    src = tmp_path / "src"
+    numbers = []
+    for data in weights:
+        write(src / "variables.data", data)
+        numbers.append(repo.deploy("ssd", src).version)
+    repo.gc(grace=ZERO)
+    assert store_bytes(repo.root) <= 2.5 * size
+    for number, data in zip(numbers, weights):
+        repo.rollback("ssd", number)
+        assert xxh((Path(repo.resolve("ssd").path) / "variables.data").read_bytes()) == xxh(data)
