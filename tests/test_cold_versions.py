@@ -291,3 +291,24 @@ def test_ten_retrains_cost_at_most_two_and_a_half_copies_and_all_roll_back_ident
     for number, data in zip(numbers, weights):
         repo.rollback("ssd", number)
         assert xxh((Path(repo.resolve("ssd").path) / "variables.data").read_bytes()) == xxh(data)
+
+
+def test_resolve_of_a_cold_channel_version_whose_checkout_was_removed_rebuilds_it(three):
+    import shutil
+
+    repo, versions = three
+    repo.gc(grace=ZERO)
+    repo.promote("ssd", versions[0][0], "canary")  # makes it hot again (rebuilt whole)
+    oid = xxh(versions[0][1])
+    tree = repo.layout.tree_path(repo.manifest("ssd").find(versions[0][0]).tree)
+    # an operator removes the checkout and the whole copy: only the chunks are left
+    os.chmod(tree, 0o755)
+    for folder, dirs, _ in os.walk(tree):
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o755)
+    shutil.rmtree(tree)
+    repo.objects.delete(oid)
+    from gaia_cas import resolve
+
+    served = resolve("ssd", root=repo.root, channel="canary")
+    assert (Path(served.path) / "variables.data").read_bytes() == versions[0][1]
