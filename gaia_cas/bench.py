@@ -562,6 +562,9 @@ def targets(b: Bench) -> list[dict]:
         check("deploy --consume >= 2 x faster than dvc add (hardlink), first",
               m("deploy_consume") / m("dvc_hardlink_first"), 0.5, "x")
         check("deploy >= 3 x faster than dvc add (default), first", new / m("dvc_default_first"), 1 / 3, "x")
+    from .chunk_bench import chunk_targets
+
+    chunk_targets(b, check)
     return result
 
 
@@ -607,6 +610,9 @@ def report(b: Bench, checks: list[dict]) -> str:
             lines.append(f"{row['factor']:>7}x {row['files']:7d} {row['bytes'] / MIB:8.1f} {_ms(row['deploy_s'])} "
                          f"{row['deploy_s'] / row['cp_sync_s']:11.3f} {row['s_per_gib']:7.3f} "
                          f"{row['ms_per_1000_files']:14.1f}")
+    from .chunk_bench import chunk_report
+
+    lines += chunk_report(b)
     lines += ["", "targets" + ("" if b.opts.size == 1 else " (set for --size 1; indicative only at this size)")]
     for c in checks:
         unit = c["unit"]
@@ -648,6 +654,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling", action="store_true", help="also deploy at 1x, 2x and 4x the file count")
     p.add_argument("--dvc", default=shutil.which("dvc"), help="the dvc command (default: dvc on PATH, if any)")
     p.add_argument("--no-dvc", dest="dvc", action="store_const", const=None, help="skip the DVC comparison")
+    p.add_argument("--no-chunks", action="store_true", help="skip the ten-retrains chunk benchmark")
     p.add_argument("--json", metavar="FILE", help="also write every sample and target as JSON")
     p.add_argument("--workdir", metavar="DIR", help="scratch folder (default: a new folder under /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
@@ -674,6 +681,11 @@ def run_all(b: Bench) -> None:
     remove(root)
     progress(f"gc of {b.opts.gc_objects} objects")
     bench_gc(b)
+    if not b.opts.no_chunks:
+        from .chunk_bench import bench_chunks
+
+        progress("chunks: ten retrains of one large weights file")
+        bench_chunks(b, gaia, run, settle, remove)
     progress("start-up")
     bench_startup(b)
     if b.opts.dvc:

@@ -392,6 +392,9 @@ def cmd_status(args, default_root):
         lines.append(f"\nstore: {humanize.plural(s.objects, 'object')}; versions use {_size(s.used_bytes)} on disk for "
                      f"{_size(s.logical_bytes)} of files (deduplication saves {_size(max(s.saved_bytes, 0))}{ratio}); "
                      f"{_size(s.garbage_bytes)} used by no version (gc frees it)")
+    if s.chunk_saved_bytes:
+        lines.append(f"       of which {_size(s.chunk_saved_bytes)} by keeping cold versions' large files as shared "
+                     f"chunks ({_size(s.chunk_bytes)} of chunks)")
     if s.staging_bytes:
         lines.append(f"       {_size(s.staging_bytes)} in store/tmp (deploys in flight or interrupted; gc frees what "
                      "is left past the grace period)")
@@ -459,7 +462,9 @@ def cmd_cleanup(args, default_root):
 _GC_KINDS = {"object": ("object", "objects"), "tree": ("materialized tree", "materialized trees"),
              "tmp": ("temp entry", "temp entries"), "log": ("log file", "log files"),
              "manifest-tmp": ("manifest temp file", "manifest temp files"),
-             "store-tmp": ("store temp file", "store temp files"), "link-tmp": ("link temp file", "link temp files")}
+             "store-tmp": ("store temp file", "store temp files"), "link-tmp": ("link temp file", "link temp files"),
+             "whole": ("whole copy of a cold file (kept as chunks)", "whole copies of cold files (kept as chunks)"),
+             "recipe": ("recipe of an unused file", "recipes of unused files")}
 
 
 def _counted(counts: dict[str, int]) -> str:
@@ -498,6 +503,29 @@ def cmd_gc(args, default_root):
              f"{humanize.plural(plan.young_unreferenced, 'unreferenced object')} "
              f"are younger than the grace period ({args.grace}) and stay")
     _emit(args, doc, text)
+
+
+def cmd_store(args, default_root):
+    repo = _repo(args, default_root)
+    threshold = None if args.chunk_threshold is None else _parse_size(args.chunk_threshold)
+    info = repo.store_settings(threshold=threshold, hot_recent=args.hot_recent)
+    text = (f"store format {info['format']}; large files (from {_size(info['chunk_threshold'])}) of cold versions are "
+            f"kept as chunks; hot: current, channels, leased"
+            + (f" and each model's {info['hot_recent']} newest" if info["hot_recent"] else "") + " versions")
+    _emit(args, info, text)
+
+
+def _parse_size(text: str) -> int:
+    """``67108864``, ``64MiB``, ``64M``, ``1GiB``: binary units, as du -h prints them."""
+    units = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+    number = text.strip().lower()
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz ")
+    unit = number[len(digits):].strip()
+    if not digits.isdigit() or unit not in units:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"invalid size {text!r}: use bytes or a number with KiB, MiB or GiB")
+    return int(digits) * units[unit]
 
 
 def cmd_verify(args, default_root):
@@ -864,7 +892,7 @@ _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
     "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
     "demo": cmd_demo, "pin": cmd_pin, "unpin": cmd_pin, "cleanup": cmd_cleanup, "gc": cmd_gc,
-    "verify": cmd_verify, "promote": cmd_promote, "history": cmd_history, "diff": cmd_diff,
+    "verify": cmd_verify, "store": cmd_store, "promote": cmd_promote, "history": cmd_history, "diff": cmd_diff,
     "import-legacy": cmd_import_legacy, "export": cmd_export, "import": cmd_import,
     "watch": cmd_watch, "serve": cmd_serve,
     "remote": cmd_remote, "push": cmd_push, "pull": cmd_pull, "sync": cmd_sync,

@@ -51,6 +51,7 @@ class Context:
         self.trees = TreeReader(self.objects)
         self.manifests = Manifests(self.layout, lock_timeout)
         self.oplog = OpLog(self.layout.logs)
+        self._writing = 0  # > 0 while this context holds the store barrier (writing())
 
     @property
     def root(self) -> Path:
@@ -102,8 +103,16 @@ class Context:
             refusal = self.layout.symlink_in_store()  # never write through a symlink under store/
             if refusal is not None:
                 raise StoreError(refusal)
+            if os.path.lexists(self.layout.store / "format"):
+                from .recipes import check_format
+
+                check_format(self.layout)
             with store_barrier(self.layout.store, self.manifests.lock_timeout, exclusive=False):
-                yield
+                self._writing += 1
+                try:
+                    yield
+                finally:
+                    self._writing -= 1
 
     @contextmanager
     def claims(self):
@@ -125,14 +134,50 @@ class Context:
             yield
 
     def materialize(self, tree_oid: str) -> Path:
+        """The tree's checkout; a version gone cold (its large files kept as chunks only) is
+        first rebuilt whole, verified, under the store barrier (design.md, Chunks)."""
+        final = self.layout.tree_path(tree_oid)
+        if not final.is_dir():
+            from .recipes import cold_files
+
+            if cold_files(self.objects, self.trees, tree_oid):
+                if not self._writing:
+                    with self.writing():
+                        return self.materialize(tree_oid)
+                self.warm(tree_oid)
         return materialize(self.layout, self.objects, tree_oid)
 
+    def warm(self, tree_oid: str) -> int:
+        """Rebuild whole, from their chunks, the files of ``tree_oid`` stored only as chunks;
+        returns how many. Caller holds the store barrier (the objects are installed, and gc
+        must not split them again before the tree that serves them exists)."""
+        from .recipes import RecipeStore, cold_files, rebuild
+
+        cold = cold_files(self.objects, self.trees, tree_oid)
+        if not cold:
+            return 0
+        recipes = RecipeStore(self.layout)
+        with self.objects.staging() as staging:
+            for oid in cold:
+                rebuild(self.objects, recipes.get(oid), staging)
+            staging.install()
+            staging.keep()
+        return len(cold)
+
     def check_complete(self, tree_oid: str) -> None:
-        """Every object the tree reaches exists (a gc must not have taken any of them)."""
+        """Every object the tree reaches exists, whole or as chunks (a gc must not have taken any)."""
         if not self.objects.exists(tree_oid):
             raise CorruptionError(f"tree {tree_oid} is missing from the store")
+        recipes = None
         for _, entry in self.trees.walk(tree_oid):
-            if not self.objects.exists(entry.oid):
+            if self.objects.exists(entry.oid):
+                continue
+            if recipes is None:
+                from .recipes import RecipeStore
+
+                recipes = RecipeStore(self.layout)
+            recipe = recipes.get(entry.oid) if entry.kind != "dir" else None
+            if recipe is None or not all(self.objects.exists(c.oid) for c in recipe.chunks):
                 raise CorruptionError(f"object {entry.oid} of tree {tree_oid} is missing from the store")
 
     # -- links ---------------------------------------------------------------------------------

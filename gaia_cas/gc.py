@@ -36,7 +36,7 @@ from .manifest_store import Manifests
 from .materialize import links_objects, retire_tree
 from .names import is_oid
 from .retention import parse_age
-from .trees import TreeReader
+from .trees import FILE, TreeReader
 
 DEFAULT_GRACE = parse_age(defaults.GRACE)
 DEFAULT_LOG_AGE = parse_age(defaults.LOG_AGE)
@@ -46,7 +46,7 @@ DEFAULT_LOG_AGE = parse_age(defaults.LOG_AGE)
 class Doomed:
     path: Path
     size: int
-    kind: str  # object, tree, tmp, log, manifest-tmp, link-tmp, lease
+    kind: str  # object, whole (split into chunks, then removed), recipe, tree, tmp, log, manifest-tmp, link-tmp, lease
 
 
 @dataclass
@@ -56,6 +56,8 @@ class GcPlan:
     objects: int = 0  # every object file seen, and their bytes (status reuses this scan)
     object_bytes: int = 0
     young_unreferenced: int = 0  # unreferenced, but within the grace period
+    file_bytes: int = 0  # every distinct file the versions reach, counted once at its full size
+    chunk_bytes: int = 0  # bytes of the chunk objects cold files are kept as
     ignored: list[str] = field(default_factory=list)  # names gc does not recognise: left alone
 
     @property
@@ -89,16 +91,38 @@ def read_all_manifests(manifests: Manifests) -> list[Manifest]:
     return result
 
 
-def mark(layout: Layout, manifests: list[Manifest], reader: TreeReader) -> set[str]:
-    """Every oid (trees and files) reachable from any version of any manifest."""
+def mark(layout: Layout, manifests: list[Manifest], reader: TreeReader, big: "BigFiles | None" = None) -> set[str]:
+    """Every oid (trees and files) reachable from any version of any manifest; ``big`` (if
+    given) collects the files at or above its threshold."""
     reachable: set[str] = set()
     for manifest in manifests:
         for version in manifest.versions:
-            _mark_tree(reader, version.tree, reachable, manifest.model, version.version)
+            _mark_tree(reader, version.tree, reachable, manifest.model, version.version, big)
     return reachable
 
 
-def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, version: str) -> None:
+class BigFiles:
+    """The reachable files of at least ``threshold`` bytes, oid -> size (gc's chunking
+    candidates), and the bytes of all distinct reachable files (status's file-level saving)."""
+
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+        self.sizes: dict[str, int] = {}
+        self.distinct_bytes = 0
+
+    def add(self, entries, reachable: set[str]) -> None:
+        seen = set()
+        for _, e in entries:
+            if e.kind != FILE or e.oid in reachable or e.oid in seen:
+                continue
+            seen.add(e.oid)
+            self.distinct_bytes += e.size
+            if e.size >= self.threshold:
+                self.sizes[e.oid] = e.size
+
+
+def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, version: str,
+               big: BigFiles | None = None) -> None:
     if oid in reachable:
         return  # shared subtree already walked
     try:
@@ -106,8 +130,38 @@ def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, ve
     except GaiaCasError as exc:
         raise GcRefusedError(f"gc deleted nothing: tree {oid} of {model} {version} cannot be read ({exc}); "
                              "run 'gaia-cas verify'") from None
+    if big is not None:
+        big.add(entries, reachable)
     reachable.add(oid)
     reachable.update(entry.oid for _, entry in entries)
+
+
+def mark_chunks(recipes, reachable: set[str]) -> set[str]:
+    """Add to ``reachable`` the chunks of every reachable file that has a recipe; returns the
+    files that have one. An unreadable recipe makes gc delete nothing (fail closed): its
+    chunks could not be told apart from garbage."""
+    described = set()
+    for oid in recipes.oids():
+        if oid not in reachable:
+            continue
+        try:
+            recipe = recipes.get(oid)
+        except GaiaCasError as exc:
+            raise GcRefusedError(f"gc deleted nothing: {exc}; run 'gaia-cas verify'") from None
+        reachable.update(chunk.oid for chunk in recipe.chunks)
+        described.add(oid)
+    return described
+
+
+def hot_files(reader: TreeReader, trees: set[str]) -> set[str]:
+    """The files of the trees that stay materialized: they are served whole (design.md, Chunks)."""
+    hot: set[str] = set()
+    for tree in trees:
+        try:
+            hot.update(entry.oid for _, entry in reader.walk(tree) if entry.kind == FILE)
+        except GaiaCasError as exc:
+            raise GcRefusedError(f"gc deleted nothing: materialized tree {tree} cannot be read ({exc})") from None
+    return hot
 
 
 def linked_trees(layout: Layout, manifests: list[Manifest]) -> set[str]:
@@ -154,8 +208,20 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
     if refusal is not None:
         raise GcRefusedError(f"gc deleted nothing: {refusal}")
     all_manifests = already_read if already_read is not None else read_all_manifests(manifests)
-    reachable = mark(layout, all_manifests, reader)
+    from .recipes import RecipeStore
+
+    from .recipes import settings
+
+    recipes = RecipeStore(layout)
+    chosen = settings(layout)
+    big = BigFiles(chosen.threshold)
+    reachable = mark(layout, all_manifests, reader, big)
     trees_to_keep = protected_trees(all_manifests, now, grace) | linked_trees(layout, all_manifests)
+    for manifest in all_manifests if chosen.hot_recent else ():  # the store asks for more hot versions
+        from .versions import version_key
+
+        newest = sorted(manifest.versions, key=lambda v: version_key(v.version))[-chosen.hot_recent:]
+        trees_to_keep.update(v.tree for v in newest)
     cutoff = time.time() - grace.total_seconds()
     plan = GcPlan()
     from . import leases
@@ -164,11 +230,21 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
     plan.ignored.extend(unreadable)
     for lease in live:  # roots whatever their age: their holders are alive
         if reader.store.exists(lease.tree):
-            _mark_tree(reader, lease.tree, reachable, lease.model, lease.version)
+            _mark_tree(reader, lease.tree, reachable, lease.model, lease.version, big)
             trees_to_keep.add(lease.tree)
         else:
             plan.ignored.append(f"leases: {lease.model} {lease.version} (tree {lease.tree} is not in the store)")
     plan.doomed.extend(Doomed(path, 0, "lease") for path in dead)
+    chunks = set(reachable)
+    mark_chunks(recipes, reachable)
+    chunks = reachable - chunks
+    plan.file_bytes = big.distinct_bytes
+    for oid in recipes.oids():  # recipes of files nothing reaches any more
+        if oid not in reachable:
+            path = Path(recipes.path(oid))
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff:
+                plan.doomed.append(Doomed(path, st.st_size, "recipe"))
 
     for fanout in _scan(layout.objects):
         if not (fanout.is_dir(follow_symlinks=False) and len(fanout.name) == 2):
@@ -184,11 +260,14 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             plan.object_bytes += st.st_size
             if oid in reachable:
                 plan.reachable_objects += 1
+                if oid in chunks:
+                    plan.chunk_bytes += st.st_size
             elif st.st_mtime > cutoff:
                 plan.young_unreferenced += 1
             else:
                 plan.doomed.append(Doomed(Path(item.path), st.st_size, "object"))
 
+    staying = set(trees_to_keep)
     for item in _scan(layout.trees):
         st = item.stat(follow_symlinks=False)
         if not is_oid(item.name):
@@ -197,6 +276,24 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             tree = Path(item.path)
             # A tree of hard links frees nothing by itself (its objects are counted as objects).
             plan.doomed.append(Doomed(tree, 0 if links_objects(tree) else _unshared_bytes(tree), "tree"))
+        elif reader.store.exists(item.name):
+            staying.add(item.name)
+
+    # Large files no staying tree serves go cold: split into chunks, then the whole removed.
+    candidates = {oid: size for oid, size in big.sizes.items() if size > 0}
+    if candidates:
+        hot = hot_files(reader, staying)
+        objects = reader.store
+        for oid, size in sorted(candidates.items()):
+            if oid in hot:
+                continue
+            path = Path(objects.path(oid))
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue  # cold already: its chunks hold it
+            if stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff:
+                plan.doomed.append(Doomed(path, st.st_size, "whole"))
 
     for item in _scan(layout.tmp):
         if TMP_MARK not in item.name:
@@ -212,7 +309,10 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
             os.close(fd)
         plan.doomed.append(Doomed(Path(item.path), _unshared_bytes(Path(item.path)), "tmp"))
 
-    for folder, kind in ((layout.manifests, "manifest-tmp"), (layout.store, "store-tmp")):
+    recipe_shards = [Path(shard.path) for shard in _scan(Path(recipes.root))
+                     if len(shard.name) == 2 and shard.is_dir(follow_symlinks=False)]
+    for folder, kind in ((layout.manifests, "manifest-tmp"), (layout.store, "store-tmp"),
+                         *((shard, "store-tmp") for shard in recipe_shards)):
         for item in _scan(folder):  # interrupted atomic writes: manifests, the stat cache
             if TMP_MARK in item.name and item.is_file(follow_symlinks=False):
                 st = item.stat(follow_symlinks=False)
@@ -262,7 +362,8 @@ def _execute(layout: Layout, plan: GcPlan, grace: timedelta, held: "_HeldFolders
     cutoff = time.time() - grace.total_seconds()
     # Reverse reference order: derived trees and leftovers first, objects last, so no state
     # along the way has a tree pointing at a missing object.
-    order = {"lease": 0, "link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "store-tmp": 3, "log": 4, "object": 5}
+    order = {"lease": 0, "link-tmp": 0, "tree": 1, "tmp": 2, "manifest-tmp": 3, "store-tmp": 3, "log": 4,
+             "recipe": 4, "object": 5, "whole": 6}
     refusal = layout.symlink_in_store(trees=True)  # again: a folder may have been swapped since the plan
     if refusal is not None:
         raise GcRefusedError(f"gc deleted nothing: {refusal}")
@@ -289,9 +390,17 @@ def _execute(layout: Layout, plan: GcPlan, grace: timedelta, held: "_HeldFolders
         except OSError:
             skipped += 1  # a folder on the way is no longer a plain folder: not entered
             continue
-        if item.kind in ("object", "tmp", "tree") and st.st_mtime > cutoff:
+        if item.kind in ("object", "tmp", "tree", "whole", "recipe") and st.st_mtime > cutoff:
             skipped += 1  # refreshed since the plan was made: someone uses it again
             continue
+        if item.kind == "whole":
+            # Its chunks and recipe durable first (split fsyncs both); only then the whole goes.
+            from .objects import ObjectStore
+            from .recipes import RecipeStore, split
+
+            oid = item.path.parent.name + item.path.name
+            _, written = split(ObjectStore(layout), RecipeStore(layout), oid)
+            freed -= written
         if item.kind == "tree":
             retire_tree(layout, item.path)
             touched_dirs.add(item.path.parent)

@@ -94,19 +94,21 @@ class Layout(namedtuple("Layout", "root")):
 
     def symlink_in_store(self, *, trees: bool = False) -> str | None:
         """The first symlink among the store's own folders (``store/objects``, ``store/trees``,
-        ``store/tmp``, ``store/quarantine``, each object shard and, with ``trees``, each
-        materialized tree), as a sentence saying why it is refused; None if there is none.
+        ``store/tmp``, ``store/quarantine``, ``store/recipes``, each object and recipe shard
+        and, with ``trees``, each materialized tree), as a sentence saying why it is refused;
+        None if there is none.
 
         gaia-cas never follows a symlink under store/: gc deletes old entries of store/tmp and
         unreferenced objects, and through a symlink (an operator moving staging to a scratch
         disk) it would delete other people's files there; writers would put objects where the
         store's invariants do not hold.
         """
-        folders = [self.objects, self.trees, self.tmp, self.store / "quarantine"]
+        folders = [self.objects, self.trees, self.tmp, self.store / "quarantine", self.store / "recipes"]
         for folder in folders:
             if os.path.islink(folder):
                 return _symlink_refusal(self, folder)
-        for parent in (self.objects, self.trees) if trees else (self.objects,):
+        for parent in (self.objects, self.store / "recipes", self.trees) if trees else (self.objects,
+                                                                                        self.store / "recipes"):
             try:
                 with os.scandir(parent) as it:
                     for entry in it:

@@ -329,9 +329,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
     reason(p)
 
-    p = command("gc", "delete objects, trees, temp files and old logs that no manifest reaches")
+    p = command("gc", "delete objects, trees, temp files and old logs that no manifest reaches; keep large files "
+                      "of cold versions as chunks")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
     _gc_ages(p)
+
+    p = command("store", "show or change the store's format and chunking settings")
+    p.add_argument("--chunk-threshold", metavar="SIZE",
+                   help="files of at least SIZE (bytes, or 64MiB, 1GiB) are kept as content-defined chunks once no "
+                        "hot version needs them whole (default 64MiB; at least 4MiB)")
+    p.add_argument("--hot-recent", type=int, metavar="N",
+                   help="also keep each model's N newest versions whole (default 0: current, channels, leased and "
+                        "what gc's grace protects)")
 
     p = command("promote", "point a channel (e.g. staging, canary) at a version; it gets its own link")
     p.add_argument("model", metavar="MODEL")

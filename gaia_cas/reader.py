@@ -135,11 +135,11 @@ def _resolve(layout: Layout, model: str, channel: str, selector: str | None = No
     if not tree_dir.is_dir():
         # Derived data that gc (or an operator) removed: rebuild it from the objects. Building
         # happens in store/tmp and publishes by rename, so concurrent readers are safe.
-        from .materialize import materialize
-        from .objects import ObjectStore
+        # A version kept as chunks (cold) is rebuilt whole first, verified, under the barrier.
+        from .context import Context
 
         try:
-            tree_dir = materialize(layout, ObjectStore(layout), version.tree)
+            tree_dir = Context(layout.root).materialize(version.tree)
         except OSError as exc:
             if isinstance(exc, GaiaCasError):
                 raise

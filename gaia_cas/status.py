@@ -17,8 +17,12 @@ ModelStatus = namedtuple("ModelStatus", "model current versions size_bytes logic
 
 # used, garbage, saved and reclaimable (what gc would delete now with no grace period) are None
 # when a manifest or tree cannot be read.
+# The saving splits in two: ``file_saved_bytes`` by storing each distinct file once,
+# ``chunk_saved_bytes`` by keeping cold large files as shared chunks (design.md, Chunks).
 StoreStatus = namedtuple("StoreStatus", "objects bytes_on_disk logical_bytes reclaimable_bytes used_bytes "
-                                        "saved_bytes garbage_bytes staging_bytes", defaults=(0, None, None, None, 0))
+                                        "saved_bytes garbage_bytes staging_bytes file_saved_bytes chunk_saved_bytes "
+                                        "chunk_bytes",
+                         defaults=(0, None, None, None, 0, None, None, 0))
 
 
 class Status(namedtuple("Status", "models store")):
@@ -58,10 +62,13 @@ def status(ctx) -> Status:
     garbage_objects = sum(d.size for d in plan.doomed if d.kind == "object")
     garbage_trees = min(sum(d.size for d in plan.doomed if d.kind == "tree"), usage.copied_trees)
     used = plan.object_bytes - garbage_objects + usage.copied_trees - garbage_trees
+    file_saved = logical - plan.file_bytes
     return Status(models, StoreStatus(
-        plan.objects, plan.object_bytes + usage.copied_trees + usage.staging, logical, plan.bytes,
+        plan.objects, plan.object_bytes + usage.copied_trees + usage.staging, logical,
+        sum(d.size for d in plan.doomed if d.kind != "whole"),  # a whole to split is not freed, only shrunk
         used_bytes=used, saved_bytes=logical - used, garbage_bytes=garbage_objects + garbage_trees,
-        staging_bytes=usage.staging))
+        staging_bytes=usage.staging, file_saved_bytes=file_saved,
+        chunk_saved_bytes=max(0, (logical - used) - file_saved), chunk_bytes=plan.chunk_bytes))
 
 
 _Usage = namedtuple("_Usage", "objects object_bytes copied_trees staging")

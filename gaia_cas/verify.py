@@ -140,8 +140,13 @@ def verify(ctx, model: str | None = None, *, repair: bool = False, sample: float
     # 2. Re-hash the file objects (all, or today's sample).
     corrupt: set[str] = set()
     missing: set[str] = {oid for oid, (kind, _) in bad_trees.items() if kind != "bad-tree"}
+    chunked = _Chunked(ctx)
     for oid in sorted(files):
         path = ctx.objects.path(oid)
+        if chunked.describes(oid, path):
+            if in_sample(oid, sample, day):
+                chunked.examine(oid, users[oid])
+            continue
         if not in_sample(oid, sample, day):
             try:  # not re-hashed today, but a size the trees contradict costs one stat to see
                 _check_claims(oid, os.lstat(path).st_size, claims, bad_trees)
@@ -157,6 +162,11 @@ def verify(ctx, model: str | None = None, *, repair: bool = False, sample: float
         if kind == "corrupt-object":
             detail += f" (expected {files[oid]})"
         report.problems.append(Problem(kind, detail, oid=oid, path=str(path), versions=sorted(users[oid])))
+    report.checked_objects += len(chunked.results)
+    for chunk, (kind, detail) in sorted(chunked.bad.items()):
+        (corrupt if kind == "corrupt-object" else missing).add(chunk)
+        report.problems.append(Problem(kind, detail, oid=chunk, path=str(ctx.objects.path(chunk)),
+                                       versions=sorted(chunked.users[chunk])))
     for oid, (kind, why) in sorted(bad_trees.items()):
         report.problems.append(Problem(kind, why, oid=oid, path=str(ctx.objects.path(oid)),
                                        versions=sorted(users.get(oid, ()))))
@@ -222,6 +232,80 @@ def _examine(oid: str, path) -> tuple[str, str, int]:
     if actual != oid:
         return "corrupt-object", f"object {oid} holds bytes hashing to {actual} ({size} bytes)", size
     return "intact", "", size
+
+
+class _Chunked:
+    """The files kept as chunks only (cold versions, design.md, Chunks): each chunk re-hashed
+    once however many files share it, and each file's whole hash checked through its chunks.
+    A bad chunk is one finding naming every version, of every model, whose files need it."""
+
+    def __init__(self, ctx):
+        from .recipes import RecipeStore
+
+        self.ctx = ctx
+        self.recipes = RecipeStore(ctx.layout)
+        self.any = os.path.isdir(self.recipes.root)
+        self.results: dict[str, tuple[str, str]] = {}  # chunk -> (kind, detail) as examined
+        self.bad: dict[str, tuple[str, str]] = {}
+        self.users: dict[str, set[str]] = {}  # chunk -> versions needing it
+
+    def describes(self, oid: str, path) -> bool:
+        """Whether file ``oid`` is stored as chunks only (no whole object, a recipe)."""
+        return self.any and not os.path.lexists(path) and self.recipes.exists(oid)
+
+    def examine(self, oid: str, users: set[str]) -> None:
+        from .hashing import new_hasher
+
+        try:
+            recipe = self.recipes.get(oid)
+        except GaiaCasError as exc:
+            self.bad[oid] = ("corrupt-object", f"the recipe of file {oid} is unusable: {exc}")
+            self.users.setdefault(oid, set()).update(users)
+            return
+        whole = new_hasher()
+        intact = True
+        for chunk in recipe.chunks:
+            self.users.setdefault(chunk.oid, set()).update(users)
+            if chunk.oid not in self.results:
+                self.results[chunk.oid] = self._hash(chunk.oid, chunk.length, oid, whole)
+            elif intact:
+                whole = None  # a chunk seen before: the whole hash needs its bytes again
+            kind, detail = self.results[chunk.oid]
+            if kind != "intact":
+                self.bad[chunk.oid] = (kind, detail)
+                intact = False
+        if intact and whole is None:
+            whole = new_hasher()
+            for chunk in recipe.chunks:
+                self._feed(chunk.oid, whole)
+        if intact and whole.hexdigest() != oid:
+            self.bad[oid] = ("corrupt-object", f"the chunks of file {oid} do not rebuild it (its recipe is corrupt)")
+            self.users.setdefault(oid, set()).update(users)
+
+    def _hash(self, chunk: str, length: int, file_oid: str, whole) -> tuple[str, str]:
+        path = self.ctx.objects.path(chunk)
+        try:
+            with object_stream(str(path), chunk) as src:
+                data = src.read(length + 1)
+        except CorruptionError as exc:
+            if not os.path.lexists(path):
+                return "missing-object", f"chunk {chunk} of file {file_oid} is missing"
+            return "corrupt-object", f"chunk {chunk} of file {file_oid}: {exc}"
+        except OSError as exc:
+            return "unreadable-object", f"chunk {chunk} of file {file_oid} cannot be read ({_why(exc)})"
+        from .hashing import hash_bytes
+
+        actual = hash_bytes(data)
+        if actual != chunk or len(data) != length:
+            return "corrupt-object", f"chunk {chunk} of file {file_oid} holds bytes hashing to {actual}"
+        if whole is not None:
+            whole.update(data)
+        return "intact", ""
+
+    def _feed(self, chunk: str, whole) -> None:
+        with object_stream(str(self.ctx.objects.path(chunk)), chunk) as src:
+            while data := src.read(1 << 20):
+                whole.update(data)
 
 
 def _why(exc: OSError) -> str:
@@ -406,13 +490,25 @@ class _Recheck:
         (self.intact if ok else self.bad).add(oid)
         return not ok
 
+    def _present(self, entry) -> bool:
+        """The entry's object is stored whole, or (a file) as chunks that are all usable."""
+        if self.ctx.objects.exists(entry.oid):
+            return True
+        if entry.kind == DIR:
+            return False
+        from .recipes import RecipeStore
+
+        recipe = RecipeStore(self.ctx.layout).get(entry.oid)
+        return recipe is not None and all(self.ctx.objects.exists(c.oid) and not self.unusable(c.oid)
+                                          for c in recipe.chunks)
+
     def needs_any(self, tree_oid: str) -> bool:
         """Whether the tree reaches an object that is unusable now (or cannot be read at all)."""
         if self.unusable(tree_oid):
             return True
         try:
             for _, entry in self.ctx.trees.walk(tree_oid):
-                if self.unusable(entry.oid) or not self.ctx.objects.exists(entry.oid):
+                if self.unusable(entry.oid) or not self._present(entry):
                     return True
         except (GaiaCasError, OSError):
             return True

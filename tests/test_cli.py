@@ -52,7 +52,8 @@ def test_daily_flow_end_to_end(cli, root, tmp_path, kind):
                                  "size_bytes": listing["versions"][0]["size_bytes"],
                                  "logical_bytes": sum(v["size_bytes"] for v in listing["versions"])}]
     assert set(status["store"]) == {"objects", "bytes_on_disk", "logical_bytes", "reclaimable_bytes", "used_bytes",
-                                    "saved_bytes", "garbage_bytes", "staging_bytes"}
+                                    "saved_bytes", "garbage_bytes", "staging_bytes", "file_saved_bytes",
+                                    "chunk_saved_bytes", "chunk_bytes"}
 
     v1 = listing["versions"][1]
     for form in ["1.1.0", "1.1", "v1.1", "v1.1.0", f"v1.1_{v1['deployment_id']}",
