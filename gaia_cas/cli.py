@@ -110,8 +110,20 @@ def _dumps(value, **options) -> str:
 def _emit(args, document, text: str) -> None:
     if args.json:
         print(_dumps(document, indent=2, sort_keys=False))
-    elif text:
+    elif text and not (args.quiet and args.command not in _ANSWERS):
         print(text)
+
+
+# Commands whose output is the answer asked for, not a summary of work done: -q keeps it.
+_ANSWERS = {"list", "status", "show", "history", "diff", "logs", "doctor", "completion"}
+
+
+def _bar(args, description: str):
+    """``with _bar(args, "deploy ssd") as progress``: the progress callback for long work, a bar
+    on stderr when it is a terminal (never in a pipe, under --json or -q), else None."""
+    from .progress import bar
+
+    return bar(description, quiet=args.quiet, as_json=args.json)
 
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -246,14 +258,16 @@ def cmd_deploy(args, default_root):
             from .errors import InvalidInputError
 
             raise InvalidInputError(f"'deploy {args.model}' deploys every model from its own source; it takes no PATH")
-        results, skipped, failed = repo.deploy_all(**options)
+        with _bar(args, "deploy") as progress:
+            results, skipped, failed = repo.deploy_all(progress=progress, **options)
         text = "\n".join(_deploy_text(r) for r in results)
         if skipped:
             text += f"\nskipped (no default source): {', '.join(skipped)}"
         _emit(args, {"deployed": [r.to_json() for r in results], "skipped": skipped,
                      "failed": [{"model": m, "error": e} for m, e in failed]}, text)
         return _report_failures([(f"deploy of {m}", e) for m, e in failed])
-    result = repo.deploy(args.model, args.path, **options)
+    with _bar(args, f"deploy {shown(args.model)}") as progress:
+        result = repo.deploy(args.model, args.path, progress=progress, **options)
     _emit(args, result.to_json(), _deploy_text(result))
 
 
@@ -420,7 +434,9 @@ def cmd_verify(args, default_root):
     if getattr(args, "remote", None) is not None:
         report = cmd_verify_remote(args, repo)
     else:
-        report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason)
+        with _bar(args, "verify") as progress:
+            report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason,
+                                 progress=progress)
     scope = f" ({args.sample:g}% sample)" if args.sample else ""
     lines = [f"checked {report.checked_objects} objects{scope}, {report.checked_trees} trees, "
              f"{report.checked_links} links: "
@@ -428,6 +444,8 @@ def cmd_verify(args, default_root):
     lines += [f"  {shown(p)}" for p in report.problems]
     if report.broken_versions:
         lines.append(f"broken versions (never served): {', '.join(report.broken_versions)}")
+    if args.quiet and not report.ok and not args.json:
+        print("\n".join(lines))  # -q hides a clean bill of health, never the problems found
     _emit(args, report.to_json(), "\n".join(lines))
     return 0 if report.ok else 1
 
@@ -478,8 +496,9 @@ def cmd_import_legacy(args, default_root):
 
     repo = _repo(args, default_root)
     zone = TimeZone(args.timezone)  # validated before anything is read
-    plans = repo.import_legacy(args.path, mapping=parse_map(args.map), dry_run=args.dry_run, reason=args.reason,
-                               keep_links=args.keep_links, timezone=args.timezone)
+    with _bar(args, "import-legacy") as progress:
+        plans = repo.import_legacy(args.path, mapping=parse_map(args.map), dry_run=args.dry_run, reason=args.reason,
+                                   keep_links=args.keep_links, timezone=args.timezone, progress=progress)
     lines = []
     saved = sum(p.logical_bytes - p.new_bytes for p in plans) if not args.dry_run else None
     for p in plans:
@@ -504,7 +523,8 @@ def cmd_import_legacy(args, default_root):
 
 def cmd_export(args, default_root):
     repo = _repo(args, default_root)
-    model, version, out = repo.export(args.model, args.version, args.output)
+    with _bar(args, "export") as progress:
+        model, version, out = repo.export(args.model, args.version, args.output, progress=progress)
     _emit(args, {"model": model, "version": version.version, "output": str(out)},
           f"exported {model} {version.version} to {out}")
 
@@ -513,8 +533,9 @@ def cmd_import(args, default_root):
     from .deploy import parse_meta
 
     repo = _repo(args, default_root)
-    result = repo.import_archive(args.archive, args.model, reason=args.reason, metadata=parse_meta(args.meta),
-                                 force=args.force, max_expansion=args.max_expansion)
+    with _bar(args, "import") as progress:
+        result = repo.import_archive(args.archive, args.model, reason=args.reason, metadata=parse_meta(args.meta),
+                                     force=args.force, max_expansion=args.max_expansion, progress=progress)
     _emit(args, result.to_json(), _deploy_text(result))
 
 
@@ -686,7 +707,8 @@ def cmd_push(args, default_root):
     from .transfer import push
 
     repo = _repo(args, default_root)
-    results = push(repo, args.model, remote=args.remote)
+    with _bar(args, "push") as progress:
+        results = push(repo, args.model, remote=args.remote, progress=progress)
     lines = []
     for r in results:
         line = (f"{r.model}: {r.versions_sent} versions, {r.objects_sent} objects, {_mb(r.bytes_sent)} sent; "
@@ -703,7 +725,8 @@ def cmd_pull(args, default_root):
     from .transfer import pull
 
     repo = _repo(args, default_root)
-    results = pull(repo, args.model, args.version, remote=args.remote)
+    with _bar(args, "pull") as progress:
+        results = pull(repo, args.model, args.version, remote=args.remote, progress=progress)
     lines = [f"{r.model}: {r.version} ({r.objects_received} objects, {_mb(r.bytes_received)} received); "
              + (f"current {r.previous or '-'} -> {r.current}" if r.previous != r.current else f"current {r.current or '-'}")
              + ("" if r.changed else " (nothing changed)") for r in results]

@@ -93,6 +93,8 @@ def _common(parser, top):
                         help="print one JSON document instead of text")
     parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
                         help="show a traceback when something fails")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="no progress bar and no summary of what was done (errors and exit status unchanged)")
     parser.add_argument("--root", metavar="DIR", default=default(None),
                         help="the data root holding store/ and manifests/")
     parser.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=default(None),
@@ -142,7 +144,7 @@ class _ModelOptional(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-_TOP_FLAGS = {"--version", "--json", "-v", "--verbose", "-h", "--help"}
+_TOP_FLAGS = {"--version", "--json", "-v", "--verbose", "-q", "--quiet", "-h", "--help"}
 _TOP_VALUED = {"--root", "--lock-timeout"}
 
 

@@ -205,11 +205,11 @@ class Repository:
 
         return import_legacy(self.ctx, path, **options)
 
-    def export(self, name: str, selector: str | None, output):
+    def export(self, name: str, selector: str | None, output, *, progress=None):
         """Write one version (default: current) as a tar: (model, version, archive path)."""
         from .archive import export
 
-        return export(self.ctx, name, selector, output)
+        return export(self.ctx, name, selector, output, progress)
 
     def import_archive(self, path, name: str, **options):
         """Validate an exported tar, then deploy its artifact as the model's next version."""
@@ -252,15 +252,15 @@ class Repository:
         from . import remotes
         return remotes.load(self.ctx)
 
-    def push(self, name: str | None = None, *, remote: str | None = None) -> list:
+    def push(self, name: str | None = None, *, remote: str | None = None, progress=None) -> list:
         """Upload versions the remote lacks and merge the manifest; one PushResult per model."""
         from . import transfer
-        return transfer.push(self.ctx, name, remote=remote)
+        return transfer.push(self.ctx, name, remote=remote, progress=progress)
 
-    def pull(self, name: str, selector: str | None = None, *, remote: str | None = None) -> list:
+    def pull(self, name: str, selector: str | None = None, *, remote: str | None = None, progress=None) -> list:
         """Fetch a remote version (verified) and, without ``selector``, make it current; PullResults."""
         from . import transfer
-        return transfer.pull(self.ctx, name, selector, remote=remote)
+        return transfer.pull(self.ctx, name, selector, remote=remote, progress=progress)
 
     def sync(self, name: str | None = None, *, remote: str | None = None, watch: bool = False,
              interval: float = 5.0, report=None) -> list:

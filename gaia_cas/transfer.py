@@ -26,6 +26,7 @@ from . import clock
 from .errors import CorruptionError, InvalidInputError, NotFoundError
 from .manifest import record
 from .names import check_model_name
+from .progress import CountedObjects, Tally
 from .versions import bump, version_key
 
 SMALL = 16 << 20  # objects read whole (hashed, then uploaded from memory); larger go up from the file
@@ -100,10 +101,16 @@ def parallel_map(function, items, jobs: int = JOBS) -> list:
 
 # -- push ----------------------------------------------------------------------------------
 
-def push(repo, name: str | None = None, *, remote: str | None = None) -> list[PushResult]:
+def push(repo, name: str | None = None, *, remote: str | None = None, progress=None) -> list[PushResult]:
+    """``progress(done, None)`` hears the bytes uploaded (the total is not known in advance)."""
     remote_cfg, objects, manifests = _open(repo, remote)
     models = repo.models() if name in (None, "all") else [repo.model(name)]
-    return [_push_model(repo, model, remote_cfg.name, objects, manifests) for model in models]
+    tally = None if progress is None else Tally(progress, None)
+    objects = objects if tally is None else CountedObjects(objects, tally)
+    results = [_push_model(repo, model, remote_cfg.name, objects, manifests) for model in models]
+    if tally is not None:
+        tally.finish()
+    return results
 
 
 def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
@@ -410,8 +417,12 @@ def rollback_remote(repo, name: str, selector: str, *, remote: str | None = None
 
 # -- pull ----------------------------------------------------------------------------------
 
-def pull(repo, name: str, selector: str | None = None, *, remote: str | None = None) -> list[PullResult]:
+def pull(repo, name: str, selector: str | None = None, *, remote: str | None = None,
+         progress=None) -> list[PullResult]:
+    """``progress(done, None)`` hears the bytes downloaded (the total is not known in advance)."""
     remote_cfg, objects, manifests = _open(repo, remote)
+    if progress is not None:
+        objects = CountedObjects(objects, Tally(progress, None))
     if name == "all":
         if selector is not None:
             raise InvalidInputError("'pull all' takes no VERSION: it pulls every model's current version")
