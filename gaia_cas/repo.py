@@ -192,6 +192,10 @@ class Repository:
 
         return tail(self.layout.logs, n)
 
+    def doctor(self) -> list:  # the machine under the root, checked: a list of gaia_cas.doctor.Check
+        from .doctor import examine
+        return examine(self.ctx)
+
     def resolve(self, name: str):
         from .reader import resolve
 
