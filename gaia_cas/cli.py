@@ -32,6 +32,10 @@ def run(argv: list[str] | None = None, default_root: str | None = None):
 
 def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["__complete"]:  # the completion script's call at each Tab: no parser, no repository
+        from .completion import complete
+
+        return complete(argv[1:])
     parser = build_parser(only=command_in(argv))
     args = parser.parse_args(argv)
     if args.command is None:
@@ -733,6 +737,22 @@ def cmd_pull(args, default_root):
     _emit(args, {"pulled": [r.to_json() for r in results]}, "\n".join(lines) or "the remote holds no models")
 
 
+# -- the terminal: completion, doctor (gaia_cas.completion, gaia_cas.doctor) ---------------------
+
+def cmd_completion(args, default_root):
+    from .completion import script
+
+    sys.stdout.write(script(args.shell))
+
+
+def cmd_doctor(args, default_root):
+    checks = _repo(args, default_root).doctor()
+    rows = [[("ok" if c.ok else "FAIL"), c.name, shown(c.detail)] for c in checks]
+    lines = [_table(rows)] + [f"  {c.name}: {shown(c.advice)}" for c in checks if c.advice]
+    _emit(args, {"checks": [c.to_json() for c in checks]}, "\n".join(lines))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
     "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
@@ -741,4 +761,5 @@ _COMMANDS = {
     "import-legacy": cmd_import_legacy, "export": cmd_export, "import": cmd_import,
     "watch": cmd_watch, "serve": cmd_serve,
     "remote": cmd_remote, "push": cmd_push, "pull": cmd_pull, "sync": cmd_sync,
+    "completion": cmd_completion, "doctor": cmd_doctor,
 }

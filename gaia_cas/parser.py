@@ -182,6 +182,7 @@ def build_nightly_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gaia-cas-nightly",
                      description="Apply every model's retention policy, collect garbage and verify the store; "
                                  "exit status 1 when any step failed.")
+    parser.man_short_description = "apply retention, collect garbage and verify a gaia-cas store"  # man's NAME line
     parser.add_argument("--root", metavar="DIR", help="the data root (default: as for gaia-cas)")
     _gc_ages(parser)
     parser.add_argument("--verify-sample", metavar="PERCENT", type=float, default=None,
@@ -189,6 +190,9 @@ def build_nightly_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=None,
                         help=f"how long to wait for a lock (default $GAIA_CAS_LOCK_TIMEOUT, else {defaults.LOCK_TIMEOUT:g})")
     parser.add_argument("--dry-run", action="store_true", help="plan every step; change nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document instead of the summary: ok, root, dry_run, and one record "
+                             "per step (step, ok, summary and its figures)")
     return parser
 
 
@@ -196,6 +200,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or (``only``) the top level plus one subcommand, which parses that
     subcommand's arguments exactly as the whole one would."""
     parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_TopFormatter)
+    parser.man_short_description = "versioned ML model deployment on a deduplicated store"  # whatis, apropos
     parser.add_argument("--version", action=_LazyVersion, help="print the version and exit")
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -408,6 +413,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--remote", metavar="NAME", help="the remote (default: the default remote)")
     p.add_argument("--watch", action="store_true", help="keep following the remote until stopped (SIGTERM, Ctrl-C)")
     p.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between rounds (default 5)")
+    # -- the terminal: completion, doctor ----------------------------------------------------
+    p = command("completion", "print the shell completion script for SHELL (commands, options, and the store's "
+                              "models, versions, channels and remotes)")
+    p.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "fish"), help="bash, zsh or fish")
+    command("doctor", "check the root: hard links, filesystems, free space, locks, reflinks, clock, staging, "
+                      "man page; say what to do (exit status 1 when a check fails)")
     if only in (None, "list"):
         sub.choices["list"].add_argument("--remote", metavar="NAME",
                                          help="list the versions of MODEL on this remote instead")
