@@ -48,6 +48,8 @@ def complete(argv: list[str]) -> int:
     if not argv or argv[0] not in KINDS:
         return 0
     kind, words = argv[0], argv[1:]
+    if words[:1] == [PROG]:  # zsh passes the line from its first word
+        words = words[1:]
     try:
         root = _root(words)
         found = _candidates(kind, root, words) if root is not None else []
@@ -179,7 +181,7 @@ def _asker(kind: str) -> dict:
     line's words so far go along, so the command sees --root and the model on the line."""
     return {
         "bash": f"_gaia_cas_complete_{kind}",
-        "zsh": f"($({PROG} __complete {kind} ${{words[2,CURRENT-1]}} 2>/dev/null | tr '\\n' ' '))",
+        "zsh": f"{{_gaia_cas_complete_zsh {kind}}}",  # {...}: run at each Tab (an array's $(...) would run at load)
         "fish": f"({PROG} __complete {kind} (commandline -opc)[2..-1] 2>/dev/null)",
     }
 
@@ -190,6 +192,13 @@ _BASH_PREAMBLE = "\n".join(
     f'{"_gaia_cas_complete_" + kind}() {{\n'
     f'  compgen -W "$({PROG} __complete {kind} "${{COMP_WORDS[@]:1:$((COMP_CWORD-1))}}" 2>/dev/null)" -- "$1"\n'
     "}" for kind in KINDS)
+
+_ZSH_PREAMBLE = f"""\
+_gaia_cas_complete_zsh() {{
+  local -a found
+  found=(${{(f)"$({PROG} __complete $1 ${{words[1,CURRENT-1]}} 2>/dev/null)"}})
+  compadd -a found
+}}"""
 
 # metavar (or option) -> what completes it
 _BY_METAVAR = {"MODEL": "model", "VERSION": "version", "A": "version", "B": "version", "CHANNEL": "channel"}
@@ -210,7 +219,7 @@ def script(shell: str) -> str:
 
     parser = build_parser()
     _annotate(parser, shtab)
-    return shtab.complete(parser, shell=shell, preamble={"bash": _BASH_PREAMBLE})
+    return shtab.complete(parser, shell=shell, preamble={"bash": _BASH_PREAMBLE, "zsh": _ZSH_PREAMBLE})
 
 
 def _annotate(parser, shtab, path: tuple = ()) -> None:

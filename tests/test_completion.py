@@ -140,15 +140,62 @@ def test_the_hidden_command_imports_no_heavy_module(store, root):
     assert not {"gaia_cas.repo", "gaia_cas.context", "gaia_cas.manifest", "gaia_cas.codec"} & set(loaded), loaded
 
 
+def _script(shell: str, tmp_path):
+    proc = subprocess.run([sys.executable, str(LAUNCHER), "completion", shell], capture_output=True, text=True,
+                          timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "__complete version" in proc.stdout or "_gaia_cas_complete_zsh version" in proc.stdout
+    path = tmp_path / f"gaia-cas.{shell}"
+    path.write_text(proc.stdout)
+    return path
+
+
+def _logging_launcher(bindir, log):
+    """gaia-cas on PATH that notes every call in ``log``: loading a script must make none."""
+    (bindir / "gaia-cas").write_text(f"#!/bin/sh\necho \"$*\" >> {log}\nexec {sys.executable} {LAUNCHER} \"$@\"\n")
+    (bindir / "gaia-cas").chmod(0o755)
+
+
+def test_zsh_loads_without_running_anything_and_completes_versions(store, root, bash_script, tmp_path):
+    if not shutil.which("zsh"):
+        pytest.skip("zsh is not installed (apt-get install zsh): only its script's generation is tested")
+    script, bindir = _script("zsh", tmp_path), bash_script[1]
+    log = tmp_path / "calls"
+    _logging_launcher(bindir, log)
+    program = ('autoload -Uz compinit; compinit -u -D; eval "$(<$1)"; [[ -e $2 ]] && exit 4\n'
+               'compadd() { print -r -l -- "${(P)${@[-1]}}"; }\n'  # what the completion would offer
+               'words=(rollback ssd ""); CURRENT=3; _gaia_cas_complete_zsh version\n'
+               'words=(gaia-cas promote dl 1.0.0 --to ""); CURRENT=6; _gaia_cas_complete_zsh channel\n')
+    proc = subprocess.run(["zsh", "-f", "-c", program, "zsh", str(script), str(log)], capture_output=True, text=True,
+                          timeout=TIMEOUT, env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
+                                                "GAIA_CAS_ROOT": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1.2.0", "1.1.0", "1.0.0", "previous", "current", "staging"]
+
+
+def test_fish_completes_commands_models_and_versions(store, root, bash_script, tmp_path):
+    if not shutil.which("fish"):
+        pytest.skip("fish is not installed (apt-get install fish): only its script's generation is tested")
+    script, bindir = _script("fish", tmp_path), bash_script[1]
+
+    def offered(line: str) -> list[str]:
+        proc = subprocess.run(["fish", "--no-config", "-c", f"source {script}; complete -C '{line}'"],
+                              capture_output=True, text=True, timeout=TIMEOUT,
+                              env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "GAIA_CAS_ROOT": str(root)})
+        assert proc.returncode == 0, proc.stderr
+        return [row.split("\t")[0] for row in proc.stdout.splitlines()]
+
+    assert "rollback" in offered("gaia-cas ro")
+    assert offered("gaia-cas rollback ") == ["catboost", "ssd", "dl"]
+    assert offered("gaia-cas rollback ssd ") == ["1.2.0", "1.1.0", "1.0.0", "previous"]
+
+
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
 def test_zsh_and_fish_scripts_are_generated_from_the_parser(shell, cli):
     run = cli("completion", shell, root_dir=None)
     assert run.code == 0, run.err
-    assert "__complete version" in run.out and "__complete model" in run.out and "rollback" in run.out
-    if shutil.which(shell):  # parse the script with the shell itself
-        check = ["zsh", "-n"] if shell == "zsh" else ["fish", "--no-execute"]
-        proc = subprocess.run([*check], input=run.out, capture_output=True, text=True, timeout=TIMEOUT)
-        assert proc.returncode == 0, proc.stderr
+    asks = {"zsh": "{_gaia_cas_complete_zsh version}", "fish": "__complete version"}[shell]
+    assert "rollback" in run.out and "dry-run" in run.out and asks in run.out
 
 
 def test_an_unknown_shell_is_a_usage_error(cli):
