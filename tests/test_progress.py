@@ -17,6 +17,7 @@ import pytest
 from conftest import CHECKOUT, LAUNCHER, make_joblib, make_savedmodel
 
 from gaia_cas.progress import Bar, Tally
+from s3_fixtures import s3_server, s3_url  # noqa: F401
 
 TIMEOUT = 30
 
@@ -266,3 +267,22 @@ def test_the_launcher_on_a_terminal_prints_the_bar_to_stderr_only(root, big_sour
         err = ""
     os.close(master)
     assert proc.returncode == 0 and "100%" in err and "%" not in proc.stdout.decode()
+
+
+def test_push_and_pull_report_the_bytes_they_move(repo, big_source, tmp_path, s3_server):  # noqa: F811
+    from gaia_cas.repo import Repository
+
+    repo.deploy("ssd", big_source)
+    url = s3_url(s3_server)  # a fresh prefix: both stores use this one
+    repo.add_remote("origin", url, endpoint=s3_server.endpoint)
+    sent = Recorder()
+    [pushed] = repo.push("ssd", progress=sent)
+    assert pushed.bytes_sent >= _size(big_source)
+    assert sent.calls[-1] == (pushed.bytes_sent, pushed.bytes_sent)
+    assert [d for d, _ in sent.calls] == sorted(d for d, _ in sent.calls)
+    other = Repository.init(tmp_path / "other")
+    other.add_remote("origin", url, endpoint=s3_server.endpoint)
+    received = Recorder()
+    [pulled] = other.pull("ssd", progress=received)
+    assert pulled.bytes_received == pushed.bytes_sent
+    assert received.calls[-1][0] == pulled.bytes_received and received.calls[-1][1] is None
