@@ -286,3 +286,16 @@ def test_push_and_pull_report_the_bytes_they_move(repo, big_source, tmp_path, s3
     [pulled] = other.pull("ssd", progress=received)
     assert pulled.bytes_received == pushed.bytes_sent
     assert received.calls[-1][0] == pulled.bytes_received and received.calls[-1][1] is None
+
+
+def test_import_legacy_reports_every_versions_bytes_model_by_model(repo, tmp_path):
+    from test_legacy import build_legacy
+
+    legacy = build_legacy(tmp_path / "api" / "models")
+    rec = Recorder()
+    plans = repo.import_legacy(legacy, progress=rec)
+    totals = sorted({t for _, t in rec.calls})
+    assert totals == sorted(p.logical_bytes for p in plans)  # one total per model, known before any byte
+    for plan in plans:  # each model's run ends complete, and never goes back within it
+        calls = [d for d, t in rec.calls if t == plan.logical_bytes]
+        assert calls == sorted(calls) and calls[-1] == plan.logical_bytes
