@@ -554,6 +554,8 @@ def cmd_demo(args, default_root):
 
     repo = _repo(args, default_root)
     results = register_samples(repo)
+    if args.quiet and not args.json:
+        return  # the whole demo is a summary of what it did
     for result in results:
         if not args.json:
             print(_deploy_text(result))

@@ -299,3 +299,10 @@ def test_import_legacy_reports_every_versions_bytes_model_by_model(repo, tmp_pat
     for plan in plans:  # each model's run ends complete, and never goes back within it
         calls = [d for d, t in rec.calls if t == plan.logical_bytes]
         assert calls == sorted(calls) and calls[-1] == plan.logical_bytes
+
+
+def test_quiet_demo_prints_nothing_and_still_deploys(cli):
+    run = cli("-q", "demo")
+    assert run.code == 0, run.err
+    assert run.out == "" and run.err == ""
+    assert "ssd" in cli("list").out
