@@ -19,6 +19,7 @@ from .atomic import atomic_file
 from .locking import make_locked_dir
 from .errors import InvalidInputError, SourceError, StoreError
 from .names import entry_name_problem
+from .progress import Tally, shifted
 
 MAX_MEMBERS = 1_000_000
 # Model weights barely compress (~1.1x); a member that expands more than this many times its
@@ -72,7 +73,7 @@ def user_metadata(doc: dict) -> dict:
     return meta
 
 
-def export_version(ctx, model: str, version, output: Path) -> Path:
+def export_version(ctx, model: str, version, output: Path, progress=None) -> Path:
     from .ingest import artifact_path
 
     source = artifact_path(ctx.materialize(version.tree), version.name)
@@ -87,7 +88,19 @@ def export_version(ctx, model: str, version, output: Path) -> Path:
             info = tarfile.TarInfo("metadata.json")
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
-            tar.add(source, arcname=artifact_name(version), recursive=True, filter=_normalize)
+            member, tally, written = _normalize, None, [0]
+            if progress is not None:
+                tally = Tally(progress, version.size_bytes)
+
+                def member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+                    # called as each member is about to be written: the one before it is done
+                    tally.add(written[0])
+                    written[0] = info.size if info.isfile() else 0
+                    return _normalize(info)
+
+            tar.add(source, arcname=artifact_name(version), recursive=True, filter=member)
+            if tally is not None:
+                tally.finish()
     return output
 
 
@@ -272,8 +285,10 @@ def _check_free_space(folder: Path, declared: int) -> None:
 
 
 def import_archive(ctx, path: str | os.PathLike, model: str, *, reason: str | None = None,
-                   metadata: dict | None = None, force: bool = False, max_expansion: float = MAX_EXPANSION):
-    """Validate, extract into store/tmp, deploy from there; the extraction is always removed."""
+                   metadata: dict | None = None, force: bool = False, max_expansion: float = MAX_EXPANSION,
+                   progress=None):
+    """Validate, extract into store/tmp, deploy from there; the extraction is always removed.
+    ``progress(done, total)`` hears the bytes extracted, then those staged, as one whole."""
     from .errors import NotFoundError
     from .atomic import remove_tree
     from .names import check_model_name
@@ -302,6 +317,7 @@ def import_archive(ctx, path: str | os.PathLike, model: str, *, reason: str | No
                 # are bounded by the sizes checked above even if the file changed meanwhile.
                 with tarfile.open(fileobj=raw, mode="r|*") as tar:
                     count = 0
+                    tally = None if progress is None else Tally(progress, 2 * checked.declared)
                     for info in tar:
                         if count >= len(checked.members) or _shape(info) != _shape(checked.members[count]):
                             raise SourceError(f"{path} changed while it was being imported")
@@ -309,6 +325,8 @@ def import_archive(ctx, path: str | os.PathLike, model: str, *, reason: str | No
                         if info.name.rstrip("/") != "metadata.json":
                             # a folder's own mode is not applied: a read-only one would refuse its files
                             tar.extract(info, workdir, set_attrs=not info.isdir(), filter="data")
+                        if tally is not None and info.isfile():
+                            tally.add(info.size)
                     if count != len(checked.members):
                         raise SourceError(f"{path} changed while it was being imported")
             except (tarfile.TarError, EOFError) as exc:
@@ -318,14 +336,14 @@ def import_archive(ctx, path: str | os.PathLike, model: str, *, reason: str | No
             from .deploy import deploy
 
             return deploy(ctx, model, workdir / checked.top, reason=reason or f"imported from {path.name}",
-                          metadata=meta, force=force,
+                          metadata=meta, force=force, progress=shifted(progress, checked.declared, checked.declared),
                           source_label=f"{path}!/{checked.top}")  # keeps the artifact's own name
         finally:
             remove_tree(workdir)
             os.close(liveness)
 
 
-def export(ctx, name: str, selector: str | None, output):
+def export(ctx, name: str, selector: str | None, output, progress=None):
     """Write one version (default: current) as a tar: the artifact plus metadata.json.
     Returns the model, the version exported and the archive's path."""
     from .errors import CorruptionError
@@ -336,4 +354,4 @@ def export(ctx, name: str, selector: str | None, output):
     if version.broken:
         raise CorruptionError(f"version {version.version} of '{manifest.model}' is marked broken; not exported")
     with ctx.store_errors():
-        return manifest.model, version, export_version(ctx, manifest.model, version, output)
+        return manifest.model, version, export_version(ctx, manifest.model, version, output, progress)

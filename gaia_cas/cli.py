@@ -32,6 +32,10 @@ def run(argv: list[str] | None = None, default_root: str | None = None):
 
 def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["__complete"]:  # the completion script's call at each Tab: no parser, no repository
+        from .completion import complete
+
+        return complete(argv[1:])
     json_errors(wanted_json(argv))  # a rejected command line under --json is a JSON error too
     parser = build_parser(only=command_in(argv))
     args = parser.parse_args(argv)
@@ -146,10 +150,24 @@ def _emit(args, document, text: str, paged: bool = False) -> None:
     pager when stdout is a terminal (see :mod:`gaia_cas.humanize`)."""
     if args.json:
         print(_dumps(document, indent=2, sort_keys=False))
+    elif text and args.quiet and args.command not in _ANSWERS:
+        pass  # -q: the summary of work done is not printed
     elif text and paged:
         humanize.page(text, enabled=not getattr(args, "no_pager", False))
     elif text:
         print(text)
+
+
+# Commands whose output is the answer asked for, not a summary of work done: -q keeps it.
+_ANSWERS = {"list", "status", "show", "history", "diff", "logs", "doctor", "completion"}
+
+
+def _bar(args, description: str):
+    """``with _bar(args, "deploy ssd") as progress``: the progress callback for long work, a bar
+    on stderr when it is a terminal (never in a pipe, under --json or -q), else None."""
+    from .progress import bar
+
+    return bar(description, quiet=args.quiet, as_json=args.json)
 
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -289,14 +307,16 @@ def cmd_deploy(args, default_root):
             from .errors import InvalidInputError
 
             raise InvalidInputError(f"'deploy {args.model}' deploys every model from its own source; it takes no PATH")
-        results, skipped, failed = repo.deploy_all(**options)
+        with _bar(args, "deploy") as progress:
+            results, skipped, failed = repo.deploy_all(progress=progress, **options)
         text = "\n".join(_deploy_text(r) for r in results)
         if skipped:
             text += f"\nskipped (no default source): {', '.join(skipped)}"
         _emit(args, {"deployed": [r.to_json() for r in results], "skipped": skipped,
                      "failed": [{"model": m, "error": e} for m, e in failed]}, text)
         return _report_failures([(f"deploy of {m}", e) for m, e in failed])
-    result = repo.deploy(args.model, args.path, **options)
+    with _bar(args, f"deploy {shown(args.model)}") as progress:
+        result = repo.deploy(args.model, args.path, progress=progress, **options)
     _emit(args, result.to_json(), _deploy_text(result))
 
 
@@ -533,7 +553,9 @@ def cmd_verify(args, default_root):
     if getattr(args, "remote", None) is not None:
         report = cmd_verify_remote(args, repo)
     else:
-        report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason)
+        with _bar(args, "verify") as progress:
+            report = repo.verify(args.model, repair=args.repair, sample=args.sample, reason=args.reason,
+                                 progress=progress)
     scope = f" ({args.sample:g}% sample)" if args.sample else ""
     lines = [f"checked {humanize.plural(report.checked_objects, 'object')}{scope}, "
              f"{humanize.plural(report.checked_trees, 'tree')}, {humanize.plural(report.checked_links, 'link')}: "
@@ -541,6 +563,8 @@ def cmd_verify(args, default_root):
     lines += [f"  {shown(p)}" for p in report.problems]
     if report.broken_versions:
         lines.append(f"broken versions (never served): {', '.join(report.broken_versions)}")
+    if args.quiet and not report.ok and not args.json:
+        print("\n".join(lines))  # -q hides a clean bill of health, never the problems found
     _emit(args, report.to_json(), "\n".join(lines))
     return 0 if report.ok else 1
 
@@ -596,8 +620,9 @@ def cmd_import_legacy(args, default_root):
 
     repo = _repo(args, default_root)
     zone = TimeZone(args.timezone)  # validated before anything is read
-    plans = repo.import_legacy(args.path, mapping=parse_map(args.map), dry_run=args.dry_run, reason=args.reason,
-                               keep_links=args.keep_links, timezone=args.timezone)
+    with _bar(args, "import-legacy") as progress:
+        plans = repo.import_legacy(args.path, mapping=parse_map(args.map), dry_run=args.dry_run, reason=args.reason,
+                                   keep_links=args.keep_links, timezone=args.timezone, progress=progress)
     lines = []
     saved = sum(p.logical_bytes - p.new_bytes for p in plans) if not args.dry_run else None
     for p in plans:
@@ -622,7 +647,8 @@ def cmd_import_legacy(args, default_root):
 
 def cmd_export(args, default_root):
     repo = _repo(args, default_root)
-    model, version, out = repo.export(args.model, args.version, args.output)
+    with _bar(args, "export") as progress:
+        model, version, out = repo.export(args.model, args.version, args.output, progress=progress)
     _emit(args, {"model": model, "version": version.version, "output": str(out)},
           f"exported {model} {version.version} to {out}")
 
@@ -631,8 +657,9 @@ def cmd_import(args, default_root):
     from .deploy import parse_meta
 
     repo = _repo(args, default_root)
-    result = repo.import_archive(args.archive, args.model, reason=args.reason, metadata=parse_meta(args.meta),
-                                 force=args.force, max_expansion=args.max_expansion)
+    with _bar(args, "import") as progress:
+        result = repo.import_archive(args.archive, args.model, reason=args.reason, metadata=parse_meta(args.meta),
+                                     force=args.force, max_expansion=args.max_expansion, progress=progress)
     _emit(args, result.to_json(), _deploy_text(result))
 
 
@@ -668,6 +695,8 @@ def cmd_demo(args, default_root):
 
     repo = _repo(args, default_root)
     results = register_samples(repo)
+    if args.quiet and not args.json:
+        return  # the whole demo is a summary of what it did
     for result in results:
         if not args.json:
             print(_deploy_text(result))
@@ -819,7 +848,8 @@ def _synced(r) -> str:
 
 
 def cmd_push(args, default_root):
-    results = _repo(args, default_root).remote(args.remote).push(args.model)
+    with _bar(args, "push") as progress:
+        results = _repo(args, default_root).remote(args.remote).push(args.model, progress=progress)
     lines = []
     for r in results:
         if r.error is not None and not (r.versions_sent or r.current):
@@ -842,7 +872,9 @@ def cmd_push(args, default_root):
 
 
 def cmd_pull(args, default_root):
-    results = _repo(args, default_root).remote(args.remote).pull(args.model, args.version, channel=args.channel)
+    with _bar(args, "pull") as progress:
+        results = _repo(args, default_root).remote(args.remote).pull(args.model, args.version, channel=args.channel,
+                                                                     progress=progress)
     lines = []
     for r in results:
         line = (f"{r.model}: {r.version} ({humanize.plural(r.objects_received, 'object')}, "
@@ -888,6 +920,22 @@ def cmd_promote_remote(args, default_root):
     _emit(args, {**r.to_json(), "channel": args.channel}, text)
 
 
+# -- the terminal: completion, doctor (gaia_cas.completion, gaia_cas.doctor) ---------------------
+
+def cmd_completion(args, default_root):
+    from .completion import script
+
+    sys.stdout.write(script(args.shell))
+
+
+def cmd_doctor(args, default_root):
+    checks = _repo(args, default_root).doctor()
+    rows = [[("ok" if c.ok else "FAIL"), c.name, shown(c.detail)] for c in checks]
+    lines = [_table(rows)] + [f"  {c.name}: {shown(c.advice)}" for c in checks if c.advice]
+    _emit(args, {"checks": [c.to_json() for c in checks]}, "\n".join(lines))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 _COMMANDS = {
     "init": cmd_init, "model": cmd_model, "deploy": cmd_deploy, "list": cmd_list,
     "status": cmd_status, "show": cmd_show, "rollback": cmd_rollback, "logs": cmd_logs,
@@ -896,5 +944,6 @@ _COMMANDS = {
     "import-legacy": cmd_import_legacy, "export": cmd_export, "import": cmd_import,
     "watch": cmd_watch, "serve": cmd_serve,
     "remote": cmd_remote, "push": cmd_push, "pull": cmd_pull, "sync": cmd_sync,
+    "completion": cmd_completion, "doctor": cmd_doctor,
 }
 _COMMANDS["remove"] = cmd_remove

@@ -77,7 +77,7 @@ def parse_meta(pairs: list[str] | None) -> dict[str, Any]:
 def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: str = "minor",
            version: str | None = None, reason: str | None = None, metadata: dict | None = None,
            force: bool = False, dry_run: bool = False, source_label: str | None = None,
-           consume: bool = False, new: bool = False) -> DeployResult:
+           consume: bool = False, new: bool = False, progress=None) -> DeployResult:
     """Deploy a file or folder as the model's next version and make it current.
 
     ``source_label`` is what the version records as its source when ``path`` is only a
@@ -85,6 +85,8 @@ def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: 
     files are hard-linked into the store instead of copied where the filesystem allows,
     and the source is deleted once the deploy has committed (see README, deploy --consume).
     ``new`` creates a model whose name is close to an existing one's (else refused as a typo).
+    ``progress(done, total)`` hears the bytes staged (see :mod:`gaia_cas.progress`); an
+    unchanged redeploy stages nothing and never calls it.
     """
     request = _request(ctx, name, path, bump_kind, version, reason, metadata, force, new)
     if source_label is not None:
@@ -124,7 +126,8 @@ def deploy(ctx, name: str, path: str | os.PathLike | None = None, *, bump_kind: 
         built = remembered
     else:
         with ctx.store_errors(), ctx.objects.staging() as staging:
-            built = ingest.stage(staging, request.source, cache, consumption, node)  # the long part: no lock held
+            # the long part: no lock held
+            built = ingest.stage(staging, request.source, cache, consumption, node, progress=progress)
             if not _still_current(ctx, request, built, current):
                 # Decided before anything is installed, and again under the lock at the commit.
                 _refuse_rolled_back(ctx, request, snapshot, built.tree)

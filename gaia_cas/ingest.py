@@ -26,6 +26,7 @@ from .codec import pack
 from .errors import SourceError
 from .names import MAX_NAME_BYTES, entry_name_problem
 from .objects import CHUNK, hash_bytes, hash_stream
+from .progress import Counted, Tally
 from .statcache import stat_key
 from .trees import DIR, FILE, MAX_DEPTH, Entry, encode_tree
 
@@ -351,8 +352,9 @@ class Builder:
     and :attr:`taken` records the identity of every source file, for :func:`consume_source`.
     """
 
-    def __init__(self, stage=None, cache=None, consume=False):
+    def __init__(self, stage=None, cache=None, consume=False, tally=None):
         self.stage = stage
+        self.tally = tally  # a progress.Tally: every file's bytes are added as they are read, linked or reused
         self.cache = cache
         self.consume = consume
         self.buffer = bytearray(CHUNK)
@@ -372,6 +374,8 @@ class Builder:
                 self.taken[node.path] = _identity(st)
                 self.linked += 1
                 self.file_count += 1
+                if self.tally is not None:
+                    self.tally.add(size)
                 return oid, size
         stored = self.stored.pop(node.path, None)
         if stored is not None:
@@ -383,6 +387,8 @@ class Builder:
                 if self.stage is not None:
                     self.stage.reuse(oid, node.path, lambda: open_source_file(node), node.stat)
                 self.file_count += 1
+                if self.tally is not None:
+                    self.tally.add(node.size)
                 return oid, node.size
         self.file_count += 1
         return self._read(node, self.buffer)
@@ -392,7 +398,8 @@ class Builder:
         src = open_source_file(node)
         with src:
             if self.stage is not None:
-                oid, size = self.stage.add_stream(src, node.path, buffer)
+                reader = src if self.tally is None else Counted(src, self.tally)
+                oid, size = self.stage.add_stream(reader, node.path, buffer)
                 self.stage.origin(oid, node.stat or os.fstat(src.fileno()))
             else:
                 oid, size = hash_stream(src, buffer)
@@ -484,22 +491,29 @@ class Builder:
 
 
 def stage(staging, source: str | os.PathLike, cache=None, consume: "Consumption | None" = None,
-          node: "ScannedFile | ScannedDir | None" = None) -> Built:
+          node: "ScannedFile | ScannedDir | None" = None, progress=None) -> Built:
     """Scan ``source`` and stream it into ``staging``; nothing reaches store/objects yet.
 
     With a stat cache, files whose stat is unchanged are not read again: their oid comes from
     the cache, and the staging area checks at install time that the object is still stored.
     With ``consume`` (from :func:`plan_consumption`), files are linked rather than copied where
     the filesystem allows, and ``consume`` learns which source files to delete after the commit.
+    ``progress(done, total)`` hears the bytes of the source's files as they are staged.
     """
     if consume is not None:
         node = consume.node  # checked by plan_consumption
     elif node is None:
         node = scan(source)
-    builder = Builder(staging, cache, consume is not None)
+    tally = None
+    if progress is not None:
+        files = [node] if isinstance(node, ScannedFile) else _files(node)
+        tally = Tally(progress, sum(f.size for f in files))
+    builder = Builder(staging, cache, consume is not None, tally)
     with _held_root(node):
         builder.store_ahead(node)
         built = builder.artifact(node)
+    if tally is not None:
+        tally.finish()
     if consume is not None:
         consume.taken, consume.linked = builder.taken, builder.linked
     elif builder.trusted and isinstance(node, ScannedDir):

@@ -33,6 +33,7 @@ from .deploy import tree_in_use
 from .manifest import Version, moment, record
 from .materialize import build as build_tree
 from .names import check_model_name, check_text
+from .progress import Tally
 from .versions import format_version, version_key
 
 KNOWN = {"dl_model": ("ssd", ["dl"]), "ml_model": ("catboost", ["ml"])}
@@ -388,7 +389,7 @@ def plan_link(ctx, plan: ModelImport, existing, keep_links: bool) -> None:
 
 def import_legacy(ctx, path: str | os.PathLike, *, mapping: dict[str, str] | None = None,
                   dry_run: bool = False, reason: str | None = None, keep_links: bool = False,
-                  timezone: str | None = None) -> list[ModelImport]:
+                  timezone: str | None = None, progress=None) -> list[ModelImport]:
     """Import every model of the layout at ``path``.
 
     Each legacy ``current`` link inside the root becomes the model's link (``keep_links``
@@ -396,6 +397,7 @@ def import_legacy(ctx, path: str | os.PathLike, *, mapping: dict[str, str] | Non
     store, so a server following it never finds it missing or serving other content. The
     model's default metadata is seeded from the legacy current version's metadata.json, minus
     the fields that describe one version (:data:`PER_VERSION_FIELDS`, ``model_size_*``).
+    ``progress(done, total)`` hears the bytes staged, model by model (see :mod:`gaia_cas.progress`).
     """
     check_text(str(path), "legacy path")
     check_text(reason, "--reason")
@@ -425,9 +427,12 @@ def import_legacy(ctx, path: str | os.PathLike, *, mapping: dict[str, str] | Non
             continue
         with ctx.store_errors(), ctx.objects.staging() as staging:
             built = {}
+            tally = None
+            if progress is not None:  # the model's total first: one more scan of each version, no bytes read
+                tally = Tally(progress, sum(_size(Path(path).absolute(), plan, v) for v in fresh))
             for v in fresh:
                 try:
-                    built[v.label] = _stage_version(staging, Path(path).absolute(), plan, v)
+                    built[v.label] = _stage_version(staging, Path(path).absolute(), plan, v, tally)
                 except SourceError as exc:
                     plan.skipped.append((v.label, str(exc)))
             fresh = plan.versions = [v for v in fresh if v.label in built]
@@ -594,13 +599,17 @@ def _open_version(layout: Path, plan: ModelImport, v: LegacyVersion) -> int:
     return fd
 
 
-def _stage_version(staging, layout: Path, plan: ModelImport, v: LegacyVersion):
+def _stage_version(staging, layout: Path, plan: ModelImport, v: LegacyVersion, tally=None):
     """Stage one version from its folder held by descriptor, and detect its format there (the
     files as scanned, no lock held)."""
     fd = _open_version(layout, plan, v)
     try:
         node = ingest.scan_at(fd, v.artifact.name, str(v.artifact))
-        built = ingest.stage(staging, v.artifact, node=node)
+        done = tally.done if tally is not None else 0
+        built = ingest.stage(staging, v.artifact, node=node,
+                             progress=None if tally is None else lambda d, t: tally.progress(done + d, tally.total))
+        if tally is not None:
+            tally.add(built.size)
         v.format = ingest.source_format(node)
     finally:
         os.close(fd)

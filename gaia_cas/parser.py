@@ -114,6 +114,8 @@ def _common(parser, top):
                         help="print one JSON document instead of text")
     parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
                         help="show a traceback when something fails")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="no progress bar and no summary of what was done (errors and exit status unchanged)")
     parser.add_argument("--root", metavar="DIR", default=default(None),
                         help="the data root holding store/ and manifests/")
     parser.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=default(None),
@@ -165,7 +167,7 @@ class _ModelOptional(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-_TOP_FLAGS = {"--version", "--json", "-v", "--verbose", "-h", "--help"}
+_TOP_FLAGS = {"--version", "--json", "-v", "--verbose", "-q", "--quiet", "-h", "--help"}
 _TOP_VALUED = {"--root", "--lock-timeout"}
 _TOP_FLAGS |= {"--no-pager"}
 
@@ -215,6 +217,7 @@ def build_nightly_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gaia-cas-nightly",
                      description="Apply every model's retention policy, collect garbage and verify the store; "
                                  "exit status 1 when any step failed.")
+    parser.man_short_description = "apply retention, collect garbage and verify a gaia-cas store"  # man's NAME line
     parser.add_argument("--root", metavar="DIR", help="the data root (default: as for gaia-cas)")
     _gc_ages(parser)
     parser.add_argument("--verify-sample", metavar="PERCENT", type=float, default=None,
@@ -222,6 +225,9 @@ def build_nightly_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=None,
                         help=f"how long to wait for a lock (default $GAIA_CAS_LOCK_TIMEOUT, else {defaults.LOCK_TIMEOUT:g})")
     parser.add_argument("--dry-run", action="store_true", help="plan every step; change nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document instead of the summary: ok, root, dry_run, and one record "
+                             "per step (step, ok, summary and its figures)")
     return parser
 
 
@@ -229,6 +235,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or (``only``) the top level plus one subcommand, which parses that
     subcommand's arguments exactly as the whole one would."""
     parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_TopFormatter)
+    parser.man_short_description = "versioned ML model deployment on a deduplicated store"  # whatis, apropos
     parser.add_argument("--version", action=_LazyVersion, help="print the version and exit")
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -491,6 +498,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         sub.choices["cleanup"].add_argument("--remote", metavar="NAME",
                                             help="the remote's own retention instead, by compare-and-swap (same "
                                                  "rules; a local cleanup never touches a remote)")
+    # -- the terminal: completion, doctor ----------------------------------------------------
+    p = command("completion", "print the shell completion script for SHELL (commands, options, and the store's "
+                              "models, versions, channels and remotes)")
+    p.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "fish"), help="bash, zsh or fish")
+    command("doctor", "check the root: hard links, filesystems, free space, locks, reflinks, clock, staging, "
+                      "man page; say what to do (exit status 1 when a check fails)")
     if only in (None, "list"):
         sub.choices["list"].add_argument("--remote", metavar="NAME",
                                          help="list the versions of MODEL on this remote instead")

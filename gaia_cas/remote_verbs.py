@@ -18,20 +18,20 @@ class RemoteVerbs:
     def __repr__(self) -> str:
         return f"RemoteVerbs({self.name or 'default'!r})"
 
-    def push(self, model: str | None = None) -> list:
+    def push(self, model: str | None = None, *, progress=None) -> list:
         """Upload versions the remote lacks, then merge the manifest (current, channels, aliases
         and metadata only where this store saw their latest change); one PushResult per model,
         a failed one with its ``error``."""
         from . import transfer
 
-        return transfer.push(self.ctx, model, remote=self.name)
+        return transfer.push(self.ctx, model, remote=self.name, progress=progress)
 
-    def pull(self, model: str, selector: str | None = None, *, channel: str | None = None) -> list:
+    def pull(self, model: str, selector: str | None = None, *, channel: str | None = None, progress=None) -> list:
         """Fetch (every object verified) and move the local pointers to the remote's: current and
         every channel; only ``channel`` with one; nothing with a ``selector``. PullResults."""
         from . import transfer
 
-        return transfer.pull(self.ctx, model, selector, remote=self.name, channel=channel)
+        return transfer.pull(self.ctx, model, selector, remote=self.name, channel=channel, progress=progress)
 
     def sync(self, model: str | None = None, *, watch: bool = False, interval: float = 5.0, report=None,
              channel: str | None = None, rounds: int | None = None) -> list:

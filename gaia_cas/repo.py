@@ -198,6 +198,10 @@ class Repository:
 
         return read(self.ctx, n, model, follow)
 
+    def doctor(self) -> list:  # the machine under the root, checked: a list of gaia_cas.doctor.Check
+        from .doctor import examine
+        return examine(self.ctx)
+
     def resolve(self, name: str, **options):  # version=, channel=: see gaia_cas.reader.resolve
         from .reader import resolve
 
@@ -216,11 +220,11 @@ class Repository:
 
         return import_legacy(self.ctx, path, **options)
 
-    def export(self, name: str, selector: str | None, output):
+    def export(self, name: str, selector: str | None, output, *, progress=None):
         """Write one version (default: current) as a tar: (model, version, archive path)."""
         from .archive import export
 
-        return export(self.ctx, name, selector, output)
+        return export(self.ctx, name, selector, output, progress)
 
     def import_archive(self, path, name: str, **options):
         """Validate an exported tar, then deploy its artifact as the model's next version."""

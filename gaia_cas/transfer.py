@@ -31,6 +31,7 @@ from . import clock
 from .errors import CorruptionError, InvalidInputError, NotFoundError
 from .manifest import record
 from .names import check_model_name
+from .progress import CountedObjects, Tally
 from .versions import bump, version_key
 
 SMALL = 16 << 20  # objects read whole (hashed, then uploaded from memory); larger go up from the file
@@ -183,22 +184,29 @@ def parallel_map(function, items, jobs: int = JOBS) -> list:
 
 # -- push ----------------------------------------------------------------------------------
 
-def push(repo, name: str | None = None, *, remote: str | None = None) -> list[PushResult]:
+def push(repo, name: str | None = None, *, remote: str | None = None, progress=None) -> list[PushResult]:
     """Push one model, or every model (``None``/``"all"``): one PushResult per model. With
     several models, one that fails is reported in its result's ``error`` and the others still
-    go; a single model's failure raises."""
+    go; a single model's failure raises. ``progress(done, None)`` hears the bytes uploaded (the
+    total is not known in advance)."""
     from .errors import GaiaCasError
 
     remote_cfg, objects, manifests = _open(repo, remote)
-    if name not in (None, "all"):
-        return [_push_model(repo, repo.model(name), remote_cfg.name, objects, manifests)]
-    results = []
-    for model in repo.models():
-        try:
-            results.append(_push_model(repo, model, remote_cfg.name, objects, manifests))
-        except GaiaCasError as exc:
-            results.append(PushResult.failed(model, str(exc)))
-    return results
+    tally = None if progress is None else Tally(progress, None)
+    objects = objects if tally is None else CountedObjects(objects, tally)
+    try:
+        if name not in (None, "all"):
+            return [_push_model(repo, repo.model(name), remote_cfg.name, objects, manifests)]
+        results = []
+        for model in repo.models():
+            try:
+                results.append(_push_model(repo, model, remote_cfg.name, objects, manifests))
+            except GaiaCasError as exc:
+                results.append(PushResult.failed(model, str(exc)))
+        return results
+    finally:
+        if tally is not None:
+            tally.finish()
 
 
 def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
@@ -548,14 +556,15 @@ def sync(repo, name: str | None = None, *, remote: str | None = None, watch: boo
 # -- pull ----------------------------------------------------------------------------------
 
 def pull(repo, name: str, selector: str | None = None, *, remote: str | None = None,
-         channel: str | None = None) -> list[PullResult]:
+         channel: str | None = None, progress=None) -> list[PullResult]:
     """Fetch from the remote and move the local pointers to match, one PullResult per model.
 
     Without ``selector`` or ``channel``: the remote's current and every channel's version, then
     the local current and those channels move to the remote's. ``channel``: only that channel's
     version, and only that local channel moves (``"current"``: only current). ``selector``:
     that version, nothing moves. ``"all"``: every remote model (with ``channel``, every model
-    that has it)."""
+    that has it). ``progress(done, None)`` hears the bytes downloaded (the total is not known
+    in advance)."""
     if selector is not None and channel is not None:
         raise InvalidInputError("give a VERSION or --channel, not both: a VERSION is fetched without moving anything")
     if channel not in (None, "current"):
@@ -563,6 +572,8 @@ def pull(repo, name: str, selector: str | None = None, *, remote: str | None = N
 
         check_channel_name(channel)
     remote_cfg, objects, manifests = _open(repo, remote)
+    if progress is not None:
+        objects = CountedObjects(objects, Tally(progress, None))
     if name == "all":
         if selector is not None:
             raise InvalidInputError("'pull all' takes no VERSION: it pulls every model's current version")

@@ -40,6 +40,7 @@ from .atomic import UnsafeFileError, open_regular
 from .errors import CorruptionError, GaiaCasError
 from .ingest import artifact_path
 from .objects import hash_stream, object_stream
+from .progress import Counted, Tally
 from .trees import DIR, TreeReader, check_depth
 
 
@@ -100,7 +101,8 @@ def in_sample(oid: str, percent: float | None, day: int) -> bool:
 
 
 def verify(ctx, model: str | None = None, *, repair: bool = False, sample: float | None = None,
-           today: date | None = None, reason: str | None = None) -> VerifyReport:
+           today: date | None = None, reason: str | None = None, progress=None) -> VerifyReport:
+    """``progress(done, total)`` hears the bytes re-hashed (see :mod:`gaia_cas.progress`)."""
     from .names import check_text
 
     check_text(reason, "--reason")
@@ -141,6 +143,9 @@ def verify(ctx, model: str | None = None, *, repair: bool = False, sample: float
     corrupt: set[str] = set()
     missing: set[str] = {oid for oid, (kind, _) in bad_trees.items() if kind != "bad-tree"}
     chunked = _Chunked(ctx)
+    tally = None
+    if progress is not None:
+        tally = Tally(progress, sum(size for oid, size in files.items() if in_sample(oid, sample, day)))
     for oid in sorted(files):
         path = ctx.objects.path(oid)
         if chunked.describes(oid, path):
@@ -154,7 +159,7 @@ def verify(ctx, model: str | None = None, *, repair: bool = False, sample: float
                 pass  # found by the night that re-hashes it
             continue
         report.checked_objects += 1
-        kind, detail, size = _examine(oid, path)
+        kind, detail, size = _examine(oid, path, tally)
         if kind == "intact":
             _check_claims(oid, size, claims, bad_trees)
             continue
@@ -167,6 +172,8 @@ def verify(ctx, model: str | None = None, *, repair: bool = False, sample: float
         (corrupt if kind == "corrupt-object" else missing).add(chunk)
         report.problems.append(Problem(kind, detail, oid=chunk, path=str(ctx.objects.path(chunk)),
                                        versions=sorted(chunked.users[chunk])))
+    if tally is not None:
+        tally.finish()
     for oid, (kind, why) in sorted(bad_trees.items()):
         report.problems.append(Problem(kind, why, oid=oid, path=str(ctx.objects.path(oid)),
                                        versions=sorted(users.get(oid, ()))))
@@ -212,7 +219,7 @@ _ISOLATABLE = ("missing-object", "unreadable-object", "corrupt-object", "bad-tre
 _OBJECT_KINDS = ("missing-object", "unreadable-object", "corrupt-object", "bad-tree")
 
 
-def _examine(oid: str, path) -> tuple[str, str, int]:
+def _examine(oid: str, path, tally=None) -> tuple[str, str, int]:
     """Re-hash one object: ("intact", "", size), or the finding (kind, detail, size). The object
     is opened without following a symlink or blocking on a FIFO: a symlink or a special file in
     its place is a corrupt object (never followed, so never a hang)."""
@@ -226,7 +233,7 @@ def _examine(oid: str, path) -> tuple[str, str, int]:
         return "unreadable-object", f"object {oid} cannot be read ({_why(exc)})", 0
     try:
         with src:
-            actual, size = hash_stream(src)
+            actual, size = hash_stream(src if tally is None else Counted(src, tally))
     except OSError as exc:
         return "unreadable-object", f"object {oid} cannot be read ({_why(exc)})", 0
     if actual != oid:

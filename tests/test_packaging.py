@@ -48,7 +48,7 @@ def test_setup_cfg_declares_the_package_the_script_and_the_manpage():
     cfg.read(CHECKOUT / "setup.cfg")
     assert cfg["metadata"]["name"] == "gaia-cas"
     requires = cfg["options"]["install_requires"].split()
-    assert {r.split(">")[0] for r in requires} == {"xxhash", "msgpack", "pyfastcdc"}
+    assert {r.split(">")[0] for r in requires} == {"xxhash", "msgpack", "pyfastcdc", "tqdm"}
     assert "gaia-cas = gaia_cas.cli:run" in cfg["options.entry_points"]["console_scripts"]
     assert "pyfile=gaia_cas/parser.py" in cfg["build_manpages"]["manpages"]
     test_extra = cfg["options.extras_require"]["test"].split()
