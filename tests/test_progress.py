@@ -276,14 +276,14 @@ def test_push_and_pull_report_the_bytes_they_move(repo, big_source, tmp_path, s3
     url = s3_url(s3_server)  # a fresh prefix: both stores use this one
     repo.add_remote("origin", url, endpoint=s3_server.endpoint)
     sent = Recorder()
-    [pushed] = repo.push("ssd", progress=sent)
+    [pushed] = repo.remote("origin").push("ssd", progress=sent)
     assert pushed.bytes_sent >= _size(big_source)
     assert sent.calls[-1] == (pushed.bytes_sent, pushed.bytes_sent)
     assert [d for d, _ in sent.calls] == sorted(d for d, _ in sent.calls)
     other = Repository.init(tmp_path / "other")
     other.add_remote("origin", url, endpoint=s3_server.endpoint)
     received = Recorder()
-    [pulled] = other.pull("ssd", progress=received)
+    [pulled] = other.remote("origin").pull("ssd", progress=received)
     assert pulled.bytes_received == pushed.bytes_sent
     assert received.calls[-1][0] == pulled.bytes_received and received.calls[-1][1] is None
 
