@@ -147,6 +147,11 @@ def metadata(model: Any) -> dict:
         return {"platform": "tensorflow", "inputs": inputs, "outputs": outputs}
     features = getattr(model, "n_features_in_", None)
     shape = [-1, int(features)] if isinstance(features, (int, np.integer)) else [-1, -1]
+    if _is_keras(model):
+        try:
+            shape = [-1 if d is None else int(d) for d in model.input_shape]
+        except (AttributeError, TypeError, ValueError):  # several inputs, or not built
+            pass
     outputs = [{"name": "predict", "datatype": "", "shape": [-1]}]
     if _has(model, "predict_proba"):
         outputs.append({"name": "predict_proba", "datatype": "FP64", "shape": [-1, -1]})
@@ -230,8 +235,10 @@ def infer(model: Any, inputs: dict[str, np.ndarray], wanted: list[str] | None = 
         import tensorflow as tf
 
         signature = model.signatures["serving_default"]
-        expected = sorted(signature.structured_input_signature[1])
-        feeds = _bind(inputs, expected)
+        specs = signature.structured_input_signature[1]
+        feeds = _bind(inputs, sorted(specs))
+        for name, value in feeds.items():
+            _check_spec(name, value, specs[name])
         result = _computed(lambda: signature(**{k: tf.constant(v) for k, v in feeds.items()}))
         return [(name, value.numpy()) for name, value in sorted(result.items())]
     (name, array), = _single(inputs)
@@ -241,11 +248,28 @@ def infer(model: Any, inputs: dict[str, np.ndarray], wanted: list[str] | None = 
             return [(k, np.asarray(v)) for k, v in sorted(result.items())]
         return [("output_0", np.asarray(result))]
     outputs = []
+    if _is_keras(model):  # predict() builds a dataset pipeline per call; one batch needs none
+        return [("predict", np.asarray(_computed(lambda: model.predict_on_batch(array))))]
     if wanted is None or "predict" in wanted:
         outputs.append(("predict", _computed(lambda: model.predict(array))))
     if (wanted is None or "predict_proba" in wanted) and _has(model, "predict_proba"):
         outputs.append(("predict_proba", _computed(lambda: model.predict_proba(array))))
     return outputs
+
+
+def _is_keras(model: Any) -> bool:
+    return type(model).__module__.startswith(("keras.", "tf_keras.")) and hasattr(model, "predict_on_batch")
+
+
+def _check_spec(name: str, value: np.ndarray, spec) -> None:
+    """A request tensor that cannot fit a SavedModel signature's input is the client's error."""
+    wanted = _tf_type(spec)
+    got = _BY_DTYPE.get(value.dtype.str, "BYTES" if value.dtype.kind in "OUS" else value.dtype.name)
+    if wanted != got:
+        raise BadRequest(f"input {name!r} is {wanted} for this model, not {got}")
+    dims = [-1 if d is None else int(d) for d in spec.shape] if spec.shape.rank is not None else None
+    if dims is not None and (len(dims) != value.ndim or any(d not in (-1, v) for d, v in zip(dims, value.shape))):
+        raise BadRequest(f"input {name!r} has shape {list(value.shape)}; the model takes {dims} (-1: any)")
 
 
 def _single(inputs: dict[str, np.ndarray]):
@@ -271,7 +295,10 @@ def _computed(compute):
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise BadRequest(f"the model rejected the input: {_first_line(exc)}") from None
     except Exception as exc:
-        if type(exc).__module__.startswith("onnxruntime") and type(exc).__name__ in ("InvalidArgument", "Fail"):
+        module, name = type(exc).__module__, type(exc).__name__
+        if (module.startswith("onnxruntime") and name in ("InvalidArgument", "Fail")
+                or module.startswith(("_catboost", "catboost")) and name == "CatBoostError"
+                or module.startswith("tensorflow") and name == "InvalidArgumentError"):
             raise BadRequest(f"the model rejected the input: {_first_line(exc)}") from None
         raise
 
