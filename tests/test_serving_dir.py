@@ -176,8 +176,11 @@ def test_a_reader_interleaved_at_every_step_never_sees_a_partial_version(repo, r
     assert numbered(view) == ["1000000", "1002000"]
 
 
-def test_a_reader_polling_during_real_deploys_and_rollbacks_never_sees_a_partial_version(repo, root, versions):
+def test_a_reader_polling_during_real_deploys_and_rollbacks_never_sees_a_partial_version(repo, root, versions,
+                                                                                          tmp_path):
     repo.set_model("ssd", serving_dir="serving/ssd")
+    sources = [make_version(tmp_path / f"new{variant}", variant) for variant in (3, 4)]
+    versions.update({1003000: contents(sources[0]), 1004000: contents(sources[1])})
     reader = Reader(root / "serving" / "ssd", versions)
     done = threading.Event()
 
@@ -188,8 +191,10 @@ def test_a_reader_polling_during_real_deploys_and_rollbacks_never_sees_a_partial
     thread = threading.Thread(target=poll)
     thread.start()
     try:
+        for source in sources:
+            repo.deploy("ssd", source)
         for i in range(12):
-            repo.rollback("ssd", ("1.0.0", "1.1.0", "1.2.0")[i % 3])
+            repo.rollback("ssd", ("1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0")[i % 5])
     finally:
         done.set()
         thread.join(timeout=10)
