@@ -74,22 +74,39 @@ def _tensor(name: str, shape: list[int], datatype: str, data: Any) -> np.ndarray
         raise BadRequest(f"input {name!r}: 'data' must be a list")
     try:
         if datatype == "BYTES":
-            array = np.array(_flat(data), dtype=object)
-            if not all(isinstance(x, str) for x in array):
+            flat = list(_flat(data))  # a list: numpy takes a generator for one object
+            if not all(type(x) is str for x in flat):
                 raise BadRequest(f"input {name!r}: BYTES data must be strings")
+            array = np.empty(len(flat), dtype=object)
+            array[:] = flat
         else:
             array = np.array(data, dtype=DATATYPES[datatype])
             if array.dtype == object:
                 raise ValueError("ragged")
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadRequest(f"input {name!r}: 'data' is not {datatype} numbers of one shape ({exc})") from None
-    if datatype not in ("BYTES", "BOOL") and not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                      for x in _flat(data)):
+    if datatype not in ("BYTES", "BOOL") and not _numbers_only(data):
         raise BadRequest(f"input {name!r}: {datatype} data must be numbers")
     expected = math.prod(shape)  # numpy's prod costs more than the rest of a one-row decode
     if array.size != expected:
         raise BadRequest(f"input {name!r}: shape {shape} holds {expected} values, 'data' has {array.size}")
     return array.reshape(shape)
+
+
+def _numbers_only(data: list) -> bool:
+    """Whether nested lists hold only JSON numbers (not true/false, which numpy would take as 1/0,
+    nor text, which it would parse): one pass, no generator per level."""
+    pending = [data]
+    while pending:
+        for item in pending.pop():
+            kind = type(item)
+            if kind is float or kind is int:
+                continue
+            if kind is list:
+                pending.append(item)
+                continue
+            return False
+    return True
 
 
 def _flat(data):
