@@ -256,16 +256,19 @@ def cmd_model(args, default_root):
             config = repo.add_model(args.name, **options)
         else:
             model = repo.model(args.name)
-            config = repo.set_model(args.name, keep=args.keep, keep_within=args.keep_within, **options)
+            config = repo.set_model(args.name, keep=args.keep, keep_within=args.keep_within,
+                                    serving_dir=args.serving_dir, **options)
     link = config.link or repo.layout.default_link(model)
     doc = {"model": model, "aliases": config.aliases, "source": config.source, "link": link,
-           "metadata": config.metadata, "retention": config.retention}
+           "metadata": config.metadata, "retention": config.retention, "serving_dir": config.serving_dir}
     lines = [f"model    {model}", f"aliases  {', '.join(config.aliases) or '-'}",
              f"source   {shown(config.source or '-')}", f"link     {shown(link)}"]
     lines += [f"meta     {shown(k)} = {_dumps(v)}" for k, v in config.metadata.items()]
     if config.retention:
         lines.append(f"keep     newest {config.retention.get('keep', 3)}"
                      + (f", younger than {config.retention['keep_within']}" if config.retention.get("keep_within") else ""))
+    if config.serving_dir:
+        lines.append(f"serving  {shown(config.serving_dir)}/<n>/ (n of X.Y.Z: X*1000000+Y*1000+Z)")
     _emit(args, doc, "\n".join(lines))
 
 

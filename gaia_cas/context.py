@@ -204,7 +204,8 @@ class Context:
                     raise InvalidInputError(f"link path {link!r} is already used by {owner}")
 
     def sync_link(self, manifest: Manifest) -> None:
-        """Regenerate the model's links (current and every channel) from the manifest just committed."""
+        """Regenerate the model's links (current and every channel), and its serving dir if it has
+        one, from the manifest just committed."""
         for channel, (link, version) in self.link_targets(manifest).items():
             try:
                 if version is None or version.broken:  # a broken version is never served
@@ -220,3 +221,14 @@ class Context:
                     f"{manifest.model} is committed ({channel} {version.version if version else 'none'}), but its "
                     f"link {link} could not be updated: {getattr(exc, 'strerror', None) or exc}; {fix} regenerates it"
                 ) from exc
+        if manifest.config.serving_dir:  # the numbered folders TF Serving and Triton poll
+            from . import serving_dir
+
+            try:
+                serving_dir.sync(self, manifest)
+            except (OSError, InvalidInputError) as exc:
+                fix = (f"'gaia-cas rollback {manifest.model} {manifest.current}'" if manifest.current
+                       else "any later change")
+                raise StoreError(
+                    f"{manifest.model} is committed, but its serving dir {manifest.config.serving_dir} could not be "
+                    f"updated: {getattr(exc, 'strerror', None) or exc}; {fix} regenerates it") from exc

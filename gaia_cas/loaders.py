@@ -45,11 +45,26 @@ def load_onnx(path: Path):
     return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
 
 
+_CATBOOST_CLASSIFICATION = {"Logloss", "CrossEntropy", "MultiClass", "MultiClassOneVsAll", "MultiLogloss",
+                            "MultiCrossEntropy"}
+
+
 def load_catboost(path: Path):
+    """A ``.cbm`` as the class that trained it: a classifier (``predict`` gives classes, and
+    ``predict_proba``), a regressor, or the plain model (rankers: raw scores)."""
     catboost = _need("catboost", "catboost", "CatBoost")
     model = catboost.CatBoost()
     model.load_model(os.fspath(path))
-    return model
+    loss = str(model.get_all_params().get("loss_function", "")).split(":", 1)[0]
+    if loss in _CATBOOST_CLASSIFICATION:
+        kind = catboost.CatBoostClassifier
+    elif any(word in loss for word in ("Rank", "Pair", "Query")):
+        return model
+    else:
+        kind = catboost.CatBoostRegressor
+    typed = kind()
+    typed.load_model(os.fspath(path))
+    return typed
 
 
 def load_savedmodel(path: Path):

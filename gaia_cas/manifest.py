@@ -66,15 +66,17 @@ class _Record:
 
 
 class ModelConfig(_Record):
-    __slots__ = ("aliases", "source", "link", "metadata", "retention")
+    __slots__ = ("aliases", "source", "link", "metadata", "retention", "serving_dir")
 
     def __init__(self, aliases: list[str] | None = None, source: str | None = None, link: str | None = None,
-                 metadata: dict[str, Any] | None = None, retention: dict[str, Any] | None = None):
+                 metadata: dict[str, Any] | None = None, retention: dict[str, Any] | None = None,
+                 serving_dir: str | None = None):  # gaia_cas/serving_dir.py; relative to the root
         self.aliases = aliases if aliases is not None else []
         self.source = source
         self.link = link
         self.metadata = metadata if metadata is not None else {}
         self.retention = retention if retention is not None else {}
+        self.serving_dir = serving_dir
 
 
 class Version(_Record):
@@ -313,7 +315,7 @@ _EVENT_FIELDS = {
 }
 _CONFIG_FIELDS = {
     "aliases": list, "source": (str, type(None)), "link": (str, type(None)),
-    "metadata": dict, "retention": dict,
+    "metadata": dict, "retention": dict, "serving_dir": (str, type(None)),
 }
 
 
@@ -455,12 +457,13 @@ def decode(data: bytes, origin: str = "manifest") -> Manifest:
         check_model_name(top["model"])
     except InvalidInputError:
         raise CorruptionError(f"{origin} names an invalid model {top['model']!r:.80}") from None
-    cfg = _fields(top["config"], _CONFIG_FIELDS, f"{origin} config")
-    if cfg["link"] is not None:
-        try:
-            check_link(cfg["link"])
-        except InvalidInputError as exc:
-            raise CorruptionError(f"{origin}: {exc}") from None
+    cfg = _fields(top["config"], _CONFIG_FIELDS, f"{origin} config", ("serving_dir",))  # absent before it existed
+    for where in ("link", "serving_dir"):
+        if cfg.get(where) is not None:
+            try:
+                check_link(cfg[where])
+            except InvalidInputError as exc:
+                raise CorruptionError(f"{origin}: {exc}") from None
     if not all(isinstance(a, str) for a in cfg["aliases"]):
         raise CorruptionError(f"{origin} config has a non-text alias")
     lazy = isinstance(top["versions"], bytes) and doc.get("version_fields") == list(_VERSION_FIELDS)

@@ -40,14 +40,17 @@ def _add_model(ctx, name: str, *, aliases, source, link, metadata, reason) -> Mo
 
 def set_model(ctx, name: str, *, aliases: list[str] | None = None, source: str | None = None,
               link: str | None = None, metadata: dict | None = None, keep: int | None = None,
-              keep_within: str | None = None, reason: str | None = None) -> ModelConfig:
-    """Change a model's settings; ``keep``/``keep_within`` set its retention policy."""
+              keep_within: str | None = None, serving_dir: str | None = None,
+              reason: str | None = None) -> ModelConfig:
+    """Change a model's settings; ``keep``/``keep_within`` set its retention policy;
+    ``serving_dir`` the folder of numbered versions for TF Serving/Triton (``''`` drops it)."""
     with ctx.claims():
         return _set_model(ctx, name, aliases=aliases, source=source, link=link, metadata=metadata, keep=keep,
-                               keep_within=keep_within, reason=reason)
+                               keep_within=keep_within, serving_dir=serving_dir, reason=reason)
 
 
-def _set_model(ctx, name: str, *, aliases, source, link, metadata, keep, keep_within, reason) -> ModelConfig:
+def _set_model(ctx, name: str, *, aliases, source, link, metadata, keep, keep_within, serving_dir=None,
+               reason) -> ModelConfig:
     model = ctx.model(name)
     current = ctx.manifest(model)
     config = _config_from(ctx, current.config, aliases=aliases, source=source, link=link, metadata=metadata)
@@ -57,6 +60,14 @@ def _set_model(ctx, name: str, *, aliases, source, link, metadata, keep, keep_wi
         policy = Policy.of(current, keep, keep_within or None)  # validates both
         config.retention = {"keep": policy.keep,
                             "keep_within": None if keep_within == "" else policy.keep_within}
+    if serving_dir is not None:
+        from . import serving_dir as view
+
+        check_text(serving_dir, "--serving-dir")
+        config.serving_dir = view.normalize(ctx, model, serving_dir)
+        if config.serving_dir:
+            view.wanted(current)  # every served version has a number (refused before anything is written)
+            view.check_location(ctx, config.serving_dir)
     _check_config(ctx, model, config)
     return commit_config(ctx, model, config, "model-set", reason, create=False)
 
@@ -85,7 +96,7 @@ def _config_from(ctx, base: ModelConfig, *, aliases, source, link, metadata) -> 
     check_text(metadata, "--meta")
     config = ModelConfig(
         aliases=list(base.aliases), source=base.source, link=base.link,
-        metadata=dict(base.metadata), retention=dict(base.retention),
+        metadata=dict(base.metadata), retention=dict(base.retention), serving_dir=base.serving_dir,
     )
     if aliases is not None:
         config.aliases = sorted(dict.fromkeys(aliases))
@@ -112,17 +123,23 @@ def commit_config(ctx, model: str, config: ModelConfig, action: str, reason, *, 
         ctx.sync_link(manifest)
         if old_link != new_link:
             links.drop_link(ctx.layout, old_link)
+        if old_view != config.serving_dir:
+            from . import serving_dir
+
+            serving_dir.clear(ctx, old_view)  # the folder given up: no numbered version left in it
 
     with ctx.writing():
         with ctx.manifests.edit(model, create=create, on_commit=relink) as manifest:
             if create and manifest.generation:
                 raise InvalidInputError(f"model '{model}' already exists")
             old_link = manifest.config.link or ctx.layout.default_link(model)
+            old_view = manifest.config.serving_dir
             manifest.config = config
             record(manifest, action, version=None, before=manifest.current, at=clock.stamp(clock.now()),
                    user=user, host=host, reason=reason, details=details)
     ctx.oplog.write("gaia_cas.model", f"{action} {model}: aliases={config.aliases} source={config.source} "
-                     f"link={new_link} metadata={config.metadata} retention={config.retention} by {user}@{host}"
+                     f"link={new_link} metadata={config.metadata} retention={config.retention}"
+                     + (f" serving_dir={config.serving_dir}" if config.serving_dir else "") + f" by {user}@{host}"
                      + (f" reason={reason!r}" if reason else ""))
     return config
 

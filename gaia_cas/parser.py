@@ -272,6 +272,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                             help=f"retention: always keep the newest N versions (default {defaults.KEEP})")
             mp.add_argument("--keep-within", metavar="AGE",
                             help="retention: always keep versions younger than AGE (30d, 12h, 2w); '' clears it")
+            mp.add_argument("--serving-dir", metavar="DIR",
+                            help="keep DIR/<n>/ numbered version folders (current and channels) for TF Serving "
+                                 "or Triton to poll, each renamed in complete; n of X.Y.Z is X*1000000+Y*1000+Z; "
+                                 "DIR is relative to the root; '' drops it")
         reason(mp)
     mp = msub.add_parser("show", help="show a model's settings", description="show a model's settings")
     _common(mp, top=False)

@@ -182,6 +182,10 @@ def sync_links(ctx) -> list[str]:
             if (target is None) != (wanted is None) or (wanted is not None and (
                     os.path.normpath(target) != os.path.normpath(wanted) or not os.path.exists(target))):
                 stale = True
+        if not stale and manifest.config.serving_dir:
+            from . import serving_dir
+
+            stale = serving_dir.lagging(ctx, manifest)  # its numbered folders lag too
         if stale:
             with ctx.writing(), ctx.manifests.edit(model) as fresh:
                 ctx.sync_link(fresh)  # under the lock, from the manifest as it is now
