@@ -88,14 +88,35 @@ def _open(repo, remote_name):
     return remote, objects, manifests
 
 
-def parallel_map(function, items, jobs: int = JOBS) -> list:
+def parallel_map(function, items, jobs: int = JOBS, *, on_error=None) -> list:
+    """``[function(item) for item in items]`` on up to ``jobs`` threads, results in order.
+
+    The first failure stops the rest: what has not started is cancelled, ``on_error()`` is
+    called (a staging's ``halt``, so long streams stop within a chunk) and the running calls
+    are waited for before the failure is raised -- a corrupt object found early does not
+    wait for a thousand downloads, and nothing still writes once the caller cleans up."""
     items = list(items)
     if len(items) <= 1:
         return [function(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-    with ThreadPoolExecutor(max_workers=min(jobs, len(items))) as pool:
-        return list(pool.map(function, items))
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(items)))
+    futures = []
+    try:
+        futures = [pool.submit(function, item) for item in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            failed.result()
+        return [f.result() for f in futures]
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        if on_error is not None:
+            on_error()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- push ----------------------------------------------------------------------------------
@@ -476,41 +497,59 @@ def _merge_pulled(lm, rm, target, selector, remote_name) -> dict:
 
 
 def _fetch(repo, robjects, staging, tree: str, received: list) -> None:
-    """Stage every object of ``tree`` the local store lacks, each verified against its oid."""
-    from .objects import CHUNK
+    """Stage every object of ``tree`` the local store lacks, each verified against its oid.
+
+    Trees are fetched a level at a time, each level's in parallel (a round trip per level, not
+    per tree), then the blobs on JOBS threads, largest first so that no large file streams
+    alone at the end. A download goes straight into staging and is checked by the hash the
+    staging computes as it writes (``robjects.stage``): one hash and one write per byte."""
     from .trees import DIR, MAX_TREE_BYTES, decode_tree
 
-    blobs: set[str] = set()
-    seen: set[str] = set()
+    blobs: dict[str, int] = {}  # oid -> size its tree gives
+    seen: set[str] = {tree}
+    halt = getattr(staging, "halt", None)
 
-    def visit(oid: str) -> None:
-        if oid in seen:
-            return
-        seen.add(oid)
+    def entries_of(oid: str):
         if repo.objects.exists(oid):
-            entries = repo.trees.entries(oid)
-        else:
-            data = robjects.read(oid, MAX_TREE_BYTES)  # verified against oid
-            entries = decode_tree(data, oid)
-            if staging.add_bytes(data) != oid:
-                raise CorruptionError(f"tree {oid} changed while it was staged")
-            received[0] += 1
-            received[1] += len(data)
-        for entry in entries:
-            if entry.kind == DIR:
-                visit(entry.oid)
-            elif not repo.objects.exists(entry.oid):
-                blobs.add(entry.oid)
+            return repo.trees.entries(oid), 0
+        data = robjects.read(oid, MAX_TREE_BYTES)  # verified against oid
+        entries = decode_tree(data, oid)
+        if staging.add_bytes(data) != oid:
+            raise CorruptionError(f"tree {oid} changed while it was staged")
+        return entries, len(data)
 
-    visit(tree)
-
-    def fetch(oid: str) -> int:
-        with robjects.open(oid) as stream:
-            got, size = staging.add_stream(stream, f"object {oid} from the remote", bytearray(CHUNK))
-        if got != oid:
-            raise CorruptionError(f"object {oid} from the remote does not match its hash; refused")
-        return size
-
-    sizes = parallel_map(fetch, sorted(blobs))
+    level = [tree]
+    while level:
+        below = []
+        for oid, (entries, size) in zip(level, parallel_map(entries_of, level, on_error=halt)):
+            if size:
+                received[0] += 1
+                received[1] += size
+            for entry in entries:
+                if entry.kind == DIR:
+                    if entry.oid not in seen:
+                        seen.add(entry.oid)
+                        below.append(entry.oid)
+                elif entry.oid not in blobs and not repo.objects.exists(entry.oid):
+                    blobs[entry.oid] = entry.size
+        level = below
+    sizes = _fetch_blobs(robjects, staging, sorted(blobs, key=lambda oid: (-blobs[oid], oid)), blobs, halt)
     received[0] += len(sizes)
     received[1] += sum(sizes)
+
+
+def _fetch_blobs(robjects, staging, order: list, sizes: dict, halt) -> list:
+    """Download ``order`` into staging on JOBS threads, each thread with one reused buffer."""
+    import threading
+
+    from .objects import CHUNK
+
+    local = threading.local()
+
+    def fetch(oid: str) -> int:
+        buffer = getattr(local, "buffer", None)
+        if buffer is None:
+            buffer = local.buffer = bytearray(CHUNK)
+        return robjects.stage(oid, staging, sizes[oid], buffer)
+
+    return parallel_map(fetch, order, on_error=halt)
