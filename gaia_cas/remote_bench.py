@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 JOBS = 32                  # the raw side's concurrency: the best measured against Ceph RGW here
-NOTHING_CHANGED_RUNS = 5
+NOTHING_CHANGED_RUNS = 3
 RATIO_TARGET = 0.8         # push and pull at least this share of the raw throughput
 NOTHING_CHANGED_TARGET = 0.3
 MODEL = "bench"

@@ -252,7 +252,7 @@ def _upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, 
         if repo.objects.exists(tree):
             known.add(tree)
             known.update(entry.oid for _, entry in repo.trees.walk(tree))
-    blobs: set[str] = set()
+    blobs: dict[str, int] = {}  # oid -> size
     depth: dict[str, int] = {}
 
     def collect(tree: str, level: int) -> None:
@@ -267,18 +267,20 @@ def _upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, 
             if entry.kind == DIR:
                 collect(entry.oid, level + 1)
             else:
-                blobs.add(entry.oid)
+                blobs[entry.oid] = entry.size
 
     for v in versions:
         collect(v.tree, 0)
-    candidates = blobs | set(depth)
+    candidates = set(blobs) | set(depth)
     missing = _missing(robjects, candidates)
 
     def send(oid: str) -> int:
         return _upload(repo, robjects, oid)
 
-    sent = sum(parallel_map(send, sorted(blobs & missing)))
-    count = len(blobs & missing)
+    # largest first: a large file started last would stream alone at the end
+    wanted = sorted((oid for oid in blobs if oid in missing), key=lambda oid: (-blobs[oid], oid))
+    sent = sum(parallel_map(send, wanted))
+    count = len(wanted)
     for level in sorted(set(depth.values()), reverse=True):  # deepest trees first, roots last
         wave = sorted(t for t, d in depth.items() if d == level and t in missing)
         # a tree reached at two depths goes up with its deepest: never before its children
@@ -499,15 +501,20 @@ def _merge_pulled(lm, rm, target, selector, remote_name) -> dict:
 def _fetch(repo, robjects, staging, tree: str, received: list) -> None:
     """Stage every object of ``tree`` the local store lacks, each verified against its oid.
 
-    Trees are fetched a level at a time, each level's in parallel (a round trip per level, not
-    per tree), then the blobs on JOBS threads, largest first so that no large file streams
-    alone at the end. A download goes straight into staging and is checked by the hash the
-    staging computes as it writes (``robjects.stage``): one hash and one write per byte."""
+    One pool of JOBS threads does it all: a tree's subtrees and blobs are queued as soon as the
+    tree arrives (subtrees first, then its blobs largest first), so the downloads of the first
+    folders run while deeper trees are still being fetched -- no round trip per tree, none per
+    level. A blob goes straight into staging and is checked by the hash the staging computes as
+    it writes (``robjects.stage``): one hash and one write per byte. The first failure cancels
+    what has not started and halts the staging (a corrupt object found early does not wait for
+    the rest); nothing still writes into the staging once this returns or raises."""
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from .objects import CHUNK
     from .trees import DIR, MAX_TREE_BYTES, decode_tree
 
-    blobs: dict[str, int] = {}  # oid -> size its tree gives
-    seen: set[str] = {tree}
-    halt = getattr(staging, "halt", None)
+    local = threading.local()
 
     def entries_of(oid: str):
         if repo.objects.exists(oid):
@@ -518,38 +525,43 @@ def _fetch(repo, robjects, staging, tree: str, received: list) -> None:
             raise CorruptionError(f"tree {oid} changed while it was staged")
         return entries, len(data)
 
-    level = [tree]
-    while level:
-        below = []
-        for oid, (entries, size) in zip(level, parallel_map(entries_of, level, on_error=halt)):
-            if size:
-                received[0] += 1
-                received[1] += size
-            for entry in entries:
-                if entry.kind == DIR:
-                    if entry.oid not in seen:
-                        seen.add(entry.oid)
-                        below.append(entry.oid)
-                elif entry.oid not in blobs and not repo.objects.exists(entry.oid):
-                    blobs[entry.oid] = entry.size
-        level = below
-    sizes = _fetch_blobs(robjects, staging, sorted(blobs, key=lambda oid: (-blobs[oid], oid)), blobs, halt)
-    received[0] += len(sizes)
-    received[1] += sum(sizes)
-
-
-def _fetch_blobs(robjects, staging, order: list, sizes: dict, halt) -> list:
-    """Download ``order`` into staging on JOBS threads, each thread with one reused buffer."""
-    import threading
-
-    from .objects import CHUNK
-
-    local = threading.local()
-
-    def fetch(oid: str) -> int:
+    def fetch(oid: str, size: int) -> tuple[list, int]:
         buffer = getattr(local, "buffer", None)
         if buffer is None:
             buffer = local.buffer = bytearray(CHUNK)
-        return robjects.stage(oid, staging, sizes[oid], buffer)
+        return [], robjects.stage(oid, staging, size, buffer)
 
-    return parallel_map(fetch, order, on_error=halt)
+    seen: set[str] = {tree}
+    pending: dict = {}
+    pool = ThreadPoolExecutor(max_workers=JOBS)
+    try:
+        pending[pool.submit(entries_of, tree)] = False
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                is_blob = pending.pop(future)
+                entries, size = future.result()  # the first failure stops here
+                if size or is_blob:
+                    received[0] += 1
+                    received[1] += size
+                blobs = []
+                for entry in entries:
+                    if entry.oid in seen:
+                        continue
+                    if entry.kind == DIR:
+                        seen.add(entry.oid)
+                        pending[pool.submit(entries_of, entry.oid)] = False
+                    elif not repo.objects.exists(entry.oid):
+                        seen.add(entry.oid)
+                        blobs.append(entry)
+                for entry in sorted(blobs, key=lambda e: (-e.size, e.oid)):
+                    pending[pool.submit(fetch, entry.oid, entry.size)] = True
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        halt = getattr(staging, "halt", None)
+        if halt is not None:
+            halt()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
