@@ -512,7 +512,7 @@ def _fetch(repo, robjects, staging, tree: str, received: list) -> None:
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from .objects import CHUNK
-    from .trees import DIR, MAX_TREE_BYTES, decode_tree
+    from .trees import DIR, MAX_TREE_BYTES, check_depth, decode_tree
 
     local = threading.local()
 
@@ -535,11 +535,12 @@ def _fetch(repo, robjects, staging, tree: str, received: list) -> None:
     pending: dict = {}
     pool = ThreadPoolExecutor(max_workers=JOBS)
     try:
-        pending[pool.submit(entries_of, tree)] = False
+        pending[pool.submit(entries_of, tree)] = 0  # the tree's depth below the root; -1: a blob
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                is_blob = pending.pop(future)
+                depth = pending.pop(future)
+                is_blob = depth < 0
                 entries, size = future.result()  # the first failure stops here
                 if size or is_blob:
                     received[0] += 1
@@ -549,13 +550,14 @@ def _fetch(repo, robjects, staging, tree: str, received: list) -> None:
                     if entry.oid in seen:
                         continue
                     if entry.kind == DIR:
+                        check_depth(entry.oid, depth + 1)  # the bound every walker of trees shares
                         seen.add(entry.oid)
-                        pending[pool.submit(entries_of, entry.oid)] = False
+                        pending[pool.submit(entries_of, entry.oid)] = depth + 1
                     elif not repo.objects.exists(entry.oid):
                         seen.add(entry.oid)
                         blobs.append(entry)
                 for entry in sorted(blobs, key=lambda e: (-e.size, e.oid)):
-                    pending[pool.submit(fetch, entry.oid, entry.size)] = True
+                    pending[pool.submit(fetch, entry.oid, entry.size)] = -1
     except BaseException:
         for future in pending:
             future.cancel()
