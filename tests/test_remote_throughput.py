@@ -97,6 +97,36 @@ def test_a_corrupt_blob_of_the_right_size_is_refused_by_its_hash(cli, root, url,
     assert not os.path.lexists(other / "models" / "m" / "current")
 
 
+def test_a_remote_tree_nested_too_deep_is_refused_by_the_parallel_fetch(cli, root, url, s3_server, tmp_path):  # noqa: F811
+    from gaia_cas.hashing import hash_bytes
+    from gaia_cas.manifest import record
+    from gaia_cas.s3 import Remote
+    from gaia_cas.trees import DIR, FILE, MAX_DEPTH, Entry, encode_tree
+
+    other = _pushed(cli, url, s3_server, tmp_path)
+    objects, manifests = Remote("origin", url, s3_server.endpoint, None).open()
+    blob = b"leaf"
+    objects.upload(hash_bytes(blob), blob)
+    child, kind, size = hash_bytes(blob), FILE, len(blob)
+    for _ in range(MAX_DEPTH + 5):  # each tree one folder holding the one below: honest objects, too deep
+        data = encode_tree([Entry("d" if kind == DIR else "f", kind, child, size)])
+        child, kind, size = hash_bytes(data), DIR, 0
+        objects.upload(child, data)
+
+    def deep_version(rm) -> None:
+        v = rm.versions[0].replace(version="9.0.0", tree=child, deployment_id="deep")
+        rm.versions.append(v)
+        rm.highest = rm.current = "9.0.0"
+        record(rm, "deploy", version="9.0.0", before=None, at="2026-12-01T00:00:00+00:00", user="u", host="h",
+               reason=None)
+
+    manifests.update("m", deep_version)
+    before = snapshot(other)
+    assert_one_line_error(cli("pull", "m", root_dir=other), f"nests deeper than {MAX_DEPTH} levels")
+    assert _without_tmp(snapshot(other)) == _without_tmp(before)
+    assert os.listdir(other / "store" / "objects") == []
+
+
 def test_the_first_failure_cancels_what_has_not_started_and_halts_the_rest():
     gate = threading.Event()
     started = []
