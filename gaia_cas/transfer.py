@@ -252,7 +252,7 @@ def _upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, 
         if repo.objects.exists(tree):
             known.add(tree)
             known.update(entry.oid for _, entry in repo.trees.walk(tree))
-    blobs: dict[str, int] = {}  # oid -> size
+    blobs: set[str] = set()
     depth: dict[str, int] = {}
 
     def collect(tree: str, level: int) -> None:
@@ -267,20 +267,18 @@ def _upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, 
             if entry.kind == DIR:
                 collect(entry.oid, level + 1)
             else:
-                blobs[entry.oid] = entry.size
+                blobs.add(entry.oid)
 
     for v in versions:
         collect(v.tree, 0)
-    candidates = set(blobs) | set(depth)
+    candidates = blobs | set(depth)
     missing = _missing(robjects, candidates)
 
     def send(oid: str) -> int:
         return _upload(repo, robjects, oid)
 
-    # largest first: a large file started last would stream alone at the end
-    wanted = sorted((oid for oid in blobs if oid in missing), key=lambda oid: (-blobs[oid], oid))
-    sent = sum(parallel_map(send, wanted))
-    count = len(wanted)
+    sent = sum(parallel_map(send, sorted(blobs & missing)))
+    count = len(blobs & missing)
     for level in sorted(set(depth.values()), reverse=True):  # deepest trees first, roots last
         wave = sorted(t for t, d in depth.items() if d == level and t in missing)
         # a tree reached at two depths goes up with its deepest: never before its children
