@@ -6,6 +6,7 @@ Run it from the checkout (it is not part of the test suite)::
     python -m gaia_cas.bench --size 0.01 --repeat 1   # ~10 MiB, for a quick look
     python -m gaia_cas.bench --scaling --json out.json
     python -m gaia_cas.bench --dvc /path/to/dvc       # compare with DVC (found on PATH by default)
+    python -m gaia_cas.bench --remote-endpoint URL    # also push/pull on S3 (gaia_cas.remote_bench)
 
 It builds a synthetic model tree -- by default 2000 files of 4 KiB to 1 MiB (log-uniform sizes)
 plus 3 large files, ~1 GiB of seeded random bytes -- and times real processes, as users run
@@ -50,6 +51,7 @@ import xxhash
 
 from .layout import Layout
 from .manifest import Version, record
+from . import remote_bench
 from .manifest_store import Manifests
 from .repo import Repository
 from .statcache import RACY_NS
@@ -581,6 +583,8 @@ def _environment() -> str:
 
 
 def report(b: Bench, checks: list[dict]) -> str:
+    if b.opts.remote_only:
+        return "\n".join(remote_bench.report(b) + [""] + _verdicts(checks))
     cp = b.median("cp")
     lines = [f"gaia-cas benchmark ({b.extra.get('revision') or 'unknown revision'}): {len(b.plan)} files, "
              f"{b.tree_bytes / MIB:.1f} MiB, median of {b.opts.repeat} run(s); {os.cpu_count()} CPUs, "
@@ -613,17 +617,23 @@ def report(b: Bench, checks: list[dict]) -> str:
     from .chunk_bench import chunk_report
 
     lines += chunk_report(b)
+    lines += ["", *remote_bench.report(b)]
     lines += ["", "targets" + ("" if b.opts.size == 1 else " (set for --size 1; indicative only at this size)")]
-    for c in checks:
-        unit = c["unit"]
-        lines.append(f"  {'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['value']:.3f} {unit} "
-                     f"(limit {c['limit']:.3f} {unit})")
+    lines += _verdicts(checks)
     if "dvc_version" not in b.extra:
         lines.append("  (dvc not found: the DVC comparisons were skipped)")
     return "\n".join(lines)
 
 
+def _verdicts(checks: list[dict]) -> list[str]:
+    return [f"  {'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['value']:.3f} {c['unit']} "
+            f"(limit {c['limit']:.3f} {c['unit']})" for c in checks]
+
+
 def to_json(b: Bench, checks: list[dict]) -> dict:
+    if b.opts.remote_only:
+        return {"config": {"size": b.opts.size, "files": len(b.plan), "bytes": b.tree_bytes, "seed": b.opts.seed,
+                           "revision": b.extra.get("revision")}, "remote": b.extra.get("remote"), "targets": checks}
     cp = b.median("cp")
     return {
         "config": {"size": b.opts.size, "files": len(b.plan), "bytes": b.tree_bytes, "repeat": b.opts.repeat,
@@ -639,6 +649,7 @@ def to_json(b: Bench, checks: list[dict]) -> dict:
         "manifest_bytes_per_version": b.extra.get("manifest_bytes_per_version", {}),
         "scaling": b.extra.get("scaling"),
         "targets": checks,
+        "remote": b.extra.get("remote"),
     }
 
 
@@ -659,7 +670,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", metavar="DIR", help="scratch folder (default: a new folder under /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic tree (default 0)")
+    remote_bench.add_arguments(p)
     opts = p.parse_args(argv)
+    if opts.remote_only and not opts.remote_endpoint:
+        p.error("--remote-only needs an S3 endpoint: --remote-endpoint URL or $GAIA_CAS_S3_ENDPOINT")
+    if opts.remote_repeat is not None and opts.remote_repeat < 1:
+        p.error("--remote-repeat must be >= 1")
     if opts.size <= 0 or opts.repeat < 1 or opts.versions < 4 or opts.gc_objects < 2:
         p.error("--size must be > 0, --repeat >= 1, --versions >= 4, --gc-objects >= 2")
     return opts
@@ -670,6 +686,9 @@ def run_all(b: Bench) -> None:
     progress(f"writing the tree: {len(b.plan)} files, {b.tree_bytes / MIB:.1f} MiB")
     write_tree(b.source, b.plan, b.opts.seed)
     wait_until_at_rest(b.source)
+    if b.opts.remote_only:
+        remote_bench.measure(b, progress)
+        return
     progress("cp -r, deploy and unchanged redeploy")
     root = bench_deploy(b)
     progress("deploy --consume")
@@ -694,6 +713,8 @@ def run_all(b: Bench) -> None:
     if b.opts.scaling:
         progress("scaling: deploy at 1x, 2x, 4x files")
         bench_scaling(b)
+    if b.opts.remote_endpoint:
+        remote_bench.measure(b, progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -712,12 +733,12 @@ def main(argv: list[str] | None = None) -> int:
     compileall.compile_dir(str(LAUNCHER.parent.parent / "gaia_cas"), quiet=2)
     try:
         run_all(b)
-        checks = targets(b)
+        checks = ([] if opts.remote_only else targets(b)) + remote_bench.targets(b)
         print(report(b, checks))
         if opts.json:
             Path(opts.json).write_text(json.dumps(to_json(b, checks), indent=2) + "\n")
         return 0
-    except BenchError as exc:
+    except (BenchError, remote_bench.RemoteBenchError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
     finally:

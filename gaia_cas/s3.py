@@ -19,7 +19,8 @@ recognised as ours on re-read instead of being reported as lost.
 
 Every object read from a bucket is checked against its oid before its bytes reach the caller
 (:class:`VerifiedReader` raises at the end of a stream whose hash differs, before the last read
-returns), so a corrupt or truncated download never enters a local store.
+returns), or before :meth:`S3ObjectStore.stage` returns (the staging's own hash, compared), so a
+corrupt or truncated download never enters a local store.
 
 obstore is imported here only, and this module only by the commands that talk to a remote: the
 local tool neither needs it nor pays for it at start-up.
@@ -45,6 +46,7 @@ MAX_RETRIES = 3
 RETRY_TIMEOUT_S = 20
 CONFLICT_RETRIES = 8  # 409 ConditionalRequestConflict: another conditional write was in flight
 STREAM_CHUNK = 8 << 20
+STAGE_CHUNK = 1 << 20  # a download into staging: chunks the size of its buffer (objects.CHUNK)
 
 
 class RemoteError(GaiaCasError):
@@ -167,20 +169,16 @@ def _kind(exc) -> str:
 
 # -- objects -------------------------------------------------------------------------------
 
-class VerifiedReader(io.RawIOBase):
-    """A download checked against its oid while it is read: the read that would return the end
-    of the stream raises CorruptionError instead when the bytes do not hash to ``oid`` (or
-    exceed ``limit``). Whatever consumed the earlier chunks (a staging file) is then discarded
-    by its own error handling, so no unverified byte is ever installed."""
+class ChunkReader(io.RawIOBase):
+    """obstore's chunks of one download as a binary stream (``readinto``), refusing more than
+    ``limit`` bytes. Its bytes are not checked here: :class:`VerifiedReader` checks them, or
+    the caller compares the hash it computes itself (:meth:`S3ObjectStore.stage`)."""
 
-    def __init__(self, chunks, oid: str, where: str, limit: int | None = None):
-        from .objects import new_hasher
-
+    def __init__(self, chunks, where: str, limit: int | None = None, *, refusal: str = "refused"):
         self._chunks = iter(chunks)
-        self._oid = oid
         self._where = where
         self._limit = limit
-        self._hasher = new_hasher()
+        self._refusal = refusal  # what the error says after "larger than LIMIT bytes; "
         self._pending = memoryview(b"")
         self._size = 0
         self._done = False
@@ -199,15 +197,38 @@ class VerifiedReader(io.RawIOBase):
                 return 0
             except Exception as exc:
                 raise describe(exc, self._where) from None
-            self._pending = memoryview(bytes(chunk) if not isinstance(chunk, (bytes, bytearray)) else chunk)
-            self._hasher.update(self._pending)
+            self._pending = memoryview(chunk)
+            self._received(self._pending)
             self._size += len(self._pending)
             if self._limit is not None and self._size > self._limit:
-                raise CorruptionError(f"{self._where} is larger than {self._limit} bytes; it cannot be a tree")
+                raise CorruptionError(f"{self._where} is larger than {self._limit} bytes; {self._refusal}")
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
+
+    def _received(self, chunk) -> None:
+        pass
+
+    def _finish(self) -> None:
+        self._done = True
+
+
+class VerifiedReader(ChunkReader):
+    """A download checked against its oid while it is read: the read that would return the end
+    of the stream raises CorruptionError instead when the bytes do not hash to ``oid`` (or
+    exceed ``limit``). Whatever consumed the earlier chunks (a staging file) is then discarded
+    by its own error handling, so no unverified byte is ever installed."""
+
+    def __init__(self, chunks, oid: str, where: str, limit: int | None = None):
+        from .objects import new_hasher
+
+        super().__init__(chunks, where, limit, refusal="it cannot be a tree")
+        self._oid = oid
+        self._hasher = new_hasher()
+
+    def _received(self, chunk) -> None:
+        self._hasher.update(chunk)
 
     def _finish(self) -> None:
         self._done = True
@@ -322,6 +343,24 @@ class S3ObjectStore(BaseObjectStore):
         if they do not hash to ``oid``."""
         result = self._get(oid)
         return VerifiedReader(result.stream(min_chunk_size=STREAM_CHUNK), oid, self.where(oid))
+
+    def stage(self, oid: str, staging, size: int | None = None, buffer=None) -> int:
+        """Download the object into ``staging`` (``add_stream``), checked against its oid by the
+        hash the staging computes as it writes -- one hash per byte, not two. Refused, with
+        CorruptionError naming it, when its bytes hash to anything else or when it is not the
+        ``size`` its (verified) tree gives: then before a byte is read, and never more than
+        ``size`` bytes are. What was staged is the staging's to discard. Returns the size."""
+        result = self._get(oid)
+        where = self.where(oid)
+        if size is not None and result.meta["size"] != size:
+            raise CorruptionError(f"{where} does not match its hash (it is {result.meta['size']} bytes, its tree "
+                                  f"says {size}); refused")
+        reader = ChunkReader(result.stream(min_chunk_size=STAGE_CHUNK), where, size,
+                             refusal="its tree gives that size; refused")
+        got, staged = staging.add_stream(reader, where, buffer)
+        if got != oid:
+            raise CorruptionError(f"{where} does not match its hash (its bytes hash to {got}); refused")
+        return staged
 
     def size(self, oid: str) -> int | None:
         import obstore

@@ -172,14 +172,35 @@ class _RemoteCleaned(Exception):
 MAX_RESTARTS = 5
 
 
-def parallel_map(function, items, jobs: int = JOBS) -> list:
+def parallel_map(function, items, jobs: int = JOBS, *, on_error=None) -> list:
+    """``[function(item) for item in items]`` on up to ``jobs`` threads, results in order.
+
+    The first failure stops the rest: what has not started is cancelled, ``on_error()`` is
+    called (a staging's ``halt``, so long streams stop within a chunk) and the running calls
+    are waited for before the failure is raised -- a corrupt object found early does not
+    wait for a thousand downloads, and nothing still writes once the caller cleans up."""
     items = list(items)
     if len(items) <= 1:
         return [function(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-    with ThreadPoolExecutor(max_workers=min(jobs, len(items))) as pool:
-        return list(pool.map(function, items))
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(items)))
+    futures = []
+    try:
+        futures = [pool.submit(function, item) for item in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            failed.result()
+        return [f.result() for f in futures]
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        if on_error is not None:
+            on_error()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- push ----------------------------------------------------------------------------------
@@ -748,41 +769,71 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
 
 
 def _fetch(repo, robjects, staging, tree: str, received: list) -> None:
-    """Stage every object of ``tree`` the local store lacks, each verified against its oid."""
+    """Stage every object of ``tree`` the local store lacks, each verified against its oid.
+
+    One pool of JOBS threads does it all: a tree's subtrees and blobs are queued as soon as the
+    tree arrives (subtrees first, then its blobs largest first), so the downloads of the first
+    folders run while deeper trees are still being fetched -- no round trip per tree, none per
+    level. A blob goes straight into staging and is checked by the hash the staging computes as
+    it writes (``robjects.stage``): one hash and one write per byte. The first failure cancels
+    what has not started and halts the staging (a corrupt object found early does not wait for
+    the rest); nothing still writes into the staging once this returns or raises."""
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from .objects import CHUNK
-    from .trees import DIR, MAX_TREE_BYTES, decode_tree
+    from .trees import DIR, MAX_TREE_BYTES, check_depth, decode_tree
 
-    blobs: set[str] = set()
-    seen: set[str] = set()
+    local = threading.local()
 
-    def visit(oid: str) -> None:
-        if oid in seen:
-            return
-        seen.add(oid)
+    def entries_of(oid: str):
         if repo.objects.exists(oid):
-            entries = repo.trees.entries(oid)
-        else:
-            data = robjects.read(oid, MAX_TREE_BYTES)  # verified against oid
-            entries = decode_tree(data, oid)
-            if staging.add_bytes(data) != oid:
-                raise CorruptionError(f"tree {oid} changed while it was staged")
-            received[0] += 1
-            received[1] += len(data)
-        for entry in entries:
-            if entry.kind == DIR:
-                visit(entry.oid)
-            elif not repo.objects.exists(entry.oid):
-                blobs.add(entry.oid)
+            return repo.trees.entries(oid), 0
+        data = robjects.read(oid, MAX_TREE_BYTES)  # verified against oid
+        entries = decode_tree(data, oid)
+        if staging.add_bytes(data) != oid:
+            raise CorruptionError(f"tree {oid} changed while it was staged")
+        return entries, len(data)
 
-    visit(tree)
+    def fetch(oid: str, size: int) -> tuple[list, int]:
+        buffer = getattr(local, "buffer", None)
+        if buffer is None:
+            buffer = local.buffer = bytearray(CHUNK)
+        return [], robjects.stage(oid, staging, size, buffer)
 
-    def fetch(oid: str) -> int:
-        with robjects.open(oid) as stream:
-            got, size = staging.add_stream(stream, f"object {oid} from the remote", bytearray(CHUNK))
-        if got != oid:
-            raise CorruptionError(f"object {oid} from the remote does not match its hash; refused")
-        return size
-
-    sizes = parallel_map(fetch, sorted(blobs))
-    received[0] += len(sizes)
-    received[1] += sum(sizes)
+    seen: set[str] = {tree}
+    pending: dict = {}
+    pool = ThreadPoolExecutor(max_workers=JOBS)
+    try:
+        pending[pool.submit(entries_of, tree)] = 0  # the tree's depth below the root; -1: a blob
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                depth = pending.pop(future)
+                is_blob = depth < 0
+                entries, size = future.result()  # the first failure stops here
+                if size or is_blob:
+                    received[0] += 1
+                    received[1] += size
+                blobs = []
+                for entry in entries:
+                    if entry.oid in seen:
+                        continue
+                    if entry.kind == DIR:
+                        check_depth(entry.oid, depth + 1)  # the bound every walker of trees shares
+                        seen.add(entry.oid)
+                        pending[pool.submit(entries_of, entry.oid)] = depth + 1
+                    elif not repo.objects.exists(entry.oid):
+                        seen.add(entry.oid)
+                        blobs.append(entry)
+                for entry in sorted(blobs, key=lambda e: (-e.size, e.oid)):
+                    pending[pool.submit(fetch, entry.oid, entry.size)] = -1
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        halt = getattr(staging, "halt", None)
+        if halt is not None:
+            halt()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
