@@ -33,11 +33,11 @@ VALUED = frozenset({
     "--version", "--keep", "--keep-within", "--older-than", "--sample", "--grace", "--log-age", "--map",
     "--timezone", "--max-expansion", "--channel", "--interval", "--exec", "--signal", "--pid", "--max-changes",
     "--timeout", "--host", "--port", "--max-body", "--alias", "--source", "--endpoint", "--region", "-n",
-    "--lines",
+    "--lines", "--number", "--serving-dir", "--chunk-threshold", "--hot-recent",
 })
 # Commands whose first argument is not a model (their later words are not versions of one).
 _NOT_MODEL_FIRST = frozenset({"init", "import-legacy", "import", "remote", "completion", "doctor", "gc", "logs",
-                              "demo", "serve"})
+                              "demo", "serve", "store"})
 
 # -- the hidden command: the store's words ------------------------------------------------------
 
