@@ -97,8 +97,25 @@ class CountedObjects:
         self.tally.add(len(data))
         return data
 
+    def stage(self, oid: str, staging, size: int | None = None, buffer=None) -> int:
+        """A download straight into a staging area: counted as the staging reads it."""
+        return self.objects.stage(oid, _CountedStaging(staging, self.tally), size, buffer)
+
     def __getattr__(self, name):
         return getattr(self.objects, name)
+
+
+class _CountedStaging:
+    """A staging area whose ``add_stream`` counts what it reads from the stream."""
+
+    def __init__(self, staging, tally: Tally):
+        self.staging, self.tally = staging, tally
+
+    def add_stream(self, src, label: str = "the source", buffer=None):
+        return self.staging.add_stream(Counted(src, self.tally), label, buffer)
+
+    def __getattr__(self, name):
+        return getattr(self.staging, name)
 
 
 def shifted(progress, offset: int, extra: int):
