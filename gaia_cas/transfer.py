@@ -138,10 +138,10 @@ def cleaned_identities(manifest) -> set:
     never sends them back."""
     gone = set()
     for event in manifest.history:
-        if event.action == "cleanup":
-            for key in event.details.get("identities") or ():
-                if isinstance(key, (list, tuple)) and len(key) == 4:
-                    gone.add(tuple(key))
+        keys = event.details.get("identities") if event.action == "cleanup" else None
+        for key in keys if isinstance(keys, list) else ():  # a row another user of the bucket wrote
+            if isinstance(key, list) and len(key) == 4 and all(k is None or isinstance(k, str) for k in key):
+                gone.add(tuple(key))
     return gone
 
 
@@ -354,15 +354,17 @@ def adopt(repo, model, remote_name, numbers: dict, in_step: Markers, seen: Marke
                    if identity(v) in numbers and numbers[identity(v)] != v.version]
         if not renames and in_step == seen_markers(lm, remote_name):
             return
-        existing = set(lm.version_numbers())
+        # Checked against the numbers the renames leave: a chain (1.0.0 -> 1.1.0 while 1.1.0 -> 1.2.0)
+        # is one renumbering, whatever order the versions are listed in.
+        existing = set(lm.version_numbers()) - {v.version for v, _ in renames}
         for v, number in renames:
             if number in existing:
                 raise InvalidInputError(f"version {v.version} of '{model}' is {number} on the remote, but this store "
                                         f"has another version {number}; push that one first")
+            existing.add(number)
+        for v, number in renames:
             old = v.version
             v.version = number
-            existing.discard(old)
-            existing.add(number)
             if lm.current == old:
                 lm.current = number
             for channel in lm.channels.values():
@@ -616,6 +618,8 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
                                         f"the remote's; push first (the remote renumbers it)")
     settings = _settings_to_adopt(repo, model, local, rm, seen_markers(local, remote_name))
     claims = _check_claims(repo, model, local, moves, settings)  # before a byte is fetched
+    for target in targets:
+        _check_artifact(repo, robjects, model, target, remote_name)
     received = [0, 0]
     with repo.objects.staging() as staging:
         for target in targets:
@@ -638,6 +642,25 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
                       outcome["changed"], outcome["channels"], outcome["settings"])
 
 
+def _check_artifact(repo, robjects, model, target, remote_name) -> None:
+    """The remote's version names what its tree holds -- a file artifact a file at the tree's
+    top (a link to anything else would dangle), a directory artifact no name -- checked before
+    anything is fetched (a file artifact's top tree is read, verified, when not here)."""
+    from .trees import DIR, MAX_TREE_BYTES, decode_tree
+
+    if target.artifact == "directory":
+        fits = target.name is None
+    else:
+        if repo.objects.exists(target.tree):
+            entries = repo.trees.entries(target.tree)
+        else:
+            entries = decode_tree(robjects.read(target.tree, MAX_TREE_BYTES), target.tree)
+        fits = any(e.name == target.name and e.kind != DIR for e in entries)
+    if not fits:
+        raise CorruptionError(f"version {target.version} of '{model}' on remote '{remote_name}' names a "
+                              f"{target.artifact} {target.name!r:.80} its tree {target.tree} does not hold; refused")
+
+
 def _check_claims(repo, model, local, moves: dict, settings) -> bool:
     """Check the links and aliases this pull would claim (a new model's link, a new channel's,
     the remote's aliases); whether there are any."""
@@ -645,6 +668,13 @@ def _check_claims(repo, model, local, moves: dict, settings) -> bool:
 
     claims = False
     if local is None:
+        try:
+            owner = repo.model(model)
+        except NotFoundError:
+            owner = model
+        if owner != model:
+            raise InvalidInputError(f"the remote's model '{model}' is an alias of '{owner}' in this store; "
+                                    f"change the alias ('gaia-cas model set {owner} --alias ...') to pull it")
         repo.check_link_free(model, "current", repo.layout.default_link(model))
         claims = True
     for pointer in moves:
@@ -653,6 +683,13 @@ def _check_claims(repo, model, local, moves: dict, settings) -> bool:
             claims = True
     if settings is not None and (local is None or sorted(local.config.aliases) != settings[0]):
         for alias in settings[0]:
+            try:
+                check_model_name(alias)
+            except InvalidInputError:
+                raise InvalidInputError(f"the remote's alias {alias!r:.80} of '{model}' is not a valid model "
+                                        "name; refused") from None
+            if alias == model:
+                raise InvalidInputError(f"the remote's alias '{alias}' of '{model}' is the model's own name; refused")
             try:
                 owner = repo.model(alias)
             except NotFoundError:
@@ -684,6 +721,9 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
     numbers, added = {}, False
     for target in targets:
         existing = next((v for v in lm.versions if identity(v) == identity(target)), None)
+        if existing is None and lm.find(target.version) is not None:  # a local deploy took it since the check
+            raise InvalidInputError(f"this store's version {target.version} of '{lm.model}' is other content than "
+                                    f"the remote's; push first (the remote renumbers it)")
         if existing is None:
             lm.versions.append(target.replace(pinned=False, broken=False))
             lm.new_trees.add(target.tree)
