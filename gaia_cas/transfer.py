@@ -218,9 +218,10 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
             objects_sent += sent_objects
             bytes_sent += sent_bytes
         outcome = {}
+        clash = _alias_clash(rmanifests, model, settings_of(local)[0], rm)
         try:
             committed = rmanifests.update(
-                model, lambda rm: _merge_pushed(rm, local, pending, relied, seen, outcome), create=True)
+                model, lambda rm: _merge_pushed(rm, local, pending, relied, seen, outcome, clash), create=True)
         except _RemoteCleaned:
             continue  # what the remote holds is decided again, and re-checked
         break
@@ -237,7 +238,26 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
                       outcome["settings"], "; ".join(problems) + (" (the versions were sent)" if outcome["sent"] else "") if problems else None)
 
 
-def _merge_pushed(rm, local, pending, relied, seen: Markers, outcome: dict) -> None:
+def _alias_clash(rmanifests, model: str, aliases: list, rm) -> str | None:
+    """Why the remote cannot take this store's aliases of ``model`` -- one names another remote
+    model, or is another remote model's alias (every pull of both would be refused) -- or None.
+    Read only when the push would change the remote's aliases."""
+    new = set(aliases) - set(rm.config.aliases if rm is not None else ())
+    if not new:
+        return None
+    for other in rmanifests.names():
+        if other == model:
+            continue
+        if other in new:
+            return f"the alias '{other}' is a model of its own on the remote"
+        snap = rmanifests.snapshot(other)
+        taken = new & set(snap.manifest.config.aliases) if snap is not None else set()
+        if taken:
+            return f"the alias '{sorted(taken)[0]}' belongs to model '{other}' on the remote"
+    return None
+
+
+def _merge_pushed(rm, local, pending, relied, seen: Markers, outcome: dict, clash: str | None = None) -> None:
     """Decide a push against the remote manifest ``rm`` (again on every lost race): add the
     pending versions (renumbered where the remote gave their number to other content), then
     move current, each channel and the settings only where this store has seen the remote's
@@ -307,7 +327,9 @@ def _merge_pushed(rm, local, pending, relied, seen: Markers, outcome: dict) -> N
     aliases, metadata = settings_of(local)
     if (aliases, metadata) != settings_of(rm):
         latest = settings_marker(rm)  # 0: the remote's settings were never set (a new model)
-        if latest == 0 or (seen.settings is not None and seen.settings >= latest):
+        if clash is not None and set(aliases) - set(rm.config.aliases):
+            notes.append(f"{clash}; the remote's aliases and metadata were left as they are")
+        elif latest == 0 or (seen.settings is not None and seen.settings >= latest):
             rm.config = rm.config.replace(aliases=list(aliases), metadata=dict(metadata))
             record(rm, "settings", version=None, before=rm.current, at=at, user=user, host=host, reason=None,
                    details={"via": "push"})

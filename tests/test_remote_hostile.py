@@ -200,3 +200,29 @@ def test_a_crafted_cleanup_row_on_the_remote_is_ignored_not_a_crash(cli, root, o
     assert pushed.code == 0 and pushed.err == "", pushed
     deployed = cli("deploy", "ssd", make_savedmodel(tmp_path / "m", variant=6), "--remote", "origin")
     assert deployed.code == 0 and deployed.err == "", deployed
+
+
+@pytest.mark.parametrize("owner_alias", [False, True])
+def test_push_never_gives_the_remote_an_alias_another_remote_model_holds(cli, root, origin, tmp_path, owner_alias):
+    other = _store(cli, tmp_path, origin, "other")
+    cli("deploy", "yolo" if owner_alias else "detector", make_savedmodel(tmp_path / "d", variant=4), root_dir=other)
+    if owner_alias:
+        assert cli("model", "set", "yolo", "--alias", "detector", root_dir=other).code == 0
+    assert cli("push", root_dir=other).code == 0
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "s", variant=1))
+    assert cli("model", "set", "ssd", "--alias", "detector", "--meta", "team=a").code == 0
+    doc = cli("push", "ssd", "--json").json()["pushed"][0]
+    assert not doc["settings_moved"] and "'detector'" in doc["note"]
+    assert Repository(root).remote("origin").manifest("ssd").config.aliases == []
+    host = _store(cli, tmp_path, origin, "host")
+    assert cli("pull", "all", root_dir=host).code == 0  # every host can still pull every model
+
+
+@pytest.mark.parametrize("argv", [("s3://AKIAEXAMPLE:s3cr3tvalue@bucket-a",),
+                                  ("s3://bucket-a", "--endpoint", "http://AKIAEXAMPLE:s3cr3tvalue@127.0.0.1:9")])
+def test_credentials_typed_into_a_remote_url_are_refused_and_never_echoed(cli, root, argv):
+    before = snapshot(root)
+    run = cli("remote", "add", "team", *argv)
+    assert_one_line_error(run, "credentials")
+    assert "s3cr3tvalue" not in run.err + run.out
+    assert snapshot(root) == before
