@@ -15,8 +15,8 @@ from collections import namedtuple
 from . import clock
 from .errors import CorruptionError, InvalidInputError
 from .manifest import record
-from .names import check_model_name, check_text
-from .transfer import open_remote
+from .names import check_text
+from .transfer import local_name, open_remote
 
 
 class RemoteRollback(namedtuple("RemoteRollback", "model version previous unchanged remote channel",
@@ -50,7 +50,7 @@ def promote_remote(repo, name: str, selector: str, channel: str, *, remote: str 
 
 def _move(repo, name: str, selector: str, channel: str, remote: str | None, reason: str | None) -> RemoteRollback:
     remote_cfg, _, rmanifests = open_remote(repo, remote)
-    check_model_name(name)
+    name = local_name(repo, name)
     check_text(reason, "--reason")
     user, host = clock.who()
     outcome = {}

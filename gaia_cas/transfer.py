@@ -593,6 +593,11 @@ def pull(repo, name: str, selector: str | None = None, *, remote: str | None = N
     return [_pull_model(repo, _named(repo, name), selector, remote_cfg.name, objects, manifests, channel)]
 
 
+def local_name(repo, name: str) -> str:
+    """A local alias names the same model on the remote; any other name is taken as it is."""
+    return _named(repo, name)
+
+
 def _named(repo, name: str) -> str:
     """A local alias names the same model on the remote; any other name is taken as it is."""
     try:

@@ -226,3 +226,16 @@ def test_credentials_typed_into_a_remote_url_are_refused_and_never_echoed(cli, r
     assert_one_line_error(run, "credentials")
     assert "s3cr3tvalue" not in run.err + run.out
     assert snapshot(root) == before
+
+
+def test_rollback_promote_and_list_on_the_remote_take_a_local_alias_as_pull_and_cleanup_do(cli, root, origin,
+                                                                                           tmp_path):
+    _pushed(cli, tmp_path, variant=1)
+    _pushed(cli, tmp_path, variant=2)
+    assert cli("model", "set", "ssd", "--alias", "detector").code == 0
+    assert cli("rollback", "detector", "1.0.0", "--remote", "origin").code == 0  # the operator's emergency
+    assert cli("promote", "detector", "1.1.0", "--channel", "canary", "--remote", "origin").code == 0
+    listed = cli("list", "detector", "--remote", "origin", "--json")
+    assert listed.code == 0, listed
+    remote = Repository(root).remote("origin").manifest("detector")
+    assert remote.model == "ssd" and remote.current == "1.0.0" and remote.channels["canary"]["version"] == "1.1.0"
