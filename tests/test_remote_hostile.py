@@ -239,3 +239,28 @@ def test_rollback_promote_and_list_on_the_remote_take_a_local_alias_as_pull_and_
     assert listed.code == 0, listed
     remote = Repository(root).remote("origin").manifest("detector")
     assert remote.model == "ssd" and remote.current == "1.0.0" and remote.channels["canary"]["version"] == "1.1.0"
+
+
+def test_a_deploy_remote_whose_answer_was_lost_never_takes_current_back_from_a_later_deploy(cli, root, origin,
+                                                                                           tmp_path, monkeypatch):
+    import gaia_cas.s3 as s3
+
+    assert cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1), "--remote", "origin").code == 0
+    other = _store(cli, tmp_path, origin, "other")
+    real_send = s3.S3ManifestStore.send
+
+    def lost(self, key, data, mode):
+        real_send(self, key, data, mode)  # our swap lands (1.1.0 current) ...
+        monkeypatch.setattr(s3.S3ManifestStore, "send", real_send)
+        Repository(other).remote("origin").deploy("ssd", make_savedmodel(tmp_path / "c", variant=3))  # ... 1.2.0
+        raise ConnectionResetError("connection reset")  # ... and our answer is lost: the retry meets 412
+
+    monkeypatch.setattr(s3.S3ManifestStore, "send", lost)
+    run = cli("deploy", "ssd", make_savedmodel(tmp_path / "b", variant=2), "--remote", "origin")
+    assert "Traceback" not in run.err
+    remote = Repository(root).remote("origin").manifest("ssd")
+    assert remote.current == "1.2.0", "the later deploy stays current"
+    deploys = [e.version for e in remote.history if e.action == "deploy"]
+    assert deploys == ["1.0.0", "1.1.0", "1.2.0"], deploys  # ours recorded once
+    mine = Repository(root).manifest("ssd")
+    assert [v.version for v in mine.versions] == ["1.0.0", "1.1.0"]
