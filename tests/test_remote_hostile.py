@@ -264,3 +264,38 @@ def test_a_deploy_remote_whose_answer_was_lost_never_takes_current_back_from_a_l
     assert deploys == ["1.0.0", "1.1.0", "1.2.0"], deploys  # ours recorded once
     mine = Repository(root).manifest("ssd")
     assert [v.version for v in mine.versions] == ["1.0.0", "1.1.0"]
+
+
+@pytest.mark.parametrize("channel", [None, "canary"])
+def test_a_remote_rollback_or_promote_whose_answer_was_lost_is_not_applied_twice(cli, root, origin, tmp_path,
+                                                                                 monkeypatch, channel):
+    import gaia_cas.s3 as s3
+
+    for variant in (1, 2):
+        assert cli("deploy", "ssd", make_savedmodel(tmp_path / f"a{variant}", variant=variant), "--remote",
+                   "origin").code == 0
+    operator = Repository(root).remote("origin")
+    if channel:
+        operator.promote("ssd", "1.1.0", channel)
+    real_send = s3.S3ManifestStore.send
+
+    def lost(self, key, data, mode):
+        real_send(self, key, data, mode)  # the operator's move lands ...
+        monkeypatch.setattr(s3.S3ManifestStore, "send", real_send)
+        if channel:
+            operator.promote("ssd", "1.1.0", channel)  # ... a colleague moves the channel on ...
+        else:
+            operator.deploy("ssd", make_savedmodel(tmp_path / "c", variant=3))  # ... a trainer deploys 1.2.0 ...
+        raise ConnectionResetError("connection reset")  # ... and the operator's answer is lost
+
+    monkeypatch.setattr(s3.S3ManifestStore, "send", lost)
+    argv = ("promote", "ssd", "1.0.0", "--channel", channel) if channel else ("rollback", "ssd", "1.0.0")
+    run = cli(*argv, "--remote", "origin")
+    assert "Traceback" not in run.err
+    remote = Repository(root).remote("origin").manifest("ssd")
+    if channel:
+        assert remote.channels[channel]["version"] == "1.1.0"
+        assert [e.after for e in remote.history if e.action == "promote"] == ["1.1.0", "1.0.0", "1.1.0"]
+    else:
+        assert remote.current == "1.2.0", "the later deploy stays current"
+        assert len([e for e in remote.history if e.action == "rollback"]) == 1
