@@ -745,7 +745,7 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
     seen = seen_markers(lm, remote_name)
     user, host = clock.who()
     at = clock.stamp(clock.now())
-    numbers, added = {}, False
+    numbers, added, repaired = {}, False, []
     for target in targets:
         existing = next((v for v in lm.versions if identity(v) == identity(target)), None)
         if existing is None and lm.find(target.version) is not None:  # a local deploy took it since the check
@@ -760,6 +760,13 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
             added = True
         else:
             numbers[identity(target)] = existing.version
+            if existing.broken:
+                # Marked broken here (verify --repair took a corrupt object out); the fetch just
+                # brought back, verified, whatever it lacked, and the commit checks the tree
+                # complete: it is whole again, and served.
+                existing.broken = False
+                lm.new_trees.add(existing.tree)
+                repaired.append(existing.version)
     previous = lm.current
     channels = {}
     in_channels = dict(seen.channels)
@@ -787,10 +794,12 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
     in_step = Markers(in_current, in_channels, in_settings)
     primary = moves.get("current") or (next(iter(moves.values())) if moves else targets[0])
     number = numbers[identity(primary)]
-    changed = added or lm.current != previous or bool(channels) or settings is not None or in_step != seen
+    changed = added or lm.current != previous or bool(channels) or settings is not None or in_step != seen \
+        or bool(repaired)
     if changed:
+        more = {"repaired": repaired} if repaired else {}
         record(lm, "pull", version=number, before=previous, at=at, user=user, host=host, reason=None,
-               details=_marker_details(remote_name, in_step, tree=primary.tree))
+               details=_marker_details(remote_name, in_step, tree=primary.tree, **more))
     return {"version": number, "current": lm.current, "previous": previous, "changed": changed,
             "channels": channels, "settings": settings is not None}
 

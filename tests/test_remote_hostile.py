@@ -299,3 +299,26 @@ def test_a_remote_rollback_or_promote_whose_answer_was_lost_is_not_applied_twice
     else:
         assert remote.current == "1.2.0", "the later deploy stays current"
         assert len([e for e in remote.history if e.action == "rollback"]) == 1
+
+
+def test_a_pull_that_brings_back_what_a_broken_version_lacked_serves_it_again(cli, root, origin, tmp_path):
+    from gaia_cas.trees import DIR
+
+    _pushed(cli, tmp_path, variant=1)
+    host = _store(cli, tmp_path, origin, "host")
+    assert cli("pull", "ssd", root_dir=host).code == 0
+    repo = Repository(host)
+    tree = repo.manifest("ssd").current_version().tree
+    blob = next(entry.oid for _, entry in repo.ctx.trees.walk(tree) if entry.kind != DIR)
+    path = repo.ctx.objects.path(blob)
+    os.chmod(path, 0o644)
+    with open(path, "ab") as f:
+        f.write(b"rot")
+    assert cli("verify", "--repair", root_dir=host).code == 1  # quarantined, the version marked broken
+    assert repo.manifest("ssd").current_version().broken
+    assert not os.path.lexists(host / "models" / "ssd" / "current")
+    doc = cli("pull", "ssd", "--json", root_dir=host).json()["pulled"][0]
+    assert doc["objects_received"] == 1 and doc["changed"]
+    assert not repo.manifest("ssd").current_version().broken
+    assert (host / "models" / "ssd" / "current").is_symlink()
+    assert cli("verify", root_dir=host).code == 0
