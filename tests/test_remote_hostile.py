@@ -237,6 +237,8 @@ def test_rollback_promote_and_list_on_the_remote_take_a_local_alias_as_pull_and_
     assert cli("promote", "detector", "1.1.0", "--channel", "canary", "--remote", "origin").code == 0
     listed = cli("list", "detector", "--remote", "origin", "--json")
     assert listed.code == 0, listed
+    verified = cli("verify", "detector", "--remote", "origin")
+    assert verified.code == 0, verified
     remote = Repository(root).remote("origin").manifest("detector")
     assert remote.model == "ssd" and remote.current == "1.0.0" and remote.channels["canary"]["version"] == "1.1.0"
 
