@@ -644,6 +644,7 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
                 raise InvalidInputError(f"this store's version {target.version} of '{model}' is other content than "
                                         f"the remote's; push first (the remote renumbers it)")
     settings = _settings_to_adopt(repo, model, local, rm, seen_markers(local, remote_name))
+    _check_recordable(model, targets, settings, remote_name)
     claims = _check_claims(repo, model, local, moves, settings)  # before a byte is fetched
     for target in targets:
         _check_artifact(repo, robjects, model, target, remote_name)
@@ -667,6 +668,20 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
                 outcome.update(_merge_pulled(lm, rm, targets, moves, settings, remote_name))
     return PullResult(model, outcome["version"], received[0], received[1], outcome["current"], outcome["previous"],
                       outcome["changed"], outcome["channels"], outcome["settings"])
+
+
+def _check_recordable(model, targets, settings, remote_name) -> None:
+    """What the pull copies into the local manifest is within what a manifest may hold (the
+    local commit would refuse it only after the fetch, with the tree already materialized)."""
+    from .codec import check_value
+
+    values = {"settings": settings[1] if settings is not None else None,
+              "versions": [[v.metadata, v.reason, v.user, v.host, v.source, v.format, v.deployment_id, v.created_at]
+                           for v in targets]}
+    try:
+        check_value(values, f"the manifest of '{model}'")
+    except InvalidInputError as exc:
+        raise CorruptionError(f"remote '{remote_name}': {exc}; refused") from None
 
 
 def _check_artifact(repo, robjects, model, target, remote_name) -> None:

@@ -324,3 +324,31 @@ def test_a_pull_that_brings_back_what_a_broken_version_lacked_serves_it_again(cl
     assert not repo.manifest("ssd").current_version().broken
     assert (host / "models" / "ssd" / "current").is_symlink()
     assert cli("verify", root_dir=host).code == 0
+
+
+@pytest.mark.parametrize("where", ["config", "version"])
+def test_remote_metadata_this_store_could_not_record_is_refused_before_anything_is_fetched(cli, root, origin,
+                                                                                          tmp_path, where):
+    import boto3
+    import msgpack
+
+    _pushed(cli, tmp_path)
+    deep = "x"
+    for _ in range(150):  # read back by the decoder, refused by the encoder's depth limit
+        deep = {"k": deep}
+    doc = msgpack.unpackb(encode(Repository(root).remote("origin").manifest("ssd")), raw=False)
+    if where == "config":
+        doc["config"]["metadata"] = {"deep": deep}
+    else:
+        rows = msgpack.unpackb(doc["versions"], raw=False)
+        rows[0][doc["version_fields"].index("metadata")] = {"deep": deep}
+        doc["versions"] = msgpack.packb(rows)
+        doc.pop("version_offsets")
+    location = parse_url(origin[0])
+    client = boto3.client("s3", endpoint_url=origin[1], region_name=os.environ["AWS_DEFAULT_REGION"])
+    client.put_object(Bucket=location.bucket, Key=f"{location.prefix}manifests/ssd.msgpack", Body=msgpack.packb(doc))
+    host = _store(cli, tmp_path, origin, "host")
+    cli("deploy", "other", make_savedmodel(tmp_path / "o", variant=5), root_dir=host)
+    before = snapshot(host)
+    assert_one_line_error(cli("pull", "ssd", root_dir=host), "nested")
+    assert snapshot(host) == before
