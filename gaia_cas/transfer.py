@@ -660,14 +660,24 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
                 held.enter_context(repo.claims())
                 _check_claims(repo, model, repo.manifests.read(model), moves, settings)
             held.enter_context(repo.writing())
-            staging.install()
-            for target in targets:
-                repo.materialize(target.tree)
             with repo.manifests.edit(model, create=True, check_tree=repo.check_complete,
                                      on_commit=repo.sync_link) as lm:
+                _check_numbers(lm, targets)  # under the model's lock, before a byte is installed
+                staging.install()
+                for target in targets:
+                    repo.materialize(target.tree)
                 outcome.update(_merge_pulled(lm, rm, targets, moves, settings, remote_name))
     return PullResult(model, outcome["version"], received[0], received[1], outcome["current"], outcome["previous"],
                       outcome["changed"], outcome["channels"], outcome["settings"])
+
+
+def _check_numbers(lm, targets) -> None:
+    """No version this pull adds has a number a local version holds (a local deploy may have
+    taken it while the pull fetched)."""
+    for target in targets:
+        if lm.find(target.version) is not None and not any(identity(v) == identity(target) for v in lm.versions):
+            raise InvalidInputError(f"this store's version {target.version} of '{lm.model}' is other content than "
+                                    f"the remote's; push first (the remote renumbers it)")
 
 
 def _check_recordable(model, targets, settings, remote_name) -> None:
@@ -763,9 +773,6 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
     numbers, added, repaired = {}, False, []
     for target in targets:
         existing = next((v for v in lm.versions if identity(v) == identity(target)), None)
-        if existing is None and lm.find(target.version) is not None:  # a local deploy took it since the check
-            raise InvalidInputError(f"this store's version {target.version} of '{lm.model}' is other content than "
-                                    f"the remote's; push first (the remote renumbers it)")
         if existing is None:
             lm.versions.append(target.replace(pinned=False, broken=False))
             lm.new_trees.add(target.tree)

@@ -152,9 +152,12 @@ def test_a_local_deploy_during_a_pull_does_not_give_two_versions_one_number(cli,
     assert cli("pull", "ssd", "1.0.0", root_dir=host).code == 0  # host has 1.0.0, the remote's own
     real_read = s3.S3ObjectStore.read
 
+    state = {}
+
     def deploy_meanwhile(self, oid, limit):  # host deploys while the pull fetches (no lock held then)
         monkeypatch.setattr(s3.S3ObjectStore, "read", real_read)
         Repository(host).deploy("ssd", make_savedmodel(tmp_path / "w", variant=3))  # takes 1.1.0 here
+        state["after_deploy"] = _outside_tmp(snapshot(host))
         return real_read(self, oid, limit)
 
     monkeypatch.setattr(s3.S3ObjectStore, "read", deploy_meanwhile)
@@ -169,6 +172,11 @@ def test_a_local_deploy_during_a_pull_does_not_give_two_versions_one_number(cli,
             repo.remote("origin").manifest("ssd").current_version().tree
     else:
         assert_one_line_error(run, "1.1.0")
+        assert _outside_tmp(snapshot(host)) == state["after_deploy"]  # the failed pull added nothing
+
+
+def _outside_tmp(state: dict) -> dict:
+    return {path: value for path, value in state.items() if not path.startswith("store/tmp")}
 
 
 def test_a_remote_directory_version_with_a_file_name_is_refused(cli, root, origin, tmp_path):
