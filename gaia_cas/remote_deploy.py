@@ -147,20 +147,20 @@ def _publish(rmanifests, robjects, ctx, local, mine, seen: Markers, bump_kind: s
             outcome.clear()
             if not relied <= {v.tree for v in rm.versions}:
                 raise _Restart()
+            existing = next((v for v in rm.versions if identity(v) == identity(mine)), None)
+            if existing is not None and not there_before:
+                # Added by this deploy's own swap, whose answer was lost (the retry met 412) and
+                # which another writer has built on since (even a rollback away from it): done --
+                # making it current again would take current back from whoever moved it after us.
+                previous = next((e.before for e in rm.events_newest_first()
+                                 if e.action == "deploy" and e.version == existing.version), rm.current)
+                outcome.update(number=existing.version, previous=previous, unchanged=False)
+                return
             if not force:
                 found = rolled_back_from(rm, mine.tree)
                 if found is not None:
                     raise RolledBackContentError(model, found[0], found[1], describe_rollback(model, *found))
             at = clock.stamp(clock.now())
-            existing = next((v for v in rm.versions if identity(v) == identity(mine)), None)
-            if existing is not None and not there_before:
-                # Added by this deploy's own swap, whose answer was lost (the retry met 412) and
-                # which another writer has built on since: done -- making it current again would
-                # take current back from whoever moved it after us.
-                previous = next((e.before for e in rm.events_newest_first()
-                                 if e.action == "deploy" and e.version == existing.version), rm.current)
-                outcome.update(number=existing.version, previous=previous, unchanged=False)
-                return
             if existing is not None:
                 number = existing.version
             elif identity(mine) in cleaned_identities(rm):

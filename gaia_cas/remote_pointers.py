@@ -10,6 +10,7 @@ since can no longer move the pointer back by a push (:mod:`gaia_cas.transfer`).
 
 from __future__ import annotations
 
+import os
 from collections import namedtuple
 
 from . import clock
@@ -52,8 +53,6 @@ def _move(repo, name: str, selector: str, channel: str, remote: str | None, reas
     remote_cfg, _, rmanifests = open_remote(repo, remote)
     name = local_name(repo, name)
     check_text(reason, "--reason")
-    import os
-
     from .s3 import OPERATION
 
     user, host = clock.who()

@@ -251,8 +251,10 @@ def test_rollback_promote_and_list_on_the_remote_take_a_local_alias_as_pull_and_
     assert remote.model == "ssd" and remote.current == "1.0.0" and remote.channels["canary"]["version"] == "1.1.0"
 
 
-def test_a_deploy_remote_whose_answer_was_lost_never_takes_current_back_from_a_later_deploy(cli, root, origin,
-                                                                                           tmp_path, monkeypatch):
+@pytest.mark.parametrize("then", ["deploy", "rollback"])
+def test_a_deploy_remote_whose_answer_was_lost_never_takes_current_back_from_a_later_change(cli, root, origin,
+                                                                                           tmp_path, monkeypatch,
+                                                                                           then):
     import gaia_cas.s3 as s3
 
     assert cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1), "--remote", "origin").code == 0
@@ -262,16 +264,19 @@ def test_a_deploy_remote_whose_answer_was_lost_never_takes_current_back_from_a_l
     def lost(self, key, data, mode):
         real_send(self, key, data, mode)  # our swap lands (1.1.0 current) ...
         monkeypatch.setattr(s3.S3ManifestStore, "send", real_send)
-        Repository(other).remote("origin").deploy("ssd", make_savedmodel(tmp_path / "c", variant=3))  # ... 1.2.0
+        if then == "deploy":  # ... another trainer deploys 1.2.0 ...
+            Repository(other).remote("origin").deploy("ssd", make_savedmodel(tmp_path / "c", variant=3))
+        else:  # ... or the operator rolls ours back ...
+            Repository(other).remote("origin").rollback("ssd", "1.0.0")
         raise ConnectionResetError("connection reset")  # ... and our answer is lost: the retry meets 412
 
     monkeypatch.setattr(s3.S3ManifestStore, "send", lost)
     run = cli("deploy", "ssd", make_savedmodel(tmp_path / "b", variant=2), "--remote", "origin")
-    assert "Traceback" not in run.err
+    assert run.code == 0 and run.err == "", run  # our version is on the remote: the deploy did land
     remote = Repository(root).remote("origin").manifest("ssd")
-    assert remote.current == "1.2.0", "the later deploy stays current"
+    assert remote.current == ("1.2.0" if then == "deploy" else "1.0.0"), "the later change stands"
     deploys = [e.version for e in remote.history if e.action == "deploy"]
-    assert deploys == ["1.0.0", "1.1.0", "1.2.0"], deploys  # ours recorded once
+    assert deploys == (["1.0.0", "1.1.0", "1.2.0"] if then == "deploy" else ["1.0.0", "1.1.0"]), deploys
     mine = Repository(root).manifest("ssd")
     assert [v.version for v in mine.versions] == ["1.0.0", "1.1.0"]
 
