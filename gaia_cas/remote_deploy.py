@@ -131,10 +131,13 @@ def _publish(rmanifests, robjects, ctx, local, mine, seen: Markers, bump_kind: s
 
     model = local.model
     user, host = clock.who()
+    there_before = None  # whether the remote held the version before this deploy's first swap
     for _ in range(MAX_RESTARTS):
         snap = rmanifests.snapshot(model)
         relied = {v.tree for v in snap.manifest.versions} if snap else set()
-        if snap is None or identity(mine) not in {identity(v) for v in snap.manifest.versions}:
+        there = snap is not None and identity(mine) in {identity(v) for v in snap.manifest.versions}
+        there_before = there if there_before is None else there_before
+        if not there:
             objects, size = upload_versions(ctx, [mine], relied, robjects)
             sent[0] += objects
             sent[1] += size
@@ -144,12 +147,20 @@ def _publish(rmanifests, robjects, ctx, local, mine, seen: Markers, bump_kind: s
             outcome.clear()
             if not relied <= {v.tree for v in rm.versions}:
                 raise _Restart()
+            existing = next((v for v in rm.versions if identity(v) == identity(mine)), None)
+            if existing is not None and not there_before:
+                # Added by this deploy's own swap, whose answer was lost (the retry met 412) and
+                # which another writer has built on since (even a rollback away from it): done --
+                # making it current again would take current back from whoever moved it after us.
+                previous = next((e.before for e in rm.events_newest_first()
+                                 if e.action == "deploy" and e.version == existing.version), rm.current)
+                outcome.update(number=existing.version, previous=previous, unchanged=False)
+                return
             if not force:
                 found = rolled_back_from(rm, mine.tree)
                 if found is not None:
                     raise RolledBackContentError(model, found[0], found[1], describe_rollback(model, *found))
             at = clock.stamp(clock.now())
-            existing = next((v for v in rm.versions if identity(v) == identity(mine)), None)
             if existing is not None:
                 number = existing.version
             elif identity(mine) in cleaned_identities(rm):

@@ -10,13 +10,14 @@ since can no longer move the pointer back by a push (:mod:`gaia_cas.transfer`).
 
 from __future__ import annotations
 
+import os
 from collections import namedtuple
 
 from . import clock
 from .errors import CorruptionError, InvalidInputError
 from .manifest import record
-from .names import check_model_name, check_text
-from .transfer import open_remote
+from .names import check_text
+from .transfer import local_name, open_remote
 
 
 class RemoteRollback(namedtuple("RemoteRollback", "model version previous unchanged remote channel",
@@ -50,12 +51,19 @@ def promote_remote(repo, name: str, selector: str, channel: str, *, remote: str 
 
 def _move(repo, name: str, selector: str, channel: str, remote: str | None, reason: str | None) -> RemoteRollback:
     remote_cfg, _, rmanifests = open_remote(repo, remote)
-    check_model_name(name)
+    name = local_name(repo, name)
     check_text(reason, "--reason")
+    from .s3 import OPERATION
+
     user, host = clock.who()
     outcome = {}
+    operation = os.urandom(8).hex()  # one per move: a retry whose first swap landed finds it there
 
     def change(rm) -> None:
+        done = next((e for e in rm.events_newest_first() if e.details.get(OPERATION) == operation), None)
+        if done is not None:  # our swap landed, its answer was lost, and someone wrote since: done
+            outcome.update(version=done.after, previous=done.before, moved=True)
+            return
         target = repo.select(rm, selector)  # decided again on every attempt, against the manifest read
         if target.broken:
             raise CorruptionError(f"version {target.version} of '{name}' on remote '{remote_cfg.name}' is marked "
@@ -66,8 +74,9 @@ def _move(repo, name: str, selector: str, channel: str, remote: str | None, reas
             if rm.current == target.version:
                 return
             left = rm.find(rm.current) if rm.current else None
+            details = {"from_tree": left.tree} if left is not None else {}
             record(rm, "rollback", version=target.version, before=rm.current, after=target.version, at=at,
-                   user=user, host=host, reason=reason, details={"from_tree": left.tree} if left is not None else None)
+                   user=user, host=host, reason=reason, details={**details, OPERATION: operation})
             rm.current = target.version
             return
         old = rm.channels.get(channel)
@@ -77,11 +86,11 @@ def _move(repo, name: str, selector: str, channel: str, remote: str | None, reas
             return
         rm.channels[channel] = {"version": target.version, "link": old["link"] if old else None}
         record(rm, "promote", version=target.version, before=before, after=target.version, at=at, user=user,
-               host=host, reason=reason, details={"channel": channel})
+               host=host, reason=reason, details={"channel": channel, OPERATION: operation})
 
     rmanifests.update(name, change)
-    return RemoteRollback(name, outcome["version"], outcome["previous"], outcome["version"] == outcome["previous"],
-                          remote_cfg.name, channel)
+    return RemoteRollback(name, outcome["version"], outcome["previous"],
+                          not outcome.get("moved") and outcome["version"] == outcome["previous"], remote_cfg.name, channel)
 
 
 def check_no_link(link) -> None:

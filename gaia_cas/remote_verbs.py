@@ -89,9 +89,10 @@ class RemoteVerbs:
     def manifest(self, model: str):
         """The remote's manifest of ``model`` (ModelNotFoundError if it has none)."""
         from .errors import ModelNotFoundError
-        from .transfer import open_remote
+        from .transfer import local_name, open_remote
 
         _, _, manifests = open_remote(self.ctx, self.name)
+        model = local_name(self.ctx, model)  # a local alias names the same model there
         snap = manifests.snapshot(model)
         if snap is None:
             raise ModelNotFoundError(model, manifests.names())

@@ -19,14 +19,14 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
 
     from . import remotes
     from .trees import DIR, MAX_TREE_BYTES, check_depth, decode_tree
-    from .transfer import parallel_map
+    from .transfer import local_name, parallel_map
 
     if sample is not None and not 0 < sample <= 100:
         raise InvalidInputError(f"--sample must be a percentage above 0 and at most 100, not {sample:g}")
     day = (today or date.today()).toordinal()
     objects, manifests = remotes.get(repo, remote).open()
     report = VerifyReport(sampled=sample)
-    names = [model] if model else manifests.names()
+    names = [local_name(repo, model)] if model else manifests.names()  # a local alias names the same model
     users: dict[str, list[str]] = {}  # oid -> "model version" reaching it
     files: set[str] = set()
     trees: dict[str, object] = {}  # oid -> entries, or None when missing/corrupt

@@ -27,6 +27,13 @@ def check_remote_name(name: str) -> str:
     return name
 
 
+def _no_credentials(value, what: str) -> None:
+    """Refuse ``user:secret@`` in a URL without echoing it: errors are printed and logged."""
+    if isinstance(value, str) and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+        raise InvalidInputError(f"{what} holds credentials (user:secret@, not shown); they come only from the "
+                                "AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE)")
+
+
 def _path(repo):
     return repo.layout.manifests / REMOTES_FILE
 
@@ -94,6 +101,8 @@ def add(repo, name: str, url: str, *, endpoint: str | None = None, region: str |
     from .s3 import probe as probe_remote
 
     check_remote_name(name)
+    _no_credentials(url, "the remote URL")
+    _no_credentials(endpoint, "--endpoint")
     parse_url(url)
     endpoint = check_endpoint(endpoint)
     if region is not None and not re.fullmatch(r"[a-z0-9-]{1,32}", region):

@@ -139,10 +139,10 @@ def cleaned_identities(manifest) -> set:
     never sends them back."""
     gone = set()
     for event in manifest.history:
-        if event.action == "cleanup":
-            for key in event.details.get("identities") or ():
-                if isinstance(key, (list, tuple)) and len(key) == 4:
-                    gone.add(tuple(key))
+        keys = event.details.get("identities") if event.action == "cleanup" else None
+        for key in keys if isinstance(keys, list) else ():  # a row another user of the bucket wrote
+            if isinstance(key, list) and len(key) == 4 and all(k is None or isinstance(k, str) for k in key):
+                gone.add(tuple(key))
     return gone
 
 
@@ -247,9 +247,10 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
             objects_sent += sent_objects
             bytes_sent += sent_bytes
         outcome = {}
+        clash = _alias_clash(rmanifests, model, settings_of(local)[0], rm)
         try:
             committed = rmanifests.update(
-                model, lambda rm: _merge_pushed(rm, local, pending, relied, seen, outcome), create=True)
+                model, lambda rm: _merge_pushed(rm, local, pending, relied, seen, outcome, clash), create=True)
         except _RemoteCleaned:
             continue  # what the remote holds is decided again, and re-checked
         break
@@ -266,7 +267,26 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
                       outcome["settings"], "; ".join(problems) + (" (the versions were sent)" if outcome["sent"] else "") if problems else None)
 
 
-def _merge_pushed(rm, local, pending, relied, seen: Markers, outcome: dict) -> None:
+def _alias_clash(rmanifests, model: str, aliases: list, rm) -> str | None:
+    """Why the remote cannot take this store's aliases of ``model`` -- one names another remote
+    model, or is another remote model's alias (every pull of both would be refused) -- or None.
+    Read only when the push would change the remote's aliases."""
+    new = set(aliases) - set(rm.config.aliases if rm is not None else ())
+    if not new:
+        return None
+    for other in rmanifests.names():
+        if other == model:
+            continue
+        if other in new:
+            return f"the alias '{other}' is a model of its own on the remote"
+        snap = rmanifests.snapshot(other)
+        taken = new & set(snap.manifest.config.aliases) if snap is not None else set()
+        if taken:
+            return f"the alias '{sorted(taken)[0]}' belongs to model '{other}' on the remote"
+    return None
+
+
+def _merge_pushed(rm, local, pending, relied, seen: Markers, outcome: dict, clash: str | None = None) -> None:
     """Decide a push against the remote manifest ``rm`` (again on every lost race): add the
     pending versions (renumbered where the remote gave their number to other content), then
     move current, each channel and the settings only where this store has seen the remote's
@@ -336,7 +356,9 @@ def _merge_pushed(rm, local, pending, relied, seen: Markers, outcome: dict) -> N
     aliases, metadata = settings_of(local)
     if (aliases, metadata) != settings_of(rm):
         latest = settings_marker(rm)  # 0: the remote's settings were never set (a new model)
-        if latest == 0 or (seen.settings is not None and seen.settings >= latest):
+        if clash is not None and set(aliases) - set(rm.config.aliases):
+            notes.append(f"{clash}; the remote's aliases and metadata were left as they are")
+        elif latest == 0 or (seen.settings is not None and seen.settings >= latest):
             rm.config = rm.config.replace(aliases=list(aliases), metadata=dict(metadata))
             record(rm, "settings", version=None, before=rm.current, at=at, user=user, host=host, reason=None,
                    details={"via": "push"})
@@ -383,15 +405,17 @@ def adopt(repo, model, remote_name, numbers: dict, in_step: Markers, seen: Marke
                    if identity(v) in numbers and numbers[identity(v)] != v.version]
         if not renames and in_step == seen_markers(lm, remote_name):
             return
-        existing = set(lm.version_numbers())
+        # Checked against the numbers the renames leave: a chain (1.0.0 -> 1.1.0 while 1.1.0 -> 1.2.0)
+        # is one renumbering, whatever order the versions are listed in.
+        existing = set(lm.version_numbers()) - {v.version for v, _ in renames}
         for v, number in renames:
             if number in existing:
                 raise InvalidInputError(f"version {v.version} of '{model}' is {number} on the remote, but this store "
                                         f"has another version {number}; push that one first")
+            existing.add(number)
+        for v, number in renames:
             old = v.version
             v.version = number
-            existing.discard(old)
-            existing.add(number)
             if lm.current == old:
                 lm.current = number
             for channel in lm.channels.values():
@@ -609,6 +633,11 @@ def pull(repo, name: str, selector: str | None = None, *, remote: str | None = N
     return [_pull_model(repo, _named(repo, name), selector, remote_cfg.name, objects, manifests, channel)]
 
 
+def local_name(repo, name: str) -> str:
+    """A local alias names the same model on the remote; any other name is taken as it is."""
+    return _named(repo, name)
+
+
 def _named(repo, name: str) -> str:
     """A local alias names the same model on the remote; any other name is taken as it is."""
     try:
@@ -655,7 +684,10 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
                 raise InvalidInputError(f"this store's version {target.version} of '{model}' is other content than "
                                         f"the remote's; push first (the remote renumbers it)")
     settings = _settings_to_adopt(repo, model, local, rm, seen_markers(local, remote_name))
+    _check_recordable(model, targets, settings, remote_name)
     claims = _check_claims(repo, model, local, moves, settings)  # before a byte is fetched
+    for target in targets:
+        _check_artifact(repo, robjects, model, target, remote_name)
     received = [0, 0]
     with repo.objects.staging() as staging:
         for target in targets:
@@ -668,14 +700,57 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
                 held.enter_context(repo.claims())
                 _check_claims(repo, model, repo.manifests.read(model), moves, settings)
             held.enter_context(repo.writing())
-            staging.install()
-            for target in targets:
-                repo.materialize(target.tree)
             with repo.manifests.edit(model, create=True, check_tree=repo.check_complete,
                                      on_commit=repo.sync_link) as lm:
+                _check_numbers(lm, targets)  # under the model's lock, before a byte is installed
+                staging.install()
+                for target in targets:
+                    repo.materialize(target.tree)
                 outcome.update(_merge_pulled(lm, rm, targets, moves, settings, remote_name))
     return PullResult(model, outcome["version"], received[0], received[1], outcome["current"], outcome["previous"],
                       outcome["changed"], outcome["channels"], outcome["settings"])
+
+
+def _check_numbers(lm, targets) -> None:
+    """No version this pull adds has a number a local version holds (a local deploy may have
+    taken it while the pull fetched)."""
+    for target in targets:
+        if lm.find(target.version) is not None and not any(identity(v) == identity(target) for v in lm.versions):
+            raise InvalidInputError(f"this store's version {target.version} of '{lm.model}' is other content than "
+                                    f"the remote's; push first (the remote renumbers it)")
+
+
+def _check_recordable(model, targets, settings, remote_name) -> None:
+    """What the pull copies into the local manifest is within what a manifest may hold (the
+    local commit would refuse it only after the fetch, with the tree already materialized)."""
+    from .codec import check_value
+
+    values = {"settings": settings[1] if settings is not None else None,
+              "versions": [[v.metadata, v.reason, v.user, v.host, v.source, v.format, v.deployment_id, v.created_at]
+                           for v in targets]}
+    try:
+        check_value(values, f"the manifest of '{model}'")
+    except InvalidInputError as exc:
+        raise CorruptionError(f"remote '{remote_name}': {exc}; refused") from None
+
+
+def _check_artifact(repo, robjects, model, target, remote_name) -> None:
+    """The remote's version names what its tree holds -- a file artifact a file at the tree's
+    top (a link to anything else would dangle), a directory artifact no name -- checked before
+    anything is fetched (a file artifact's top tree is read, verified, when not here)."""
+    from .trees import DIR, MAX_TREE_BYTES, decode_tree
+
+    if target.artifact == "directory":
+        fits = target.name is None
+    else:
+        if repo.objects.exists(target.tree):
+            entries = repo.trees.entries(target.tree)
+        else:
+            entries = decode_tree(robjects.read(target.tree, MAX_TREE_BYTES), target.tree)
+        fits = any(e.name == target.name and e.kind != DIR for e in entries)
+    if not fits:
+        raise CorruptionError(f"version {target.version} of '{model}' on remote '{remote_name}' names a "
+                              f"{target.artifact} {target.name!r:.80} its tree {target.tree} does not hold; refused")
 
 
 def _check_claims(repo, model, local, moves: dict, settings) -> bool:
@@ -685,6 +760,13 @@ def _check_claims(repo, model, local, moves: dict, settings) -> bool:
 
     claims = False
     if local is None:
+        try:
+            owner = repo.model(model)
+        except NotFoundError:
+            owner = model
+        if owner != model:
+            raise InvalidInputError(f"the remote's model '{model}' is an alias of '{owner}' in this store; "
+                                    f"change the alias ('gaia-cas model set {owner} --alias ...') to pull it")
         repo.check_link_free(model, "current", repo.layout.default_link(model))
         claims = True
     for pointer in moves:
@@ -693,6 +775,13 @@ def _check_claims(repo, model, local, moves: dict, settings) -> bool:
             claims = True
     if settings is not None and (local is None or sorted(local.config.aliases) != settings[0]):
         for alias in settings[0]:
+            try:
+                check_model_name(alias)
+            except InvalidInputError:
+                raise InvalidInputError(f"the remote's alias {alias!r:.80} of '{model}' is not a valid model "
+                                        "name; refused") from None
+            if alias == model:
+                raise InvalidInputError(f"the remote's alias '{alias}' of '{model}' is the model's own name; refused")
             try:
                 owner = repo.model(alias)
             except NotFoundError:
@@ -721,7 +810,7 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
     seen = seen_markers(lm, remote_name)
     user, host = clock.who()
     at = clock.stamp(clock.now())
-    numbers, added = {}, False
+    numbers, added, repaired = {}, False, []
     for target in targets:
         existing = next((v for v in lm.versions if identity(v) == identity(target)), None)
         if existing is None:
@@ -733,6 +822,13 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
             added = True
         else:
             numbers[identity(target)] = existing.version
+            if existing.broken:
+                # Marked broken here (verify --repair took a corrupt object out); the fetch just
+                # brought back, verified, whatever it lacked, and the commit checks the tree
+                # complete: it is whole again, and served.
+                existing.broken = False
+                lm.new_trees.add(existing.tree)
+                repaired.append(existing.version)
     previous = lm.current
     channels = {}
     in_channels = dict(seen.channels)
@@ -760,10 +856,12 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
     in_step = Markers(in_current, in_channels, in_settings)
     primary = moves.get("current") or (next(iter(moves.values())) if moves else targets[0])
     number = numbers[identity(primary)]
-    changed = added or lm.current != previous or bool(channels) or settings is not None or in_step != seen
+    changed = added or lm.current != previous or bool(channels) or settings is not None or in_step != seen \
+        or bool(repaired)
     if changed:
+        more = {"repaired": repaired} if repaired else {}
         record(lm, "pull", version=number, before=previous, at=at, user=user, host=host, reason=None,
-               details=_marker_details(remote_name, in_step, tree=primary.tree))
+               details=_marker_details(remote_name, in_step, tree=primary.tree, **more))
     return {"version": number, "current": lm.current, "previous": previous, "changed": changed,
             "channels": channels, "settings": settings is not None}
 
