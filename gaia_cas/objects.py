@@ -126,22 +126,7 @@ class DiskObjectStore(BaseObjectStore):
 
     def oids(self):
         """Every object's oid, from a scan of the fan-out folders (names that are not oids skipped)."""
-        from .names import is_oid
-
-        try:
-            shards = os.listdir(self._root)
-        except FileNotFoundError:
-            return
-        for shard in shards:
-            if len(shard) != 2:
-                continue
-            try:
-                names = os.listdir(f"{self._root}/{shard}")
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                if is_oid(shard + name):
-                    yield shard + name
+        return fanout_oids(self._root)
 
     def delete(self, oid: str) -> bool:
         try:
@@ -168,6 +153,26 @@ class DiskObjectStore(BaseObjectStore):
 
     def refresh(self, oid: str) -> None:
         _refresh(self.path_str(oid))
+
+
+def fanout_oids(root: str):
+    """The oids named by ``root/<oid[:2]>/<oid[2:]>`` files (objects, recipes); other names skipped."""
+    from .names import is_oid
+
+    try:
+        shards = os.listdir(root)
+    except FileNotFoundError:
+        return
+    for shard in shards:
+        if len(shard) != 2:
+            continue
+        try:
+            names = os.listdir(f"{root}/{shard}")
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            if is_oid(shard + name):
+                yield shard + name
 
 
 ObjectStore = DiskObjectStore  # the name the rest of the package and its callers know

@@ -20,7 +20,7 @@ from collections import namedtuple
 from .atomic import UnsafeFileError, make_dirs, read_regular, write_atomic
 from .chunking import MAX_CHUNK, MAX_RECIPE_BYTES, THRESHOLD, Chunker, Recipe, decode_recipe, encode_recipe, reassembled
 from .errors import CorruptionError, StoreError
-from .names import check_oid, is_oid
+from .names import check_oid
 
 READ = 1 << 20
 SETTINGS = "chunking.msgpack"  # in store/: {"threshold": bytes}; absent means THRESHOLD
@@ -182,20 +182,9 @@ class RecipeStore:
 
     def oids(self):
         """The oid of every file that has a recipe (names that are not oids are skipped)."""
-        try:
-            shards = os.listdir(self.root)
-        except FileNotFoundError:
-            return
-        for shard in shards:
-            if len(shard) != 2:
-                continue
-            try:
-                names = os.listdir(f"{self.root}/{shard}")
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                if is_oid(shard + name):
-                    yield shard + name
+        from .objects import fanout_oids
+
+        return fanout_oids(str(self.root))
 
     def delete(self, oid: str) -> bool:
         try:

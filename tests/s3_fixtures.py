@@ -77,3 +77,22 @@ def s3_stores(server: S3Server, name: str = "test"):
     from gaia_cas.s3 import Remote
 
     return Remote(name, s3_url(server), server.endpoint, None).open()
+
+
+@pytest.fixture
+def origin(cli, root, s3_server):
+    """The test root's remote 'origin' on a fresh prefix: (url, endpoint)."""
+    url = s3_url(s3_server)
+    assert cli("remote", "add", "origin", url, "--endpoint", s3_server.endpoint).code == 0
+    return url, s3_server.endpoint
+
+
+def second_store(cli, tmp_path, origin, name):
+    """Another root (another trainer or host) with the same remote 'origin'."""
+    from gaia_cas.repo import Repository
+
+    path = tmp_path / name
+    Repository.init(path)
+    assert cli("remote", "add", "origin", origin[0], "--endpoint", origin[1], root_dir=path).code == 0
+    return path
+

@@ -16,21 +16,11 @@ from conftest import CHECKOUT, assert_one_line_error, make_savedmodel, snapshot
 from gaia_cas.repo import Repository
 from gaia_cas.s3 import S3ManifestStore
 from gaia_cas.transfer import identity
-from s3_fixtures import s3_server, s3_url  # noqa: F401
+from s3_fixtures import origin, s3_server, s3_url, second_store  # noqa: F401
 
 
-@pytest.fixture
-def origin(cli, root, s3_server):  # noqa: F811
-    url = s3_url(s3_server)
-    assert cli("remote", "add", "origin", url, "--endpoint", s3_server.endpoint).code == 0
-    return url, s3_server.endpoint
 
-
-def _trainer(cli, tmp_path, origin, name):
-    path = tmp_path / name
-    Repository.init(path)
-    assert cli("remote", "add", "origin", *origin[:1], "--endpoint", origin[1], root_dir=path).code == 0
-    return path
+_trainer = second_store
 
 
 def _remote(root):
