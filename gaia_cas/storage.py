@@ -87,6 +87,9 @@ class BaseObjectStore:
         raise NotImplementedError
 
 
+_UNREAD = object()  # update() reads the manifest itself
+
+
 class BaseManifestStore:
     """One manifest per model, changed only by compare-and-swap on a snapshot's token."""
 
@@ -102,17 +105,20 @@ class BaseManifestStore:
         Returns the new token; raises :class:`StaleTokenError` otherwise."""
         raise NotImplementedError
 
-    def update(self, model: str, change, *, create: bool = False):
+    def update(self, model: str, change, *, create: bool = False, read=_UNREAD):
         """Read, let ``change(manifest)`` decide and record events, write by compare-and-swap;
         on a lost race read again and decide again. Returns the committed manifest, or the
         unchanged one when ``change`` recorded no event (nothing is written then).
 
         ``change`` must decide only from the manifest it is given: it may run more than once.
+        ``read``: the snapshot the caller has just taken (None: no manifest), used for the first
+        attempt instead of reading again -- a stale one only costs a lost swap and a re-read.
+        Its manifest is handed to ``change``, which may modify it.
         """
         from .manifest import Manifest
 
-        for _ in range(MAX_UPDATE_ATTEMPTS):
-            snap = self.snapshot(model)
+        for attempt in range(MAX_UPDATE_ATTEMPTS):
+            snap = read if attempt == 0 and read is not _UNREAD else self.snapshot(model)
             if snap is None:
                 if not create:
                     raise ModelNotFoundError(model, self.names())

@@ -249,8 +249,10 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
         outcome = {}
         clash = _alias_clash(rmanifests, model, settings_of(local)[0], rm)
         try:
+            # The snapshot just read serves the first attempt: a nothing-changed push is one GET.
             committed = rmanifests.update(
-                model, lambda rm: _merge_pushed(rm, local, pending, relied, seen, outcome, clash), create=True)
+                model, lambda rm: _merge_pushed(rm, local, pending, relied, seen, outcome, clash), create=True,
+                read=snap)
         except _RemoteCleaned:
             continue  # what the remote holds is decided again, and re-checked
         break

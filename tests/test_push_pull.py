@@ -436,3 +436,17 @@ def test_sync_watch_follows_the_remote_until_stopped(cli, root, url, endpoint, t
         watcher.send_signal(signal.SIGTERM)
         out, err = watcher.communicate(timeout=20)
     assert watcher.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+
+
+def test_a_nothing_changed_push_reads_the_remote_manifest_once(cli, root, url, endpoint, tmp_path, monkeypatch):
+    from gaia_cas.s3 import S3ManifestStore
+
+    _add(cli, url, endpoint)
+    assert cli("deploy", "ssd", make_savedmodel(tmp_path / "a")).code == 0
+    assert cli("push", "ssd").code == 0
+    reads = []
+    real = S3ManifestStore.snapshot
+    monkeypatch.setattr(S3ManifestStore, "snapshot", lambda self, model: reads.append(model) or real(self, model))
+    again = Repository(root).remote().push("ssd")[0]
+    assert (again.versions_sent, again.objects_sent) == (0, 0)
+    assert reads == ["ssd"]  # one GET of the manifest: what it reaches is never checked again
