@@ -838,9 +838,11 @@ def cmd_sync(args, default_root):
     results = _repo(args, default_root).remote(args.remote).sync(args.model, watch=args.watch, interval=args.interval,
                                                                  report=report, channel=args.channel)
     if not args.watch:
-        changed = [r for r in results if r.changed]
+        changed = [r for r in results if r.changed and r.error is None]
+        failed = [(f"sync of {r.model}", r.error) for r in results if r.error is not None]
         _emit(args, {"pulled": [r.to_json() for r in results]},
-              "\n".join(_synced(r) for r in changed) or "up to date")
+              "\n".join(_synced(r) for r in changed) or ("" if failed else "up to date"))
+        return _report_failures(failed)
 
 
 def _synced(r) -> str:
@@ -880,6 +882,8 @@ def cmd_pull(args, default_root):
                                                                      progress=progress)
     lines = []
     for r in results:
+        if r.error is not None:
+            continue  # its error line says it all
         line = (f"{r.model}: {r.version} ({humanize.plural(r.objects_received, 'object')}, "
                 f"{_size(r.bytes_received)} received); "
                 + (f"current {r.previous or '-'} -> {r.current}" if r.previous != r.current
@@ -887,7 +891,9 @@ def cmd_pull(args, default_root):
         line += "".join(f"; {channel} -> {version}" for channel, version in r.channels_moved.items())
         line += "; aliases and metadata from the remote" if r.settings_changed else ""
         lines.append(line + ("" if r.changed else " (nothing changed)"))
-    _emit(args, {"pulled": [r.to_json() for r in results]}, "\n".join(lines) or "the remote holds no models")
+    _emit(args, {"pulled": [r.to_json() for r in results]}, "\n".join(lines) or
+          ("the remote holds no models" if not results else ""))
+    return _report_failures([(f"pull of {r.model}", r.error) for r in results if r.error is not None])
 
 
 def cmd_deploy_remote(args, default_root):

@@ -61,14 +61,22 @@ class PushResult(namedtuple("PushResult", "model versions_sent objects_sent byte
 
 
 class PullResult(namedtuple("PullResult", "model version objects_received bytes_received current previous "
-                                          "changed channels_moved settings_changed", defaults=({}, False))):
+                                          "changed channels_moved settings_changed error",
+                            defaults=({}, False, None))):
+    """One model's pull. ``error`` is set when it failed and the other models of ``pull all``
+    or ``sync`` still ran (nothing of the failed one was published)."""
+
     __slots__ = ()
+
+    @classmethod
+    def failed(cls, model: str, error: str) -> "PullResult":
+        return cls(model, None, 0, 0, None, None, False, error=error)
 
     def to_json(self) -> dict:
         return {"model": self.model, "version": self.version, "objects_received": self.objects_received,
                 "bytes_received": self.bytes_received, "current": self.current, "previous": self.previous,
                 "changed": self.changed, "channels_moved": self.channels_moved,
-                "settings_changed": self.settings_changed}
+                "settings_changed": self.settings_changed, "error": self.error}
 
 
 # What a store has seen of a remote: the generation of the remote's latest change of current, of
@@ -591,7 +599,10 @@ def sync(repo, name: str | None = None, *, remote: str | None = None, watch: boo
                     report(result, None)
             except GaiaCasError as exc:
                 if not watch:
-                    raise
+                    if name not in (None, "all"):
+                        raise
+                    results.append(PullResult.failed(model, str(exc)))  # the other models still go
+                    continue
                 if report is not None:
                     report(model, exc)
         done += 1
@@ -624,13 +635,18 @@ def pull(repo, name: str, selector: str | None = None, *, remote: str | None = N
     if name == "all":
         if selector is not None:
             raise InvalidInputError("'pull all' takes no VERSION: it pulls every model's current version")
+        from .errors import GaiaCasError
+
         results = []
         for model in manifests.names():
-            if channel not in (None, "current"):
-                snap = manifests.snapshot(model)
-                if snap is None or channel not in snap.manifest.channels:
-                    continue
-            results.append(_pull_model(repo, model, None, remote_cfg.name, objects, manifests, channel))
+            try:
+                if channel not in (None, "current"):
+                    snap = manifests.snapshot(model)
+                    if snap is None or channel not in snap.manifest.channels:
+                        continue
+                results.append(_pull_model(repo, model, None, remote_cfg.name, objects, manifests, channel))
+            except GaiaCasError as exc:  # one bad remote model must not keep a host from the others
+                results.append(PullResult.failed(model, str(exc)))
         return results
     return [_pull_model(repo, _named(repo, name), selector, remote_cfg.name, objects, manifests, channel)]
 

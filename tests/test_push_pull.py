@@ -450,3 +450,32 @@ def test_a_nothing_changed_push_reads_the_remote_manifest_once(cli, root, url, e
     again = Repository(root).remote().push("ssd")[0]
     assert (again.versions_sent, again.objects_sent) == (0, 0)
     assert reads == ["ssd"]  # one GET of the manifest: what it reaches is never checked again
+
+
+@pytest.mark.parametrize("command", ["pull", "sync"])
+def test_pull_all_and_sync_report_a_bad_model_and_still_take_the_others(cli, root, url, endpoint, tmp_path,
+                                                                         s3_server, command):  # noqa: F811
+    _add(cli, url, endpoint)
+    cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1))
+    cli("deploy", "catboost", make_savedmodel(tmp_path / "c", variant=3))
+    assert cli("push").code == 0
+    repo = Repository(root)
+    blob = next(e.oid for _, e in repo.trees.walk(repo.manifest("catboost").current_version().tree)
+                if e.name == "saved_model.pb")
+    prefix = url.split("/", 3)[3]
+    boto3.client("s3", endpoint_url=endpoint).put_object(Bucket=s3_server.bucket,
+                                                         Key=f"{prefix}/objects/{blob[:2]}/{blob[2:]}", Body=b"bad")
+    host = _second_root(tmp_path)
+    cli("remote", "add", "origin", url, "--endpoint", endpoint, root_dir=host)
+    args = ("pull", "all") if command == "pull" else ("sync",)
+    run = cli(*args, root_dir=host)
+    assert run.code == 1
+    errors = [line for line in run.err.splitlines() if line.startswith("gaia-cas: error:")]
+    assert len(errors) == 1 and "catboost" in errors[0] and blob in errors[0], run.err
+    assert "Traceback" not in run.err
+    assert Repository(host).manifest("ssd").current == "1.0.0"  # the good model was taken
+    assert Repository(host).manifests.read("catboost") is None  # the bad one left no trace
+    doc = cli("--json", *args, root_dir=host)
+    assert doc.code == 1
+    failed = [r for r in doc.json()["pulled"] if r.get("error")]
+    assert [r["model"] for r in failed] == ["catboost"]
