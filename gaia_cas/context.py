@@ -140,29 +140,27 @@ class Context:
         if not final.is_dir():
             from .recipes import cold_files
 
-            if cold_files(self.objects, self.trees, tree_oid):
-                if not self._writing:
-                    with self.writing():
-                        return self.materialize(tree_oid)
-                self.warm(tree_oid)
+            if self._writing:
+                self.warm(cold_files(self.objects, self.trees, tree_oid))
+            elif cold_files(self.objects, self.trees, tree_oid):
+                with self.writing():  # decided again under the barrier: gc may have run meanwhile
+                    return self.materialize(tree_oid)
         return materialize(self.layout, self.objects, tree_oid)
 
-    def warm(self, tree_oid: str) -> int:
-        """Rebuild whole, from their chunks, the files of ``tree_oid`` stored only as chunks;
-        returns how many. Caller holds the store barrier (the objects are installed, and gc
-        must not split them again before the tree that serves them exists)."""
-        from .recipes import RecipeStore, cold_files, rebuild
-
-        cold = cold_files(self.objects, self.trees, tree_oid)
+    def warm(self, cold: list[str]) -> None:
+        """Rebuild whole, from their chunks, the files ``cold`` (stored only as chunks). Caller
+        holds the store barrier: the objects are installed, and gc must not split them again
+        before the tree that serves them exists."""
         if not cold:
-            return 0
+            return
+        from .recipes import RecipeStore, rebuild
+
         recipes = RecipeStore(self.layout)
         with self.objects.staging() as staging:
             for oid in cold:
                 rebuild(self.objects, recipes.get(oid), staging)
             staging.install()
             staging.keep()
-        return len(cold)
 
     def check_complete(self, tree_oid: str) -> None:
         """Every object the tree reaches exists, whole or as chunks (a gc must not have taken any)."""
