@@ -136,21 +136,21 @@ def _mark_tree(reader: TreeReader, oid: str, reachable: set[str], model: str, ve
     reachable.update(entry.oid for _, entry in entries)
 
 
-def mark_chunks(recipes, reachable: set[str]) -> set[str]:
-    """Add to ``reachable`` the chunks of every reachable file that has a recipe; returns the
-    files that have one. An unreadable recipe makes gc delete nothing (fail closed): its
-    chunks could not be told apart from garbage."""
-    described = set()
-    for oid in recipes.oids():
+def mark_chunks(recipes, described: list[str], reachable: set[str]) -> set[str]:
+    """Add to ``reachable`` the chunks of every reachable file among ``described`` (the files
+    that have a recipe); returns the chunks it added. An unreadable recipe makes gc delete
+    nothing (fail closed): its chunks could not be told apart from garbage."""
+    added: set[str] = set()
+    for oid in described:
         if oid not in reachable:
             continue
         try:
             recipe = recipes.get(oid)
         except GaiaCasError as exc:
             raise GcRefusedError(f"gc deleted nothing: {exc}; run 'gaia-cas verify'") from None
-        reachable.update(chunk.oid for chunk in recipe.chunks)
-        described.add(oid)
-    return described
+        added.update(chunk.oid for chunk in recipe.chunks if chunk.oid not in reachable)
+    reachable.update(added)
+    return added
 
 
 def hot_files(reader: TreeReader, trees: set[str]) -> set[str]:
@@ -235,11 +235,10 @@ def plan_gc(layout: Layout, manifests: Manifests, reader: TreeReader, *, grace: 
         else:
             plan.ignored.append(f"leases: {lease.model} {lease.version} (tree {lease.tree} is not in the store)")
     plan.doomed.extend(Doomed(path, 0, "lease") for path in dead)
-    chunks = set(reachable)
-    mark_chunks(recipes, reachable)
-    chunks = reachable - chunks
+    described = list(recipes.oids())  # one listing of store/recipes serves both uses
+    chunks = mark_chunks(recipes, described, reachable)
     plan.file_bytes = big.distinct_bytes
-    for oid in recipes.oids():  # recipes of files nothing reaches any more
+    for oid in described:  # recipes of files nothing reaches any more
         if oid not in reachable:
             path = Path(recipes.path(oid))
             st = path.lstat()
