@@ -818,6 +818,8 @@ def cmd_gc_remote(args, default_root):
     grace = None if getattr(args.grace, "is_default", False) else parse_age(args.grace)
     plan = _repo(args, default_root).remote(args.remote).gc(grace=grace, dry_run=args.dry_run)
     what = f"{humanize.plural(len(plan.doomed), 'object')}, {_size(plan.bytes)}"
+    if plan.recipes:
+        what += f" (and {humanize.plural(len(plan.recipes), 'recipe')} of files no version uses)"
     text = (f"would delete {what} on {plan.remote}" if plan.dry_run else f"deleted {plan.deleted} of {what} on "
             f"{plan.remote}") + (f"\n{humanize.plural(plan.reachable, 'object')} in use; "
                                  f"{humanize.plural(plan.young_unreferenced, 'unreferenced object')} "

@@ -9,7 +9,7 @@ The order, and why it is safe when two trainers deploy the same model at once:
 2. Deploy locally under the first number free in both stores (the remote's ``assigned()`` and
    the local one's): the local store commits the version (number, deployment id, user, host)
    and its current, as a plain deploy would.
-3. Upload the objects the remote lacks, children first (:func:`transfer.upload_versions`).
+3. Upload the objects the remote lacks, children first (:func:`remote_objects.upload_versions`).
 4. Compare-and-swap the remote manifest: add the version and make it current. On a lost race
    (412: another trainer committed first) ``storage.update`` reads again and decides again; if
    the winner took our number, the next free one is taken there.
@@ -31,8 +31,9 @@ from . import clock
 from .errors import GaiaCasError, InvalidInputError, ModelNotFoundError, RolledBackContentError
 from .manifest import record
 from .names import check_model_name
+from .remote_objects import upload_versions
 from .transfer import (MAX_RESTARTS, Markers, adopt, cleaned_identities, identity, in_step_after, next_free,
-                       open_remote, seen_markers, upload_versions)
+                       open_remote, seen_markers)
 from .versions import format_version, parse_version, version_key
 
 

@@ -11,8 +11,13 @@ The S3 remote):
    cannot be read stops gc with nothing deleted (fail closed).
 4. Only objects older than the grace (default 24 h; rustic uses 23 h) are deleted. A push
    uploads its objects before its manifest, and re-uploads any unreferenced object it finds
-   older than an hour (transfer.REFRESH_AGE), so every object an in-flight push will commit is
+   older than an hour (remote_objects.REFRESH_AGE), so every object an in-flight push will commit is
    younger than the grace when gc lists it -- as long as a push takes less than grace - 1 h.
+5. Chunks (docs/design.md, Chunks on the remote) are reached through recipes: every reachable
+   large file's recipe is read *after* the manifests (a push puts a recipe before its swap, so
+   a version gc sees has its recipe there), and its chunks are reachable. A recipe that cannot
+   be read or decoded stops gc with nothing deleted. Unreachable recipes past the grace go
+   before unreachable objects, so an interrupted gc never leaves a recipe without its chunks.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ class RemoteGcRefused(GaiaCasError):
     """gc on the remote would not be safe now (another gc, an unreadable manifest or tree)."""
 
 
-class RemoteGcPlan(namedtuple("RemoteGcPlan", "remote doomed reachable young_unreferenced dry_run deleted")):
-    """``doomed``: [(oid, size)] unreferenced and older than the grace."""
+class RemoteGcPlan(namedtuple("RemoteGcPlan", "remote doomed reachable young_unreferenced dry_run deleted recipes",
+                              defaults=((),))):
+    """``doomed``: [(oid, size)] unreferenced and older than the grace; ``recipes``: the same
+    for recipes of files no version reaches."""
 
     __slots__ = ()
 
@@ -43,20 +50,24 @@ class RemoteGcPlan(namedtuple("RemoteGcPlan", "remote doomed reachable young_unr
     def to_json(self) -> dict:
         return {"remote": self.remote, "dry_run": self.dry_run, "deleted": self.deleted, "bytes": self.bytes,
                 "reachable_objects": self.reachable, "young_unreferenced": self.young_unreferenced,
-                "objects": [oid for oid, _ in self.doomed]}
+                "objects": [oid for oid, _ in self.doomed], "recipes": [oid for oid, _ in self.recipes]}
 
 
 def gc_remote(repo, remote: str | None = None, *, grace: timedelta = DEFAULT_GRACE, dry_run: bool = False,
               now: datetime | None = None) -> RemoteGcPlan:
     from . import remotes
-    from .transfer import parallel_map
+    from .remote_objects import parallel_map, remote_recipes
 
     config = remotes.get(repo, remote)
     objects, manifests = config.open()
     lease = None if dry_run else _take_lease(objects, config.name)
+    recipes = remote_recipes(objects)
     try:
         listed = list(objects.inventory())  # before the manifests: see the module's argument, 2.
-        reachable = _mark(repo, objects, manifests, config.name)
+        listed_recipes = list(recipes.inventory()) if recipes is not None else []
+        reachable, large = _mark(repo, objects, manifests, config.name)
+        if recipes is not None:
+            reachable |= _mark_chunks(recipes, large, config.name)
         cutoff = (now or datetime.now(timezone.utc)) - grace
         doomed, young = [], 0
         for oid, size, uploaded in listed:
@@ -66,10 +77,13 @@ def gc_remote(repo, remote: str | None = None, *, grace: timedelta = DEFAULT_GRA
                 young += 1
             else:
                 doomed.append((oid, size))
+        unused = [(oid, size) for oid, size, uploaded in listed_recipes if oid not in reachable and uploaded <= cutoff]
         deleted = 0
+        if not dry_run and unused:
+            parallel_map(lambda item: recipes.delete(item[0]), unused)  # first: see the module's argument, 5.
         if not dry_run and doomed:
             deleted = sum(parallel_map(lambda item: objects.delete(item[0]), doomed))
-        return RemoteGcPlan(config.name, doomed, len(reachable), young, dry_run, deleted)
+        return RemoteGcPlan(config.name, doomed, len(reachable), young, dry_run, deleted, unused)
     finally:
         if lease is not None:
             _release_lease(objects, lease)
@@ -86,22 +100,27 @@ class _LocalFirst:
         return (self.local if self.local.exists(oid) else self.remote).read(oid, limit)
 
 
-def _mark(repo, objects, manifests, name: str) -> set[str]:
-    from .trees import TreeReader
+def _mark(repo, objects, manifests, name: str) -> tuple[set[str], set[str]]:
+    """Every object the remote's versions reach through trees, and the large files among them
+    (those a recipe may describe)."""
+    from .chunking import MAX_CHUNK
+    from .trees import DIR, TreeReader
 
     reachable: set[str] = set()
+    large: set[str] = set()
     reader = TreeReader(_LocalFirst(repo.objects, objects))
 
     def walk(oid: str) -> None:
         if oid in reachable:
             return
         try:
-            found = [entry.oid for _, entry in reader.walk(oid, into=lambda entry: entry.oid not in reachable)]
+            found = [entry for _, entry in reader.walk(oid, into=lambda entry: entry.oid not in reachable)]
         except CorruptionError as exc:
             raise RemoteGcRefused(f"{exc}; gc on remote '{name}' deleted nothing (see 'gaia-cas verify --remote "
                                   f"{name}')") from None
         reachable.add(oid)
-        reachable.update(found)
+        reachable.update(entry.oid for entry in found)
+        large.update(entry.oid for entry in found if entry.kind != DIR and entry.size > MAX_CHUNK)
 
     for model in manifests.names():
         try:
@@ -112,7 +131,20 @@ def _mark(repo, objects, manifests, name: str) -> set[str]:
             continue
         for version in snap.manifest.versions:
             walk(version.tree)
-    return reachable
+    return reachable, large
+
+
+def _mark_chunks(recipes, large: set[str], name: str) -> set[str]:
+    """The chunks of every reachable large file the remote keeps as a recipe (read now, after
+    the manifests: see the module's argument, 5.)."""
+    from .remote_objects import parallel_map
+
+    try:
+        found = parallel_map(recipes.get, sorted(large))
+    except CorruptionError as exc:
+        raise RemoteGcRefused(f"{exc}; gc on remote '{name}' deleted nothing (see 'gaia-cas verify --remote "
+                              f"{name}')") from None
+    return {chunk.oid for recipe in found if recipe is not None for chunk in recipe.chunks}
 
 
 def _take_lease(objects, name: str):

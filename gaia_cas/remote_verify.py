@@ -2,7 +2,8 @@
 
 Every tree of every version is read (and hashed) from the bucket; every file object, or today's
 ``--sample`` of them (the same rotating window as local verify), is downloaded and re-hashed,
-its bytes discarded. A missing or corrupt object is a problem naming the object and the versions
+its bytes discarded; a file the remote keeps as chunks is rebuilt from them the same way (every
+chunk and the whole checked, nothing written). A missing or corrupt object is a problem naming the object and the versions
 it affects; nothing on the remote is changed (repair is local only: a corrupt remote object is
 mended by pushing again from a store that has it whole -- after removing the bad copy).
 """
@@ -18,8 +19,10 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     from datetime import date
 
     from . import remotes
+    from .chunking import MAX_CHUNK, reassembled
+    from .remote_objects import parallel_map, remote_recipes
     from .trees import DIR, MAX_TREE_BYTES, check_depth, decode_tree
-    from .transfer import local_name, parallel_map
+    from .transfer import local_name
 
     if sample is not None and not 0 < sample <= 100:
         raise InvalidInputError(f"--sample must be a percentage above 0 and at most 100, not {sample:g}")
@@ -29,6 +32,8 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     names = [local_name(repo, model)] if model else manifests.names()  # a local alias names the same model
     users: dict[str, list[str]] = {}  # oid -> "model version" reaching it
     files: set[str] = set()
+    large: set[str] = set()  # files a recipe may describe
+    recipes = remote_recipes(objects)
     trees: dict[str, object] = {}  # oid -> entries, or None when missing/corrupt
 
     def walk(oid: str, label: str, depth: int) -> None:
@@ -59,6 +64,8 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
                 walk(entry.oid, label, depth + 1)
             else:
                 files.add(entry.oid)
+                if entry.size > MAX_CHUNK:
+                    large.add(entry.oid)
                 users.setdefault(entry.oid, [])
                 if label not in users[entry.oid]:
                     users[entry.oid].append(label)
@@ -75,6 +82,11 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
 
     def check(oid: str):
         try:
+            recipe = recipes.get(oid) if recipes is not None and oid in large else None
+            if recipe is not None:
+                for _ in reassembled(recipe, lambda chunk: objects.read(chunk, 4 * MAX_CHUNK)):
+                    pass
+                return None
             with objects.open(oid) as stream:
                 while stream.read(1 << 20):
                     pass

@@ -2,6 +2,7 @@
 
     s3://BUCKET/PREFIX/
       objects/ab/cdef...        the same bytes as store/objects/ab/cdef... of a local root
+      recipes/ab/cdef...        a large file kept as chunks (objects): the same bytes as store/recipes/...
       manifests/<model>.msgpack the same schema as manifests/<model>.msgpack
       quarantine/<oid>          corrupt objects moved aside (never served)
       .probe/<random>           remote add's test of conditional writes (removed after it)
@@ -223,7 +224,7 @@ class VerifiedReader(ChunkReader):
     def __init__(self, chunks, oid: str, where: str, limit: int | None = None):
         from .objects import new_hasher
 
-        super().__init__(chunks, where, limit, refusal="it cannot be a tree")
+        super().__init__(chunks, where, limit)
         self._oid = oid
         self._hasher = new_hasher()
 
@@ -334,7 +335,7 @@ class S3ObjectStore(BaseObjectStore):
     def read(self, oid: str, limit: int) -> bytes:
         result = self._get(oid)
         if result.meta["size"] > limit:
-            raise CorruptionError(f"{self.where(oid)} is larger than {limit} bytes; it cannot be a tree")
+            raise CorruptionError(f"{self.where(oid)} is larger than {limit} bytes; refused")
         reader = VerifiedReader(result.stream(min_chunk_size=STREAM_CHUNK), oid, self.where(oid), limit)
         return io.BufferedReader(reader, STREAM_CHUNK).read()
 
@@ -407,18 +408,12 @@ class S3ObjectStore(BaseObjectStore):
 
     def inventory(self):
         """(oid, size, upload time) of every object under objects/, from one paginated listing."""
-        import obstore
+        return _fanout_listing(self.client, f"{self.prefix}objects/", f"{self.name} (listing objects)")
 
-        base = f"{self.prefix}objects/"
-        try:
-            for batch in obstore.list(self.client, prefix=base, chunk_size=1000):
-                for meta in batch:
-                    rest = meta["path"][len(base):]
-                    oid = rest.replace("/", "", 1)
-                    if len(rest) == 33 and rest[2] == "/" and is_oid(oid):
-                        yield oid, meta["size"], meta["last_modified"]
-        except Exception as exc:
-            raise describe(exc, f"{self.name} (listing objects)") from None
+    @property
+    def recipes(self) -> "S3RecipeStore":
+        """The recipes of the files this remote keeps as chunks (gaia_cas.remote_chunks)."""
+        return S3RecipeStore(self.client, self.prefix, name=self.name)
 
     def delete(self, oid: str) -> bool:
         import obstore
@@ -448,6 +443,87 @@ class S3ObjectStore(BaseObjectStore):
     def refresh(self, oid: str) -> None:
         if not self.exists(oid):
             raise CorruptionError(f"{self.where(oid)} is missing")
+
+
+def _fanout_listing(client, base: str, where: str):
+    """(oid, size, upload time) of every ``base<oid[:2]>/<oid[2:]>`` key (others skipped)."""
+    import obstore
+
+    try:
+        for batch in obstore.list(client, prefix=base, chunk_size=1000):
+            for meta in batch:
+                rest = meta["path"][len(base):]
+                oid = rest.replace("/", "", 1)
+                if len(rest) == 33 and rest[2] == "/" and is_oid(oid):
+                    yield oid, meta["size"], meta["last_modified"]
+    except Exception as exc:
+        raise describe(exc, where) from None
+
+
+class S3RecipeStore:
+    """Recipes under ``PREFIX/recipes/<oid[:2]>/<oid[2:]>``, the bytes a local store keeps in
+    store/recipes. A recipe is keyed by the oid of the file it describes, not by its own hash,
+    so it is trusted no further than its content proves: decoded with limits, its file oid must
+    be its key, and whoever rebuilds the file checks every chunk and the whole (a lying recipe
+    rebuilds nothing). Put unconditionally: any recipe of a file describes it."""
+
+    def __init__(self, client, prefix: str = "", *, name: str | None = None):
+        self.client, self.prefix, self.name = client, prefix, name or "the remote"
+
+    def key(self, oid: str) -> str:
+        check_oid(oid)
+        return f"{self.prefix}recipes/{oid[:2]}/{oid[2:]}"
+
+    def where(self, oid: str) -> str:
+        return f"recipe of file {oid} on {self.name}"
+
+    def get(self, oid: str):
+        """The recipe of file ``oid`` on the remote, or None when it has none."""
+        import obstore
+
+        from .chunking import MAX_RECIPE_BYTES, decode_recipe
+
+        try:
+            result = obstore.get(self.client, self.key(oid))
+            if result.meta["size"] > MAX_RECIPE_BYTES:
+                raise CorruptionError(f"the {self.where(oid)} is larger than {MAX_RECIPE_BYTES} bytes; refused")
+            data = bytes(result.bytes())
+        except CorruptionError:
+            raise
+        except Exception as exc:
+            if _kind(exc) == "missing":
+                return None
+            raise describe(exc, self.where(oid)) from None
+        recipe = decode_recipe(data, f"the {self.where(oid)}")
+        if recipe.oid != oid:
+            raise CorruptionError(f"the {self.where(oid)} describes file {recipe.oid} instead; refused")
+        return recipe
+
+    def put(self, recipe) -> int:
+        """Upload ``recipe`` (after every chunk it lists: the caller's order); its size in bytes."""
+        import obstore
+
+        from .chunking import encode_recipe
+
+        data = encode_recipe(recipe)
+        try:
+            obstore.put(self.client, self.key(recipe.oid), data, use_multipart=False)
+        except Exception as exc:
+            raise describe(exc, self.where(recipe.oid)) from None
+        return len(data)
+
+    def inventory(self):
+        """(file oid, recipe size, upload time) of every recipe, from one paginated listing."""
+        return _fanout_listing(self.client, f"{self.prefix}recipes/", f"{self.name} (listing recipes)")
+
+    def delete(self, oid: str) -> None:
+        import obstore
+
+        try:
+            obstore.delete(self.client, self.key(oid))
+        except Exception as exc:
+            if _kind(exc) != "missing":
+                raise describe(exc, self.where(oid)) from None
 
 
 # -- manifests -----------------------------------------------------------------------------

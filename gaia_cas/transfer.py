@@ -25,7 +25,6 @@ they changed there since this store last saw them.
 from __future__ import annotations
 
 from collections import namedtuple
-from datetime import timedelta
 
 from . import clock
 from .errors import CorruptionError, InvalidInputError, NotFoundError
@@ -34,10 +33,7 @@ from .names import check_model_name
 from .progress import CountedObjects, Tally
 from .versions import bump, version_key
 
-SMALL = 16 << 20  # objects read whole (hashed, then uploaded from memory); larger go up from the file
-HEAD_LIMIT = 256  # up to this many candidates are HEADed one by one; more: one listing
-REFRESH_AGE = timedelta(hours=1)  # an unreferenced upload older than this is sent again
-JOBS = 32  # the best concurrency measured here against Ceph RGW (tools README)
+from .remote_objects import LocalChunks, fetch_tree, upload_versions
 
 
 class PushResult(namedtuple("PushResult", "model versions_sent objects_sent bytes_sent renumbered current "
@@ -167,48 +163,11 @@ def _open(repo, remote_name):
     return remote, objects, manifests
 
 
-def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, int]:
-    """Upload, children first, every object ``versions`` reach that the remote lacks;
-    (objects, bytes) sent. ``remote_trees``: trees a remote manifest reaches (never checked)."""
-    return _upload_versions(repo, versions, remote_trees, robjects)
-
-
 class _RemoteCleaned(Exception):
     """A remote cleanup dropped a version this push relied on to know what the remote holds."""
 
 
 MAX_RESTARTS = 5
-
-
-def parallel_map(function, items, jobs: int = JOBS, *, on_error=None) -> list:
-    """``[function(item) for item in items]`` on up to ``jobs`` threads, results in order.
-
-    The first failure stops the rest: what has not started is cancelled, ``on_error()`` is
-    called (a staging's ``halt``, so long streams stop within a chunk) and the running calls
-    are waited for before the failure is raised -- a corrupt object found early does not
-    wait for a thousand downloads, and nothing still writes once the caller cleans up."""
-    items = list(items)
-    if len(items) <= 1:
-        return [function(item) for item in items]
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
-    pool = ThreadPoolExecutor(max_workers=min(jobs, len(items)))
-    futures = []
-    try:
-        futures = [pool.submit(function, item) for item in items]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = next((f for f in futures if f in done and f.exception() is not None), None)
-        if failed is not None:
-            failed.result()
-        return [f.result() for f in futures]
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        if on_error is not None:
-            on_error()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- push ----------------------------------------------------------------------------------
@@ -251,7 +210,7 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
         pending = [v for v in local.versions if identity(v) not in on_remote and identity(v) not in gone
                    and not v.broken]
         if pending:
-            sent_objects, sent_bytes = _upload_versions(repo, pending, relied, robjects)
+            sent_objects, sent_bytes = upload_versions(repo, pending, relied, robjects)
             objects_sent += sent_objects
             bytes_sent += sent_bytes
         outcome = {}
@@ -444,106 +403,6 @@ def _marker_details(remote_name: str, markers: Markers, **more) -> dict:
             "remote_settings": markers.settings, **more}
 
 
-def _upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, int]:
-    """Upload every object the versions reach that the remote lacks, children first.
-    Objects reached from the remote's own versions (walked in the local copies of those trees)
-    are on the remote already: never checked."""
-    from .trees import DIR
-
-    known: set[str] = set()
-    for tree in remote_trees:
-        if repo.objects.exists(tree):
-            known.add(tree)
-            known.update(entry.oid for _, entry in repo.trees.walk(tree))
-    blobs: set[str] = set()
-    depth: dict[str, int] = {}
-
-    def collect(tree: str, level: int) -> None:
-        if tree in known:
-            return
-        if depth.get(tree, -1) >= level:
-            return
-        depth[tree] = level
-        for entry in repo.trees.entries(tree):
-            if entry.oid in known:
-                continue
-            if entry.kind == DIR:
-                collect(entry.oid, level + 1)
-            else:
-                blobs.add(entry.oid)
-
-    for v in versions:
-        collect(v.tree, 0)
-    candidates = blobs | set(depth)
-    missing = _missing(robjects, candidates)
-
-    def send(oid: str) -> int:
-        return _upload(repo, robjects, oid)
-
-    sent = sum(parallel_map(send, sorted(blobs & missing)))
-    count = len(blobs & missing)
-    for level in sorted(set(depth.values()), reverse=True):  # deepest trees first, roots last
-        wave = sorted(t for t, d in depth.items() if d == level and t in missing)
-        # a tree reached at two depths goes up with its deepest: never before its children
-        wave = [t for t in wave if depth[t] == level]
-        sent += sum(parallel_map(send, wave))
-        count += len(wave)
-    return count, sent
-
-
-def _missing(robjects, candidates: set) -> set:
-    """Which candidates the remote lacks, or holds only as an old unreferenced upload: a HEAD
-    each when few, one listing when many (dvc-objects' oids_exist rule: 2000 HEADs took 9.2 s
-    here, one listing 0.9 s).
-
-    An object found there that no remote manifest reaches (an interrupted push left it) and that
-    was uploaded more than REFRESH_AGE ago is sent again: S3 has no mtime to refresh, and remote
-    gc spares only what is younger than its grace (at least 24 h), so re-uploading resets the
-    age this push relies on until its manifest commits (docs/design.md, The S3 remote)."""
-    if not candidates:
-        return set()
-    from datetime import datetime, timezone
-
-    cutoff = datetime.now(timezone.utc) - REFRESH_AGE
-    ordered = sorted(candidates)
-    if len(candidates) <= HEAD_LIMIT:
-        found = dict(zip(ordered, parallel_map(robjects.head, ordered)))
-    else:
-        found = {oid: (size, at) for oid, size, at in robjects.inventory() if oid in candidates}
-    return {oid for oid in ordered if found.get(oid) is None or found[oid][1] < cutoff}
-
-
-def _upload(repo, robjects, oid: str) -> int:
-    """One local object, checked against its oid before a byte leaves (a corrupt local object
-    is never spread), then uploaded. Returns its size."""
-    import os
-
-    from .objects import hash_bytes, hash_file
-
-    path = repo.objects.path(oid)
-    if not os.path.lexists(path):
-        from .recipes import RecipeStore, rebuilt_file
-
-        recipe = RecipeStore(repo.layout).get(oid)
-        if recipe is not None:  # a cold file (kept as chunks): its bytes rebuilt, verified, then sent whole
-            with rebuilt_file(repo.objects, recipe) as whole:
-                robjects.upload(oid, whole)
-            return recipe.size
-    size = os.stat(path).st_size
-    if size <= SMALL:
-        with open(path, "rb") as f:
-            data = f.read()
-        if hash_bytes(data) != oid:
-            raise CorruptionError(f"local object {oid} does not match its hash; run 'gaia-cas verify --repair'")
-        robjects.upload(oid, data)
-        return len(data)
-    got, _ = hash_file(path)
-    if got != oid:
-        raise CorruptionError(f"local object {oid} does not match its hash; run 'gaia-cas verify --repair'")
-    robjects.upload(oid, path)
-    return size
-
-
 # -- sync: follow the remote ------------------------------------------------------------------
 
 def sync(repo, name: str | None = None, *, remote: str | None = None, watch: bool = False,
@@ -708,8 +567,9 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
         _check_artifact(repo, robjects, model, target, remote_name)
     received = [0, 0]
     with repo.objects.staging() as staging:
+        near = LocalChunks(repo, _local_trees(local))
         for target in targets:
-            _fetch(repo, robjects, staging, target.tree, received)  # no lock held: the long part
+            fetch_tree(repo, robjects, staging, target.tree, received, near)  # no lock held: the long part
         outcome = {}
         with ExitStack() as held:
             if claims:
@@ -727,6 +587,16 @@ def _pull_model(repo, model, selector, remote_name, robjects, rmanifests, channe
                 outcome.update(_merge_pulled(lm, rm, targets, moves, settings, remote_name))
     return PullResult(model, outcome["version"], received[0], received[1], outcome["current"], outcome["previous"],
                       outcome["changed"], outcome["channels"], outcome["settings"])
+
+
+def _local_trees(local) -> list[str]:
+    """The trees whose large files a pull may find its chunks in: the model's current version
+    and its newest (a retrain's predecessor)."""
+    if local is None or not local.versions:
+        return []
+    chosen = [local.find(local.current)] if local.current else []
+    chosen.append(local.versions[-1])
+    return list(dict.fromkeys(v.tree for v in chosen if v is not None))
 
 
 def _check_numbers(lm, targets) -> None:
@@ -882,74 +752,3 @@ def _merge_pulled(lm, rm, targets, moves, settings, remote_name) -> dict:
                details=_marker_details(remote_name, in_step, tree=primary.tree, **more))
     return {"version": number, "current": lm.current, "previous": previous, "changed": changed,
             "channels": channels, "settings": settings is not None}
-
-
-def _fetch(repo, robjects, staging, tree: str, received: list) -> None:
-    """Stage every object of ``tree`` the local store lacks, each verified against its oid.
-
-    One pool of JOBS threads does it all: a tree's subtrees and blobs are queued as soon as the
-    tree arrives (subtrees first, then its blobs largest first), so the downloads of the first
-    folders run while deeper trees are still being fetched -- no round trip per tree, none per
-    level. A blob goes straight into staging and is checked by the hash the staging computes as
-    it writes (``robjects.stage``): one hash and one write per byte. The first failure cancels
-    what has not started and halts the staging (a corrupt object found early does not wait for
-    the rest); nothing still writes into the staging once this returns or raises."""
-    import threading
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from .objects import CHUNK
-    from .trees import DIR, MAX_TREE_BYTES, check_depth, decode_tree
-
-    local = threading.local()
-
-    def entries_of(oid: str):
-        if repo.objects.exists(oid):
-            return repo.trees.entries(oid), 0
-        data = robjects.read(oid, MAX_TREE_BYTES)  # verified against oid
-        entries = decode_tree(data, oid)
-        if staging.add_bytes(data) != oid:
-            raise CorruptionError(f"tree {oid} changed while it was staged")
-        return entries, len(data)
-
-    def fetch(oid: str, size: int) -> tuple[list, int]:
-        buffer = getattr(local, "buffer", None)
-        if buffer is None:
-            buffer = local.buffer = bytearray(CHUNK)
-        return [], robjects.stage(oid, staging, size, buffer)
-
-    seen: set[str] = {tree}
-    pending: dict = {}
-    pool = ThreadPoolExecutor(max_workers=JOBS)
-    try:
-        pending[pool.submit(entries_of, tree)] = 0  # the tree's depth below the root; -1: a blob
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                depth = pending.pop(future)
-                is_blob = depth < 0
-                entries, size = future.result()  # the first failure stops here
-                if size or is_blob:
-                    received[0] += 1
-                    received[1] += size
-                blobs = []
-                for entry in entries:
-                    if entry.oid in seen:
-                        continue
-                    if entry.kind == DIR:
-                        check_depth(entry.oid, depth + 1)  # the bound every walker of trees shares
-                        seen.add(entry.oid)
-                        pending[pool.submit(entries_of, entry.oid)] = depth + 1
-                    elif not repo.objects.exists(entry.oid):
-                        seen.add(entry.oid)
-                        blobs.append(entry)
-                for entry in sorted(blobs, key=lambda e: (-e.size, e.oid)):
-                    pending[pool.submit(fetch, entry.oid, entry.size)] = -1
-    except BaseException:
-        for future in pending:
-            future.cancel()
-        halt = getattr(staging, "halt", None)
-        if halt is not None:
-            halt()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

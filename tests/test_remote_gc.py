@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from conftest import assert_one_line_error, make_savedmodel
-from gaia_cas import transfer
+from gaia_cas import remote_objects
 from gaia_cas.codec import pack
 from gaia_cas.remotes import get
 from gaia_cas.repo import Repository
@@ -83,7 +83,7 @@ def test_a_push_sends_again_an_old_unreferenced_object_it_finds(cli, root, pushe
     first, sent[:] = list(sent), []
     assert cli("push").code == 130
     assert sent == []  # found unreferenced, but uploaded a moment ago: trusted as it is
-    monkeypatch.setattr(transfer, "REFRESH_AGE", timedelta(0))  # now every such upload counts as old
+    monkeypatch.setattr(remote_objects, "REFRESH_AGE", timedelta(0))  # now every such upload counts as old
     assert cli("push").code == 130
     assert sorted(sent) == sorted(first)  # re-uploaded: its age starts again, so gc's grace covers it
     monkeypatch.setattr(S3ManifestStore, "update", real_update)

@@ -19,7 +19,7 @@ import pytest
 from conftest import CHECKOUT, assert_one_line_error, snapshot
 from gaia_cas import remote_bench
 from gaia_cas.repo import Repository
-from gaia_cas.transfer import parallel_map
+from gaia_cas.remote_objects import parallel_map
 from s3_fixtures import s3_server, s3_url  # noqa: F401
 
 

@@ -1,0 +1,483 @@
+"""Moving objects between a local store and a remote: whole, or -- a large file -- as chunks.
+
+:func:`upload_versions` (push, deploy --remote) sends what the remote lacks children first:
+blobs, then trees bottom-up; the caller's manifest swap comes last, so an object a remote
+manifest reaches is on the remote. :func:`fetch_tree` (pull) stages every object of a tree the
+local store lacks, each verified before it counts.
+
+Large files travel as chunks (docs/design.md, "Chunks on the remote"):
+
+- A file at or above the pushing store's chunking threshold goes up as its chunks -- ordinary
+  objects under ``objects/`` -- and then its recipe under ``recipes/``: a recipe on the remote
+  always finds its chunks, as a tree finds its blobs.
+- A push does not ask about the chunks of files this model's remote versions reach already:
+  the remote's recipes of those files list them (one small GET each, only for files at a path
+  the push sends a large file to). Those versions are the push's ``relied`` set, re-checked
+  inside its swap (a cleanup and gc meanwhile restart it), exactly as for whole objects. Any
+  other chunk is found like any other object (a HEAD each, or one listing, and the refresh
+  rule for an old unreferenced upload).
+- A pull rebuilds a file the remote keeps as chunks into its staging, chunk by chunk in order:
+  from this store when it has the chunk -- a chunk object, or the same bytes in a whole file
+  of the model's local versions, cut to the same chunks -- else downloaded, several ahead.
+  Every chunk is checked against its oid and the whole against the file's (the staging's own
+  hash) before anything is installed; a lying recipe rebuilds nothing.
+- A file this store keeps cold (recipe + chunks) is rebuilt from them, not downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import timedelta
+
+from .errors import CorruptionError
+
+SMALL = 16 << 20  # objects read whole (hashed, then uploaded from memory); larger go up from the file
+HEAD_LIMIT = 256  # up to this many candidates are HEADed one by one; more: one listing
+REFRESH_AGE = timedelta(hours=1)  # an unreferenced upload older than this is sent again
+JOBS = 32  # the best concurrency measured here against Ceph RGW (tools README)
+AHEAD = 8  # chunks of one file downloaded ahead of the one being staged
+KNOWN_RECIPES = 64  # at most this many remote recipes read to learn which chunks the remote has
+
+
+def parallel_map(function, items, jobs: int = JOBS, *, on_error=None) -> list:
+    """``[function(item) for item in items]`` on up to ``jobs`` threads, results in order.
+
+    The first failure stops the rest: what has not started is cancelled, ``on_error()`` is
+    called (a staging's ``halt``, so long streams stop within a chunk) and the running calls
+    are waited for before the failure is raised -- a corrupt object found early does not
+    wait for a thousand downloads, and nothing still writes once the caller cleans up."""
+    items = list(items)
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(items)))
+    futures = []
+    try:
+        futures = [pool.submit(function, item) for item in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            failed.result()
+        return [f.result() for f in futures]
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        if on_error is not None:
+            on_error()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def remote_recipes(robjects):
+    """The remote's recipe store, or None for a backend that keeps every file whole."""
+    return getattr(robjects, "recipes", None)
+
+
+# -- push ----------------------------------------------------------------------------------
+
+def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, int]:
+    """Upload every object the versions reach that the remote lacks, children first; returns
+    (objects, bytes) sent. Objects reached from the remote's own versions (``remote_trees``,
+    walked in the local copies of those trees) are on the remote already: never checked."""
+    from .chunking import MAX_CHUNK
+    from .trees import DIR
+
+    known: set[str] = set()
+    known_large: dict[str, set[str]] = {}  # path -> large files the remote's versions have there
+    for tree in remote_trees:
+        if repo.objects.exists(tree):
+            known.add(tree)
+            for path, entry in repo.trees.walk(tree):
+                known.add(entry.oid)
+                if entry.kind != DIR and entry.size > MAX_CHUNK:
+                    known_large.setdefault(path, set()).add(entry.oid)
+    blobs: dict[str, tuple[int, str]] = {}  # oid -> (size, a path it is at)
+    depth: dict[str, int] = {}
+
+    def collect(tree: str, level: int, prefix: str) -> None:
+        if tree in known:
+            return
+        if depth.get(tree, -1) >= level:
+            return
+        depth[tree] = level
+        for entry in repo.trees.entries(tree):
+            if entry.oid in known:
+                continue
+            if entry.kind == DIR:
+                collect(entry.oid, level + 1, f"{prefix}{entry.name}/")
+            else:
+                blobs.setdefault(entry.oid, (entry.size, f"{prefix}{entry.name}"))
+
+    for v in versions:
+        collect(v.tree, 0, "")
+    missing = find_missing(robjects, set(blobs) | set(depth))
+    send = sorted(oid for oid in blobs if oid in missing)
+    large = []
+    if remote_recipes(robjects) is not None:
+        from .recipes import chunk_threshold
+
+        threshold = chunk_threshold(repo.layout)
+        large = [oid for oid in send if blobs[oid][0] >= threshold]
+    whole = [oid for oid in send if oid not in set(large)]
+    count, sent = len(whole), sum(parallel_map(lambda oid: upload_object(repo, robjects, oid), whole))
+    if large:
+        chunks = ChunkedUpload(repo, robjects, known_large, {blobs[oid][1] for oid in large})
+        for oid in large:
+            n, size = chunks.send(oid)
+            count += n
+            sent += size
+    for level in sorted(set(depth.values()), reverse=True):  # deepest trees first, roots last
+        # a tree reached at two depths goes up with its deepest: never before its children
+        wave = sorted(t for t, d in depth.items() if d == level and t in missing)
+        sent += sum(parallel_map(lambda oid: upload_object(repo, robjects, oid), wave))
+        count += len(wave)
+    return count, sent
+
+
+def find_missing(robjects, candidates: set) -> set:
+    """Which candidates the remote lacks, or holds only as an old unreferenced upload: a HEAD
+    each when few, one listing when many (dvc-objects' oids_exist rule: 2000 HEADs took 9.2 s
+    here, one listing 0.9 s).
+
+    An object found there that no remote manifest reaches (an interrupted push left it) and that
+    was uploaded more than REFRESH_AGE ago is sent again: S3 has no mtime to refresh, and remote
+    gc spares only what is younger than its grace (at least 24 h), so re-uploading resets the
+    age this push relies on until its manifest commits (docs/design.md, The S3 remote)."""
+    if not candidates:
+        return set()
+    from datetime import datetime, timezone
+
+    cutoff = datetime.now(timezone.utc) - REFRESH_AGE
+    ordered = sorted(candidates)
+    if len(candidates) <= HEAD_LIMIT:
+        found = dict(zip(ordered, parallel_map(robjects.head, ordered)))
+    else:
+        found = {oid: (size, at) for oid, size, at in robjects.inventory() if oid in candidates}
+    return {oid for oid in ordered if found.get(oid) is None or found[oid][1] < cutoff}
+
+
+def upload_object(repo, robjects, oid: str) -> int:
+    """One local object, checked against its oid before a byte leaves (a corrupt local object
+    is never spread), then uploaded whole. Returns its size."""
+    from .objects import hash_bytes, hash_file
+
+    path = repo.objects.path(oid)
+    if not os.path.lexists(path):
+        from .recipes import RecipeStore, rebuilt_file
+
+        recipe = RecipeStore(repo.layout).get(oid)
+        if recipe is not None:  # cold here, and the remote keeps whole files: rebuilt aside, verified, sent
+            with rebuilt_file(repo.objects, recipe) as rebuilt:
+                robjects.upload(oid, rebuilt)
+            return recipe.size
+    size = os.stat(path).st_size
+    if size <= SMALL:
+        with open(path, "rb") as f:
+            data = f.read()
+        if hash_bytes(data) != oid:
+            raise CorruptionError(f"local object {oid} does not match its hash; run 'gaia-cas verify --repair'")
+        robjects.upload(oid, data)
+        return len(data)
+    got, _ = hash_file(path)
+    if got != oid:
+        raise CorruptionError(f"local object {oid} does not match its hash; run 'gaia-cas verify --repair'")
+    robjects.upload(oid, path)
+    return size
+
+
+class ChunkedUpload:
+    """A push's large files, sent as the chunks the remote lacks and then their recipes.
+
+    ``known_large``: path -> the large files the remote's versions of this model keep there;
+    the chunks of their remote recipes are on the remote (see the module's argument) and are
+    not asked about. ``paths``: where the files to send are, so only the recipes of files at the
+    same paths are read (a retrain rewrites the file at the same path)."""
+
+    def __init__(self, repo, robjects, known_large: dict, paths: set):
+        self.repo, self.robjects = repo, robjects
+        self.rrecipes = remote_recipes(robjects)
+        near = sorted({oid for path in paths for oid in known_large.get(path, ())})
+        if not near:  # renamed: any large file of the remote's versions may share chunks
+            near = sorted({oid for oids in known_large.values() for oid in oids})
+        found = parallel_map(self.rrecipes.get, near[:KNOWN_RECIPES])
+        self.there = {c.oid for recipe in found if recipe is not None for c in recipe.chunks}
+
+    def send(self, oid: str) -> tuple[int, int]:
+        """Send file ``oid``'s missing chunks, then its recipe; (objects, bytes) sent."""
+        from .recipes import RecipeStore, describe
+
+        recipes = RecipeStore(self.repo.layout)
+        recipe = describe(self.repo.objects, recipes, oid)  # cut from the whole object (hash checked) unless cold
+        wanted = {c.oid: c for c in recipe.chunks if c.oid not in self.there}
+        missing = find_missing(self.robjects, set(wanted))
+        offsets = {c.oid: offset for offset, c in recipe.offsets()}
+        todo = sorted(missing)
+        source = _LocalBytes(self.repo, oid)
+        try:
+            def one(chunk_oid: str) -> int:
+                chunk = wanted[chunk_oid]
+                data = source.read(chunk, offsets[chunk_oid])
+                self.robjects.upload(chunk_oid, data)
+                return chunk.length
+
+            sent = sum(parallel_map(one, todo))
+        finally:
+            source.close()
+        sent += self.rrecipes.put(recipe)  # after every chunk it lists
+        self.there.update(c.oid for c in recipe.chunks)
+        return len(todo) + 1, sent
+
+
+class _LocalBytes:
+    """A local file's chunk bytes for upload, each checked against its oid before it leaves:
+    from the whole object when it is stored whole, else from the chunk objects (cold)."""
+
+    def __init__(self, repo, oid: str):
+        from .objects import open_object
+
+        self.repo = repo
+        self.fd = open_object(repo.objects.path_str(oid), oid) if repo.objects.exists(oid) else None
+
+    def read(self, chunk, offset: int) -> bytes:
+        from .hashing import hash_bytes
+        from .recipes import read_chunk
+
+        if self.fd is not None:
+            data = os.pread(self.fd, chunk.length, offset)
+        else:
+            data = read_chunk(self.repo.objects, chunk.oid)
+        if hash_bytes(data) != chunk.oid:
+            raise CorruptionError(f"local chunk {chunk.oid} does not match its hash; run 'gaia-cas verify --repair'")
+        return data
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# -- pull ----------------------------------------------------------------------------------
+
+def fetch_tree(repo, robjects, staging, tree: str, received: list, local=None) -> None:
+    """Stage every object of ``tree`` the local store lacks, each verified against its oid;
+    ``received`` ([objects, bytes]) grows by what was downloaded. ``local``: a
+    :class:`LocalChunks` of the model's local versions, whose large files may share chunks.
+
+    One pool of JOBS threads does it all: a tree's subtrees and blobs are queued as soon as the
+    tree arrives (subtrees first, then its blobs largest first), so the downloads of the first
+    folders run while deeper trees are still being fetched -- no round trip per tree, none per
+    level. A blob goes straight into staging and is checked by the hash the staging computes as
+    it writes (``robjects.stage``): one hash and one write per byte. The first failure cancels
+    what has not started and halts the staging (a corrupt object found early does not wait for
+    the rest); nothing still writes into the staging once this returns or raises."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from .chunking import MAX_CHUNK
+    from .objects import CHUNK
+    from .trees import DIR, MAX_TREE_BYTES, check_depth, decode_tree
+
+    buffers = threading.local()
+    local = local or LocalChunks(repo, [])
+    rrecipes = remote_recipes(robjects)
+
+    def entries_of(oid: str):
+        if repo.objects.exists(oid):
+            return repo.trees.entries(oid), 0, 0
+        data = robjects.read(oid, MAX_TREE_BYTES)  # verified against oid
+        entries = decode_tree(data, oid)
+        if staging.add_bytes(data) != oid:
+            raise CorruptionError(f"tree {oid} changed while it was staged")
+        return entries, 1, len(data)
+
+    def fetch(oid: str, size: int):
+        if size > MAX_CHUNK:
+            recipe = local.recipe(oid)  # cold here: rebuilt from this store's chunks
+            if recipe is None and rrecipes is not None:
+                recipe = rrecipes.get(oid)
+            if recipe is not None:
+                return [], *stage_from_chunks(robjects, recipe, size, staging, local)
+        buffer = getattr(buffers, "buffer", None)
+        if buffer is None:
+            buffer = buffers.buffer = bytearray(CHUNK)
+        return [], 1, robjects.stage(oid, staging, size, buffer)
+
+    seen: set[str] = {tree}
+    pending: dict = {}
+    pool = ThreadPoolExecutor(max_workers=JOBS)
+    try:
+        pending[pool.submit(entries_of, tree)] = 0  # the tree's depth below the root; -1: a blob
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                depth = pending.pop(future)
+                entries, objects, size = future.result()  # the first failure stops here
+                received[0] += objects
+                received[1] += size
+                blobs = []
+                for entry in entries:
+                    if entry.oid in seen:
+                        continue
+                    if entry.kind == DIR:
+                        check_depth(entry.oid, depth + 1)  # the bound every walker of trees shares
+                        seen.add(entry.oid)
+                        pending[pool.submit(entries_of, entry.oid)] = depth + 1
+                    elif not repo.objects.exists(entry.oid):
+                        seen.add(entry.oid)
+                        blobs.append(entry)
+                for entry in sorted(blobs, key=lambda e: (-e.size, e.oid)):
+                    pending[pool.submit(fetch, entry.oid, entry.size)] = -1
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        halt = getattr(staging, "halt", None)
+        if halt is not None:
+            halt()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stage_from_chunks(robjects, recipe, size: int, staging, local) -> tuple[int, int]:
+    """Rebuild the file ``recipe`` describes into ``staging``: each chunk from ``local`` when
+    this store has its bytes, else downloaded (AHEAD of the one being written). Returns
+    (chunks, bytes) downloaded. Refused before a byte is read when the recipe's size is not the
+    one the file's (verified) tree gives."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .chunking import reassembled
+
+    if recipe.size != size:
+        raise CorruptionError(f"the recipe of file {recipe.oid} says {recipe.size} bytes, its tree {size}; refused")
+    downloaded = [0, 0]
+    counting = threading.Lock()
+
+    def get(chunk) -> bytes:
+        data = local.read(chunk)
+        if data is None:
+            data = robjects.read(chunk.oid, chunk.length)  # verified against its oid
+            with counting:
+                downloaded[0] += 1
+                downloaded[1] += len(data)
+        return data
+
+    with ThreadPoolExecutor(max_workers=AHEAD) as pool:
+        queue = deque()
+        chunks = iter(recipe.chunks)
+
+        def top_up() -> None:
+            while len(queue) < 2 * AHEAD:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    return
+                queue.append(pool.submit(get, chunk))
+
+        def next_chunk(oid: str) -> bytes:
+            top_up()
+            data = queue.popleft().result()
+            top_up()
+            return data
+
+        try:
+            got, staged = staging.add_stream(_Pieces(reassembled(recipe, next_chunk)), f"file {recipe.oid}")
+        finally:
+            for future in queue:
+                future.cancel()
+    if got != recipe.oid or staged != size:
+        raise CorruptionError(f"the chunks of file {recipe.oid} on the remote do not rebuild it; refused")
+    return downloaded[0], downloaded[1]
+
+
+class _Pieces:
+    """An iterator of byte strings read like a file (``readinto``), for a staging's add_stream."""
+
+    def __init__(self, pieces):
+        self._pieces = pieces
+        self._pending = memoryview(b"")
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            data = next(self._pieces, None)
+            if data is None:
+                return 0
+            self._pending = memoryview(data)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class LocalChunks:
+    """Where this store has a chunk's bytes already, for a pull: a chunk object, or a range of a
+    whole large file of ``trees`` (the model's local versions), cut to chunks the first time a
+    chunk is not found as an object (cut points depend only on the bytes, so a retrain's
+    unchanged stretches give the same chunks). Every byte handed out is checked by the caller."""
+
+    def __init__(self, repo, trees: list[str]):
+        self.repo, self.trees = repo, trees
+        self._lock = threading.Lock()
+        self._index = None  # chunk oid -> (file oid, offset)
+
+    def recipe(self, oid: str):
+        """The local recipe of file ``oid`` when every chunk it lists is here (a cold file)."""
+        from .recipes import RecipeStore
+
+        if not os.path.isdir(self.repo.layout.store / "recipes"):
+            return None
+        recipe = RecipeStore(self.repo.layout).get(oid)
+        if recipe is None or not all(self.repo.objects.exists(c.oid) for c in recipe.chunks):
+            return None
+        return recipe
+
+    def read(self, chunk) -> bytes | None:
+        from .objects import open_object
+        from .recipes import read_chunk
+
+        if self.repo.objects.exists(chunk.oid):
+            try:
+                return read_chunk(self.repo.objects, chunk.oid)
+            except (CorruptionError, OSError):
+                pass  # gone or damaged here: downloaded instead
+        where = self._where().get(chunk.oid)
+        if where is None:
+            return None
+        try:
+            fd = open_object(self.repo.objects.path_str(where[0]), where[0])
+        except (CorruptionError, OSError):
+            return None
+        try:
+            return os.pread(fd, chunk.length, where[1])
+        finally:
+            os.close(fd)
+
+    def _where(self) -> dict:
+        with self._lock:
+            if self._index is None:
+                self._index = self._cut()
+            return self._index
+
+    def _cut(self) -> dict:
+        from .chunking import MAX_CHUNK
+        from .recipes import RecipeStore, describe
+        from .trees import DIR
+
+        index: dict = {}
+        recipes = RecipeStore(self.repo.layout)
+        files = set()
+        for tree in self.trees:
+            if not self.repo.objects.exists(tree):
+                continue
+            for _, entry in self.repo.trees.walk(tree):
+                if entry.kind != DIR and entry.size > MAX_CHUNK and self.repo.objects.exists(entry.oid):
+                    files.add(entry.oid)
+        for oid in sorted(files):
+            try:
+                recipe = describe(self.repo.objects, recipes, oid)
+            except (CorruptionError, OSError):
+                continue  # a damaged local file lends nothing
+            for offset, chunk in recipe.offsets():
+                index.setdefault(chunk.oid, (oid, offset))
+        return index
