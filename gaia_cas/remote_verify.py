@@ -19,7 +19,8 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     from datetime import date
 
     from . import remotes
-    from .chunking import MAX_CHUNK, reassembled
+    from .chunking import MAX_CHUNK
+    from .hashing import new_hasher
     from .remote_objects import parallel_map, remote_recipes
     from .trees import DIR, MAX_TREE_BYTES, check_depth, decode_tree
     from .transfer import local_name
@@ -81,22 +82,47 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     chosen = sorted(oid for oid in files if in_sample(oid, sample, day))
 
     def check(oid: str):
+        """None, or (the oid at fault -- the file, or one of its chunks --, a Problem)."""
         try:
             recipe = recipes.get(oid) if recipes is not None and oid in large else None
             if recipe is not None:
-                for _ in reassembled(recipe, lambda chunk: objects.read(chunk, 4 * MAX_CHUNK)):
-                    pass
-                return None
+                return check_chunks(recipe)
             with objects.open(oid) as stream:
                 while stream.read(1 << 20):
                     pass
             return None
         except CorruptionError as exc:
-            kind = "missing-object" if "is missing" in str(exc) else "corrupt-object"
-            return Problem(kind, str(exc), oid=oid, versions=users[oid])
+            return oid, Problem(_kind(exc), str(exc), oid=oid, versions=users[oid])
 
-    for problem in parallel_map(check, chosen):
+    def check_chunks(recipe):
+        """Download every chunk (each verified against its oid) and hash the whole as it goes."""
+        hasher = new_hasher()
+        for offset, chunk in recipe.offsets():
+            try:
+                data = objects.read(chunk.oid, chunk.length)
+            except CorruptionError as exc:
+                return chunk.oid, Problem(_kind(exc), f"chunk {chunk.oid} (at byte {offset} of file {recipe.oid}): "
+                                                      f"{exc}", oid=chunk.oid, versions=users[recipe.oid])
+            hasher.update(data)
+        if hasher.hexdigest() != recipe.oid:
+            return recipe.oid, Problem("corrupt-object", f"the chunks of file {recipe.oid} on the remote do not "
+                                                         "rebuild it (its recipe is corrupt)", oid=recipe.oid,
+                                       versions=users[recipe.oid])
+        return None
+
+    at_fault: dict[str, Problem] = {}  # a chunk shared by many files is one finding naming every version
+    for found in parallel_map(check, chosen):
         report.checked_objects += 1
-        if problem is not None:
+        if found is None:
+            continue
+        oid, problem = found
+        if oid in at_fault:
+            at_fault[oid].versions = sorted(set(at_fault[oid].versions) | set(problem.versions))
+        else:
+            at_fault[oid] = problem
             report.problems.append(problem)
     return report
+
+
+def _kind(exc: CorruptionError) -> str:
+    return "missing-object" if "is missing" in str(exc) else "corrupt-object"
