@@ -293,15 +293,15 @@ def fetch_tree(repo, robjects, staging, tree: str, received: list, local=None) -
         return entries, 1, len(data)
 
     def fetch(oid: str, size: int):
+        buffer = getattr(buffers, "buffer", None)  # the staging's own buffer is not for threads
+        if buffer is None:
+            buffer = buffers.buffer = bytearray(CHUNK)
         if size > MAX_CHUNK:
             recipe = local.recipe(oid)  # cold here: rebuilt from this store's chunks
             if recipe is None and rrecipes is not None:
                 recipe = rrecipes.get(oid)
             if recipe is not None:
-                return [], *stage_from_chunks(robjects, recipe, size, staging, local)
-        buffer = getattr(buffers, "buffer", None)
-        if buffer is None:
-            buffer = buffers.buffer = bytearray(CHUNK)
+                return [], *stage_from_chunks(robjects, recipe, size, staging, local, buffer)
         return [], 1, robjects.stage(oid, staging, size, buffer)
 
     seen: set[str] = {tree}
@@ -340,9 +340,10 @@ def fetch_tree(repo, robjects, staging, tree: str, received: list, local=None) -
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def stage_from_chunks(robjects, recipe, size: int, staging, local) -> tuple[int, int]:
-    """Rebuild the file ``recipe`` describes into ``staging``: each chunk from ``local`` when
-    this store has its bytes, else downloaded (AHEAD of the one being written). Returns
+def stage_from_chunks(robjects, recipe, size: int, staging, local, buffer: bytearray) -> tuple[int, int]:
+    """Rebuild the file ``recipe`` describes into ``staging`` through ``buffer`` (this thread's):
+    each chunk from ``local`` when this store has its bytes, else downloaded (AHEAD of the one
+    being written). Returns
     (chunks, bytes) downloaded. Refused before a byte is read when the recipe's size is not the
     one the file's (verified) tree gives."""
     from collections import deque
@@ -382,7 +383,8 @@ def stage_from_chunks(robjects, recipe, size: int, staging, local) -> tuple[int,
             return data
 
         try:
-            got, staged = staging.add_stream(_Pieces(reassembled(recipe, next_chunk)), f"file {recipe.oid}")
+            got, staged = staging.add_stream(_Pieces(reassembled(recipe, next_chunk)), f"file {recipe.oid}",
+                                             buffer)
         finally:
             for future in queue:
                 future.cancel()

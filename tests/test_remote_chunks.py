@@ -122,6 +122,21 @@ def test_a_pull_elsewhere_rebuilds_every_version_byte_identical(remote):
     assert server.verify().problems == []
 
 
+def test_several_large_files_pulled_at_once_each_rebuild_byte_identical(remote):
+    """Large files are rebuilt on parallel threads into one staging: each through its own buffer."""
+    src = remote.tmp / "many"
+    files = {f"shard-{i}.bin": rand_bytes(6 * MiB, 10 + i) for i in range(6)}
+    for name, data in files.items():
+        write(src / name, data)
+    remote.trainer.deploy("ssd", src)
+    remote.trainer.remote("origin").push("ssd")
+    assert {xxh(d) for d in files.values()} <= remote.keys("recipes")
+    server = remote.store("server")
+    (got,) = server.remote("origin").pull("ssd")
+    for name, data in files.items():
+        assert (Path(server.resolve("ssd").path) / name).read_bytes() == data
+
+
 def test_a_pull_of_a_retrain_downloads_only_the_chunks_the_store_lacks(remote):
     base = rand_bytes(SIZE, 1)
     remote.deploy(remote.trainer, base)
