@@ -14,7 +14,10 @@ objects (the very files of the local store, trees included) on 32 threads; ``gai
 of the same version; a nothing-changed push (several times, median); a raw get of the same
 objects into memory, and one into files (no fsync: what the disk alone costs); ``gaia-cas
 pull`` into a fresh root (every object verified, staged, fsynced, installed, materialized,
-linked); then ``dvc push``, a nothing-changed ``dvc push`` and ``dvc pull`` of the same tree.
+linked); then ``dvc push``, a nothing-changed ``dvc push`` and ``dvc pull`` of the same tree. Then, once,
+a head-only retrain: a 96 MiB weights file pushed, its last 12 % rewritten, pushed again, and
+pulled by a store that has the first version -- the bytes each side moves against the bytes
+that changed (target: the push sends at most the changed bytes + 8 MiB).
 Raw and gaia-cas alike run as processes of this interpreter, so both pay its start-up.
 
 The ratios are throughputs, run by run (raw seconds ÷ gaia-cas seconds of the same run), then
@@ -40,6 +43,9 @@ JOBS = 32                  # the raw side's concurrency: the best measured again
 NOTHING_CHANGED_RUNS = 3
 RATIO_TARGET = 0.8         # push and pull at least this share of the raw throughput
 NOTHING_CHANGED_TARGET = 0.3
+RETRAIN_BYTES = 96 << 20   # the retrain's weights file
+RETRAIN_HEAD = 0.12        # the share of it a head-only retrain rewrites (at its end)
+RETRAIN_SLACK = 8 << 20    # the issue's bound: a retrain's push sends <= changed + this
 MODEL = "bench"
 LAUNCHER = Path(__file__).resolve().parent.parent / "bin" / "gaia-cas"
 LABELS = {
@@ -269,6 +275,8 @@ def measure(b, progress) -> None:
                 progress(f"remote run {rep + 1}/{runs}: dvc push, nothing-changed push, pull")
                 _measure_dvc(b, dvc, f"s3://{bucket}/{prefix}dvc", endpoint, add)
             _delete_prefix(endpoint, bucket, prefix)
+        progress("remote: a head-only retrain, pushed and pulled as chunks")
+        _measure_retrain(b, endpoint, f"s3://{bucket}/{base}retrain/gaia", doc)
     finally:
         try:
             _delete_prefix(endpoint, bucket, base)
@@ -302,6 +310,47 @@ def _measure_dvc(b, dvc: str, url: str, endpoint: str, add) -> None:
     _remove(repo)
 
 
+def _measure_retrain(b, endpoint: str, url: str, doc: dict) -> None:
+    import random
+
+    rng = random.Random(16)
+    trainer, server = b.work / "remote-retrain", b.work / "remote-retrain-server"
+    src = b.work / "remote-retrain-src"
+    for path in (trainer, server, src):
+        _remove(path)
+    weights = src / "variables" / "variables.data-00000-of-00001"
+    weights.parent.mkdir(parents=True)
+    (src / "saved_model.pb").write_bytes(rng.randbytes(64 << 10))
+    weights.write_bytes(rng.randbytes(RETRAIN_BYTES))
+    changed = int(RETRAIN_BYTES * RETRAIN_HEAD)
+    out = {"file_bytes": RETRAIN_BYTES, "changed_bytes": changed}
+    try:
+        for root in (trainer, server):
+            _gaia(root, "init")
+            _gaia(root, "remote", "add", "origin", url, "--endpoint", endpoint)
+        _gaia(trainer, "deploy", MODEL, src)
+        seconds, text = _gaia(trainer, "--json", "push", MODEL)
+        out["first_push_bytes"], out["first_push_s"] = json.loads(text)["pushed"][0]["bytes_sent"], seconds
+        seconds, text = _gaia(server, "--json", "pull", MODEL)
+        out["first_pull_bytes"], out["first_pull_s"] = json.loads(text)["pulled"][0]["bytes_received"], seconds
+        with open(weights, "r+b") as f:
+            f.seek(RETRAIN_BYTES - changed)
+            f.write(rng.randbytes(changed))
+        _gaia(trainer, "deploy", MODEL, src)
+        os.sync()
+        seconds, text = _gaia(trainer, "--json", "push", MODEL)
+        out["push_bytes"], out["push_s"] = json.loads(text)["pushed"][0]["bytes_sent"], seconds
+        seconds, text = _gaia(server, "--json", "pull", MODEL)
+        out["pull_bytes"], out["pull_s"] = json.loads(text)["pulled"][0]["bytes_received"], seconds
+        pulled = server / "models" / MODEL / "current" / "variables" / weights.name
+        if pulled.read_bytes() != weights.read_bytes():
+            raise RemoteBenchError("the pulled retrain is not the pushed one")
+    finally:
+        for path in (trainer, server, src):
+            _remove(path)
+    doc["retrain"] = out
+
+
 def _remove(path: Path) -> None:
     """rmtree that also gets through gaia-cas's read-only tree folders."""
     def make_writable_and_retry(func, failed, _exc):
@@ -326,7 +375,12 @@ def targets(b) -> list[dict]:
     push = statistics.median(doc["run_ratios"]["push/raw_put"])
     pull = statistics.median(doc["run_ratios"]["pull/raw_get"])
     unchanged = _median(doc, "push_unchanged")
-    return [
+    retrain = doc.get("retrain")
+    extra = [] if not retrain else [
+        {"target": "push of a head-only retrain <= changed bytes + 8 MiB", "value": retrain["push_bytes"] / (1 << 20),
+         "limit": (retrain["changed_bytes"] + RETRAIN_SLACK) / (1 << 20), "unit": "MiB",
+         "pass": retrain["push_bytes"] <= retrain["changed_bytes"] + RETRAIN_SLACK}]
+    return extra + [
         {"target": f"push >= {RATIO_TARGET} x raw put throughput", "value": push, "limit": RATIO_TARGET,
          "unit": "x", "pass": push >= RATIO_TARGET},
         {"target": f"pull >= {RATIO_TARGET} x raw get throughput (into memory)", "value": pull,
@@ -356,6 +410,14 @@ def report(b) -> list[str]:
     if r:
         lines.append(f"throughput ratios (median of run-by-run): push / raw put {r['push/raw_put']:.2f}, "
                      f"pull / raw get {r['pull/raw_get']:.2f} (into files: {r['pull/raw_get_files']:.2f})")
+    retrain = doc.get("retrain")
+    if retrain:
+        m = 1 << 20
+        lines.append(f"head-only retrain of a {retrain['file_bytes'] / m:.0f} MiB file ({retrain['changed_bytes'] / m:.1f} MiB "
+                     f"changed): push sent {retrain['push_bytes'] / m:.1f} MiB in {retrain['push_s']:.2f} s (first push "
+                     f"{retrain['first_push_bytes'] / m:.1f} MiB in {retrain['first_push_s']:.2f} s); pull received "
+                     f"{retrain['pull_bytes'] / m:.1f} MiB in {retrain['pull_s']:.2f} s (first pull "
+                     f"{retrain['first_pull_bytes'] / m:.1f} MiB in {retrain['first_pull_s']:.2f} s)")
     if doc["dvc"] is None:
         lines.append("(dvc with S3 support not found: dvc push/pull skipped; --dvc PATH to a dvc with dvc-s3)")
     else:
