@@ -109,6 +109,18 @@ def test_chunks_the_remote_versions_reach_are_never_asked_about_even_when_old(re
     assert second.bytes_sent <= HEAD + 8 * MiB
 
 
+def test_deploy_straight_to_the_remote_sends_a_retrain_as_its_changed_chunks(remote):
+    base = rand_bytes(SIZE, 1)
+    src = remote.tmp / "remote-deploy"
+    write(src / "variables.data", base)
+    first = remote.trainer.remote("origin").deploy("ssd", src)
+    assert first.bytes_sent >= SIZE
+    write(src / "variables.data", retrained(base, 5))
+    second = remote.trainer.remote("origin").deploy("ssd", src)
+    assert second.bytes_sent <= HEAD + 8 * MiB and second.version == "1.1.0"
+    assert xxh(retrained(base, 5)) in remote.keys("recipes")
+
+
 def test_a_pull_elsewhere_rebuilds_every_version_byte_identical(remote):
     base = rand_bytes(SIZE, 1)
     v1 = remote.deploy(remote.trainer, base)
