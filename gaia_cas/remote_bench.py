@@ -321,20 +321,24 @@ def _measure_retrain(b, endpoint: str, url: str, doc: dict) -> None:
     weights = src / "variables" / "variables.data-00000-of-00001"
     weights.parent.mkdir(parents=True)
     (src / "saved_model.pb").write_bytes(rng.randbytes(64 << 10))
-    weights.write_bytes(rng.randbytes(RETRAIN_BYTES))
-    changed = int(RETRAIN_BYTES * RETRAIN_HEAD)
-    out = {"file_bytes": RETRAIN_BYTES, "changed_bytes": changed}
+    # a quick look (--size under 0.1) retrains a 12 MiB file, chunked from 4 MiB up
+    size = RETRAIN_BYTES if b.opts.size >= 0.1 else RETRAIN_BYTES // 8
+    weights.write_bytes(rng.randbytes(size))
+    changed = int(size * RETRAIN_HEAD)
+    out = {"file_bytes": size, "changed_bytes": changed}
     try:
         for root in (trainer, server):
             _gaia(root, "init")
             _gaia(root, "remote", "add", "origin", url, "--endpoint", endpoint)
+            if size < RETRAIN_BYTES:
+                _gaia(root, "store", "--chunk-threshold", "4MiB")
         _gaia(trainer, "deploy", MODEL, src)
         seconds, text = _gaia(trainer, "--json", "push", MODEL)
         out["first_push_bytes"], out["first_push_s"] = json.loads(text)["pushed"][0]["bytes_sent"], seconds
         seconds, text = _gaia(server, "--json", "pull", MODEL)
         out["first_pull_bytes"], out["first_pull_s"] = json.loads(text)["pulled"][0]["bytes_received"], seconds
         with open(weights, "r+b") as f:
-            f.seek(RETRAIN_BYTES - changed)
+            f.seek(size - changed)
             f.write(rng.randbytes(changed))
         _gaia(trainer, "deploy", MODEL, src)
         os.sync()
@@ -376,18 +380,18 @@ def targets(b) -> list[dict]:
     pull = statistics.median(doc["run_ratios"]["pull/raw_get"])
     unchanged = _median(doc, "push_unchanged")
     retrain = doc.get("retrain")
-    extra = [] if not retrain else [
-        {"target": "push of a head-only retrain <= changed bytes + 8 MiB", "value": retrain["push_bytes"] / (1 << 20),
+    last = [] if not retrain else [
+        {"target": "retrain push (head-only) <= changed bytes + 8 MiB", "value": retrain["push_bytes"] / (1 << 20),
          "limit": (retrain["changed_bytes"] + RETRAIN_SLACK) / (1 << 20), "unit": "MiB",
          "pass": retrain["push_bytes"] <= retrain["changed_bytes"] + RETRAIN_SLACK}]
-    return extra + [
+    return [
         {"target": f"push >= {RATIO_TARGET} x raw put throughput", "value": push, "limit": RATIO_TARGET,
          "unit": "x", "pass": push >= RATIO_TARGET},
         {"target": f"pull >= {RATIO_TARGET} x raw get throughput (into memory)", "value": pull,
          "limit": RATIO_TARGET, "unit": "x", "pass": pull >= RATIO_TARGET},
         {"target": f"nothing-changed push <= {NOTHING_CHANGED_TARGET} s", "value": unchanged,
          "limit": NOTHING_CHANGED_TARGET, "unit": "s", "pass": unchanged <= NOTHING_CHANGED_TARGET},
-    ]
+    ] + last
 
 
 def report(b) -> list[str]:

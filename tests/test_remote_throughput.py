@@ -203,7 +203,10 @@ def test_the_benchmark_measures_push_and_pull_against_raw_obstore(s3_server, tmp
     assert "push / raw put" in proc.stdout and "dvc push/pull skipped" in proc.stdout
     doc = json.loads(out.read_text())
     assert doc["remote"]["objects"] >= 20 and all(len(v) == 1 for v in doc["remote"]["run_ratios"].values())
-    assert [t["target"].split()[0] for t in doc["targets"]] == ["push", "pull", "nothing-changed"]
+    assert [t["target"].split()[0] for t in doc["targets"]] == ["push", "pull", "nothing-changed", "retrain"]
+    retrain = doc["remote"]["retrain"]  # pushed and pulled again after its last 12 % was rewritten
+    assert 0 < retrain["push_bytes"] < retrain["file_bytes"] and 0 < retrain["pull_bytes"] < retrain["file_bytes"]
+    assert retrain["first_push_bytes"] >= retrain["file_bytes"] and "head-only retrain of a 12 MiB file" in proc.stdout
     assert all(isinstance(t["pass"], bool) for t in doc["targets"])  # which pass is not a test's business
     listed = boto3.client("s3", endpoint_url=s3_server.endpoint).list_objects_v2(
         Bucket=s3_server.bucket, Prefix="gaia-cas-bench-")
