@@ -531,10 +531,13 @@ def cmd_gc(args, default_root):
 def cmd_store(args, default_root):
     repo = _repo(args, default_root)
     threshold = None if args.chunk_threshold is None else _parse_size(args.chunk_threshold)
-    info = repo.store_settings(threshold=threshold, hot_recent=args.hot_recent)
+    info = repo.store_settings(threshold=threshold, hot_recent=args.hot_recent, upgrade=args.upgrade)
     text = (f"store format {info['format']}; large files (from {_size(info['chunk_threshold'])}) of cold versions are "
             f"kept as chunks; hot: current, channels, leased"
             + (f" and each model's {info['hot_recent']} newest" if info["hot_recent"] else "") + " versions")
+    if args.upgrade:
+        text = (f"upgraded the store from format {info['format_before']} to {info['format']}\n" if info["upgraded"]
+                else f"already format {info['format']}: nothing to upgrade\n") + text
     _emit(args, info, text)
 
 
