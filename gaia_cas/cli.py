@@ -515,7 +515,9 @@ def cmd_gc(args, default_root):
     counts = _counted(plan.counts())
     if result is None:
         doc = {"dry_run": True, **plan.to_json()}
-        text = "\n".join([f"would delete {counts}, freeing {_size(plan.bytes)}"]
+        split = (f" (after writing {_size(plan.chunk_bytes_written)} of new chunks for the cold files)"
+                 if plan.chunk_bytes_written else "")
+        text = "\n".join([f"would delete {counts}, freeing {_size(plan.bytes)}{split}"]
                          + [f"  {d.kind:12} {shown(d.path)}" for d in plan.doomed])
     else:
         doc = {"dry_run": False, **result.to_json(), "reachable_objects": plan.reachable_objects,
