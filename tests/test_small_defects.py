@@ -41,3 +41,15 @@ def test_gc_dry_run_counts_a_split_file_as_its_size_less_the_chunks_it_would_wri
     assert dry["bytes"] == real["bytes_freed"]
     assert dry["chunk_bytes_written"] == 24 * MiB - real["bytes_freed"]
     assert "new chunks" in text, text
+
+
+def test_the_reference_has_one_manifest_schema_and_no_section_twice():
+    """tests/test_readme.py checks the first schema table: a second copy would drift unchecked."""
+    import re
+
+    reference = (CHECKOUT / "docs" / "reference.md").read_text()
+    headings = re.findall(r"^## .*$", reference, re.M)
+    assert headings.count("## The manifest schema") == 1
+    assert len(headings) == len(set(headings)), headings
+    readme = (CHECKOUT / "README.md").read_text()
+    assert "(docs/reference.md#guarantees-in-detail)" in readme and "## Guarantees in detail" in headings
