@@ -53,3 +53,25 @@ def test_the_reference_has_one_manifest_schema_and_no_section_twice():
     assert len(headings) == len(set(headings)), headings
     readme = (CHECKOUT / "README.md").read_text()
     assert "(docs/reference.md#guarantees-in-detail)" in readme and "## Guarantees in detail" in headings
+
+
+def test_a_legacy_deployment_reason_stays_with_its_version_and_is_not_seeded_for_new_deploys(tmp_path):
+    """The legacy current's metadata.json seeds the model's default metadata, minus what describes
+    that one version: its deployment_reason is why *it* was deployed, not a default for the next."""
+    legacy = tmp_path / "api" / "models" / "dl_model"
+    folder = "v1.3_20250716_132518"
+    write(legacy / "versions" / folder / "saved_model" / "saved_model.pb", b"graph")
+    (legacy / "versions" / folder / "metadata.json").write_text(json.dumps(
+        {"version": "v1.3", "timestamp": "20250716_132518", "deployment_reason": "threshold fix for fungal class",
+         "architecture": "SSD MobileNet V2"}))
+    os.symlink(f"versions/{folder}/saved_model", legacy / "current")
+    repo = Repository.init(tmp_path / "root")
+    repo.import_legacy(tmp_path / "api" / "models")
+    model = repo.models()[0]
+    manifest = repo.manifest(model)
+    assert manifest.config.metadata == {"architecture": "SSD MobileNet V2"}
+    assert manifest.find(manifest.current).metadata["deployment_reason"] == "threshold fix for fungal class"
+    write(tmp_path / "new" / "saved_model.pb", b"graph 2")
+    new = repo.deploy(model, tmp_path / "new", reason="a new deploy")
+    metadata = repo.manifest(model).find(new.version).metadata
+    assert metadata.get("architecture") == "SSD MobileNet V2" and "deployment_reason" not in metadata
