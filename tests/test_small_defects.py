@@ -17,9 +17,9 @@ from store_helpers import rand_bytes, write
 MiB = 1 << 20
 
 
-def gaia(root, *args, **kwargs):
-    return subprocess.run([sys.executable, str(LAUNCHER), "--root", str(root), *map(str, args)], capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL, **kwargs)
+def gaia(root, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE):
+    return subprocess.run([sys.executable, str(LAUNCHER), "--root", str(root), *map(str, args)], stdout=stdout,
+                          stderr=stderr, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
 def test_gc_dry_run_counts_a_split_file_as_its_size_less_the_chunks_it_would_write(tmp_path):
@@ -75,3 +75,25 @@ def test_a_legacy_deployment_reason_stays_with_its_version_and_is_not_seeded_for
     new = repo.deploy(model, tmp_path / "new", reason="a new deploy")
     metadata = repo.manifest(model).find(new.version).metadata
     assert metadata.get("architecture") == "SSD MobileNet V2" and "deployment_reason" not in metadata
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly_with_the_status_git_gets(tmp_path):
+    """`gaia-cas list | head -1`: stdout's reader is gone. No message, no traceback, and 141 --
+    what a shell reports for git or coreutils killed by SIGPIPE there (128 + 13)."""
+    repo = Repository.init(tmp_path / "root")
+    for n in range(3):
+        repo.deploy("ssd", write(tmp_path / "src" / "model.bin", b"weights %d" % n))
+    for argv in (["list"], ["list", "ssd"], ["--json", "list", "ssd"], ["history", "ssd"], ["--version"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first byte: every write fails, deterministically
+        try:
+            run = gaia(repo.root, *argv, stdout=write_end, stderr=subprocess.PIPE)
+        finally:
+            os.close(write_end)
+        assert (run.returncode, run.stderr) == (141, ""), argv
+    # and through a real shell pipeline, as users type it
+    shell = subprocess.run(["bash", "-c", 'set -o pipefail; "$0" "$1" --root "$2" list ssd | head -1; '
+                            'echo "status=${PIPESTATUS[0]}" >&2', sys.executable, str(LAUNCHER), str(repo.root)],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(CHECKOUT)})
+    assert shell.stdout.startswith("ssd") and "Traceback" not in shell.stderr and "Exception" not in shell.stderr
+    assert shell.stderr.strip() in ("status=0", "status=141")  # 0 when every byte fit in the pipe before head left
