@@ -330,8 +330,8 @@ class ChunkStream:
         if item is None:
             return 0
         offset, chunk = item
-        if chunk.length > len(buffer):
-            raise CorruptionError(f"chunk {chunk.oid} of file {self.recipe.oid} is longer than the buffer given")
+        if chunk.length > len(buffer):  # the caller's mistake, not the store's: buffer() is long enough
+            raise ValueError(f"a buffer of {len(buffer)} bytes cannot hold chunk {chunk.oid} ({chunk.length} bytes)")
         view = memoryview(buffer)[:chunk.length]
         with self.objects.open(chunk.oid) as src:  # a regular file, never through a symlink
             got = 0
