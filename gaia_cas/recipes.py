@@ -268,9 +268,11 @@ def split(objects, recipes: RecipeStore, oid: str) -> tuple[Recipe, int]:
     recipe on disk always finds its chunks. The caller holds the store barrier."""
     with objects.staging() as staging:
         added = [0]
+        seen: set[str] = set()  # a chunk that recurs in the file (padding, tied weights) is stored and counted once
 
         def keep(chunk, data) -> None:
-            if not objects.exists(chunk.oid):
+            if chunk.oid not in seen and not objects.exists(chunk.oid):
+                seen.add(chunk.oid)
                 if staging.add_bytes(bytes(data)) != chunk.oid:
                     raise CorruptionError(f"chunk {chunk.oid} of object {oid} changed while it was staged")
                 added[0] += chunk.length

@@ -97,3 +97,21 @@ def test_a_reader_that_went_away_ends_the_command_quietly_with_the_status_git_ge
                            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(CHECKOUT)})
     assert shell.stdout.startswith("ssd") and "Traceback" not in shell.stderr and "Exception" not in shell.stderr
     assert shell.stderr.strip() in ("status=0", "status=141")  # 0 when every byte fit in the pipe before head left
+
+
+def test_gc_counts_a_chunk_that_repeats_within_a_file_once(tmp_path):
+    """A weights file with repeated regions (padding, tied weights) cuts into chunks that recur:
+    each is stored once, so gc frees the whole copy less one copy of each -- and says so, dry or not."""
+    repo = Repository.init(tmp_path / "root")
+    set_chunk_threshold(repo.layout, 4 * MiB)
+    block = rand_bytes(1 * MiB, 31)
+    repeated = block * 10 + rand_bytes(2 * MiB, 32)
+    for data in (repeated, rand_bytes(12 * MiB, 33)):
+        write(tmp_path / "src" / "variables.data", data)
+        repo.deploy("ssd", tmp_path / "src")
+    objects_before = sum(p.stat().st_size for p in (repo.layout.store / "objects").rglob("*") if p.is_file())
+    dry = json.loads(gaia(repo.root, "--json", "gc", "--dry-run", "--grace", "0s").stdout)
+    real = json.loads(gaia(repo.root, "--json", "gc", "--grace", "0s").stdout)
+    objects_after = sum(p.stat().st_size for p in (repo.layout.store / "objects").rglob("*") if p.is_file())
+    assert real["bytes_freed"] == objects_before - objects_after  # what left the disk, exactly
+    assert dry["bytes"] == real["bytes_freed"]
