@@ -23,7 +23,11 @@ def run(argv: list[str] | None = None, default_root: str | None = None):
     left behind, about 4 ms of an unchanged redeploy's ~55 ms, to free memory the exit frees
     anyway. Output is still flushed and ``atexit`` still runs, as in any normal exit.
     """
-    code = main(argv, default_root)
+    try:
+        code = main(argv, default_root)
+        sys.stdout.flush()  # here, not at exit: a reader gone by now is seen (below), not reported by Python
+    except BrokenPipeError:  # by the flush, or before main's own handler (--version)
+        code = reader_gone()
     import gc
 
     gc.freeze()
@@ -59,9 +63,7 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
         _fail(args, "interrupted", "interrupted", prefix=f"{PROG}: ")
         return 130
     except BrokenPipeError:
-        # The reader of our output went away (e.g. `| head`): not an error worth a message.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return reader_gone()
     except Exception as exc:  # the one place where every failure becomes one line
         if args.verbose:
             import traceback
@@ -74,6 +76,22 @@ def main(argv: list[str] | None = None, default_root: str | None = None) -> int:
     finally:
         restore_signals()
 
+
+# 128 + SIGPIPE: what a shell reports for git or coreutils whose reader went away
+# (`git log | head -1`), so `set -o pipefail` scripts see the same for gaia-cas.
+READER_GONE = 141
+
+
+def reader_gone() -> int:
+    """The reader of our output went away (``gaia-cas list | head -1``): no message, and the
+    status git and coreutils end with there. They die of SIGPIPE itself; this exits with its
+    number instead, since SIGPIPE stays ignored (Python's default) so that a client leaving
+    ``serve`` or an S3 connection dropping is an error to handle, never a silent kill."""
+    try:  # stdout now writes nowhere: the interpreter's last flush at exit fails no more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return READER_GONE
 
 
 def _fail(args, kind: str, message: str, prefix: str = f"{PROG}: error: ") -> None:
@@ -515,7 +533,9 @@ def cmd_gc(args, default_root):
     counts = _counted(plan.counts())
     if result is None:
         doc = {"dry_run": True, **plan.to_json()}
-        text = "\n".join([f"would delete {counts}, freeing {_size(plan.bytes)}"]
+        split = (f" (after writing {_size(plan.chunk_bytes_written)} of new chunks for the cold files)"
+                 if plan.chunk_bytes_written else "")
+        text = "\n".join([f"would delete {counts}, freeing {_size(plan.bytes)}{split}"]
                          + [f"  {d.kind:12} {shown(d.path)}" for d in plan.doomed])
     else:
         doc = {"dry_run": False, **result.to_json(), "reachable_objects": plan.reachable_objects,
@@ -531,10 +551,13 @@ def cmd_gc(args, default_root):
 def cmd_store(args, default_root):
     repo = _repo(args, default_root)
     threshold = None if args.chunk_threshold is None else _parse_size(args.chunk_threshold)
-    info = repo.store_settings(threshold=threshold, hot_recent=args.hot_recent)
+    info = repo.store_settings(threshold=threshold, hot_recent=args.hot_recent, upgrade=args.upgrade)
     text = (f"store format {info['format']}; large files (from {_size(info['chunk_threshold'])}) of cold versions are "
             f"kept as chunks; hot: current, channels, leased"
             + (f" and each model's {info['hot_recent']} newest" if info["hot_recent"] else "") + " versions")
+    if args.upgrade:
+        text = (f"upgraded the store from format {info['format_before']} to {info['format']}\n" if info["upgraded"]
+                else f"already format {info['format']}: nothing to upgrade\n") + text
     _emit(args, info, text)
 
 

@@ -59,10 +59,14 @@ class GcPlan:
     file_bytes: int = 0  # every distinct file the versions reach, counted once at its full size
     chunk_bytes: int = 0  # bytes of the chunk objects cold files are kept as
     ignored: list[str] = field(default_factory=list)  # names gc does not recognise: left alone
+    # What splitting the cold files ("whole") writes first: the new chunks' bytes. Known to a
+    # dry run (estimate_split); a real gc counts them as it writes them (GcResult.bytes_freed).
+    chunk_bytes_written: int = 0
 
     @property
     def bytes(self) -> int:
-        return sum(d.size for d in self.doomed)
+        """The bytes this plan frees: a cold file's whole copy less the new chunks it costs."""
+        return sum(d.size for d in self.doomed) - self.chunk_bytes_written
 
     def counts(self) -> dict[str, int]:
         result: dict[str, int] = {}
@@ -74,6 +78,7 @@ class GcPlan:
         return {
             "bytes": self.bytes, "counts": self.counts(), "reachable_objects": self.reachable_objects,
             "young_unreferenced": self.young_unreferenced, "ignored": self.ignored,
+            "chunk_bytes_written": self.chunk_bytes_written,
             "items": [{"kind": d.kind, "path": str(d.path), "size": d.size} for d in self.doomed],
         }
 
@@ -580,6 +585,37 @@ def _unshared_bytes(path: Path) -> int:
     return total
 
 
+def estimate_split(ctx, plan: GcPlan) -> int:
+    """The bytes splitting the plan's cold files would write: their chunks the store lacks at
+    that point (or that the plan deletes first, as unreferenced objects), each counted once, as
+    the real gc counts them. A file with a recipe costs a lookup; another is read once and cut
+    in memory, nothing written, so a dry run frees exactly what it says."""
+    wholes = [d for d in plan.doomed if d.kind == "whole"]
+    if not wholes:
+        return 0
+    from .errors import CorruptionError
+    from .recipes import RecipeStore, cut_object
+
+    recipes = RecipeStore(ctx.layout)
+    deleted_first = {d.path.parent.name + d.path.name for d in plan.doomed if d.kind == "object"}
+    counted: set[str] = set()
+    total = 0
+    for item in wholes:
+        oid = item.path.parent.name + item.path.name
+        try:
+            recipe = recipes.get(oid) or cut_object(ctx.objects, oid)
+        except CorruptionError:
+            if ctx.objects.exists(oid):
+                raise
+            continue  # split by a gc that ran meanwhile (a dry run holds no barrier)
+        for chunk in recipe.chunks:
+            if chunk.oid not in counted:
+                counted.add(chunk.oid)
+                if chunk.oid in deleted_first or not ctx.objects.exists(chunk.oid):
+                    total += chunk.length
+    return total
+
+
 # -- the verb --------------------------------------------------------------------------------
 
 def plan(ctx, *, grace=None, log_age=None) -> GcPlan:
@@ -599,7 +635,9 @@ def collect(ctx, *, grace=None, log_age=None, dry_run: bool = False):
     grace = DEFAULT_GRACE if grace is None else grace
     log_age = DEFAULT_LOG_AGE if log_age is None else log_age
     if dry_run:
-        return plan(ctx, grace=grace, log_age=log_age), None
+        the_plan = plan(ctx, grace=grace, log_age=log_age)
+        the_plan.chunk_bytes_written = estimate_split(ctx, the_plan)
+        return the_plan, None
     with ctx.store_errors():
         ctx.layout.store.mkdir(parents=True, exist_ok=True)
         with store_barrier(ctx.layout.store, ctx.manifests.lock_timeout, exclusive=True):

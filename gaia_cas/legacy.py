@@ -42,9 +42,10 @@ _FOLDER_RE = re.compile(r"v(\d{1,9})\.(\d{1,9})(?:\.(\d{1,9}))?_(\d{8}_\d{6})")
 # manifest's 1 MiB, see codec.MAX_STR).
 MAX_METADATA_BYTES = 16 << 20
 # Fields of a legacy metadata.json that describe one version, not the model: they are kept on
-# each imported version but not carried into the model's default metadata for new deploys.
+# each imported version but not carried into the model's default metadata for new deploys
+# (seeded there, the legacy current's deployment_reason would label every later deploy).
 PER_VERSION_FIELDS = ("version", "timestamp", "deployed_at", "deployment_id", "created_at", "size_mb",
-                      "size_bytes", "file_count", "hash")
+                      "size_bytes", "file_count", "hash", "deployment_reason")
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
 

@@ -352,6 +352,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--hot-recent", type=int, metavar="N",
                    help="also keep each model's N newest versions whole (default 0: current, channels, leased and "
                         "what gc's grace protects)")
+    p.add_argument("--upgrade", action="store_true",
+                   help="mark a store written by an older gaia-cas as of this one's format (says so if it is "
+                        "already); a store is otherwise upgraded by its next write that needs the new format")
 
     p = command("promote", "point a channel (e.g. staging, canary) at a version; it gets its own link")
     p.add_argument("model", metavar="MODEL")

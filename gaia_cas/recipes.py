@@ -18,8 +18,9 @@ import stat
 from collections import namedtuple
 
 from .atomic import UnsafeFileError, make_dirs, read_regular, write_atomic
-from .chunking import MAX_CHUNK, MAX_RECIPE_BYTES, THRESHOLD, Chunker, Recipe, decode_recipe, encode_recipe, reassembled
+from .chunking import MAX_CHUNK, MAX_RECIPE_BYTES, THRESHOLD, Chunker, Recipe, decode_recipe, encode_recipe
 from .errors import CorruptionError, StoreError
+from .hashing import hash_bytes, new_hasher
 from .names import check_oid
 
 READ = 1 << 20
@@ -111,15 +112,29 @@ def change_settings(layout, *, threshold: int | None = None, hot_recent: int | N
     return new
 
 
-def store_info(ctx, *, threshold: int | None = None, hot_recent: int | None = None) -> dict:
+def store_info(ctx, *, threshold: int | None = None, hot_recent: int | None = None,
+               upgrade_format: bool = False) -> dict:
     """The store's format and settings; with ``threshold`` or ``hot_recent``, changed first
-    (under the store barrier: a gc never plans with half of a change)."""
-    if threshold is not None or hot_recent is not None:
-        with ctx.writing():
-            chosen = change_settings(ctx.layout, threshold=threshold, hot_recent=hot_recent)
+    (under the store barrier: a gc never plans with half of a change). With ``upgrade_format``, the
+    store is first marked as of this gaia-cas's format (``gaia-cas store --upgrade``): one
+    atomic write of ``store/format`` under the barrier, refused for a newer format; then
+    ``format_before`` and ``upgraded`` say what it was and whether it changed."""
+    before = None
+    if threshold is not None or hot_recent is not None or upgrade_format:
+        with ctx.writing():  # refuses a store of a newer format before anything is written
+            before = store_format(ctx.layout)
+            if upgrade_format:
+                upgrade(ctx.layout)
+            if threshold is not None or hot_recent is not None:
+                chosen = change_settings(ctx.layout, threshold=threshold, hot_recent=hot_recent)
+            else:
+                chosen = settings(ctx.layout)
     else:
         chosen = settings(ctx.layout)
-    return {"format": store_format(ctx.layout), "chunk_threshold": chosen.threshold, "hot_recent": chosen.hot_recent}
+    info = {"format": store_format(ctx.layout), "chunk_threshold": chosen.threshold, "hot_recent": chosen.hot_recent}
+    if upgrade_format:
+        info.update(format_before=before, upgraded=before != info["format"])
+    return info
 
 
 def set_chunk_threshold(layout, threshold: int) -> None:
@@ -253,9 +268,11 @@ def split(objects, recipes: RecipeStore, oid: str) -> tuple[Recipe, int]:
     recipe on disk always finds its chunks. The caller holds the store barrier."""
     with objects.staging() as staging:
         added = [0]
+        seen: set[str] = set()  # a chunk that recurs in the file (padding, tied weights) is stored and counted once
 
         def keep(chunk, data) -> None:
-            if not objects.exists(chunk.oid):
+            if chunk.oid not in seen and not objects.exists(chunk.oid):
+                seen.add(chunk.oid)
                 if staging.add_bytes(bytes(data)) != chunk.oid:
                     raise CorruptionError(f"chunk {chunk.oid} of object {oid} changed while it was staged")
                 added[0] += chunk.length
@@ -267,11 +284,14 @@ def split(objects, recipes: RecipeStore, oid: str) -> tuple[Recipe, int]:
     return recipe, added[0]
 
 
+LARGEST_CHUNK = MAX_CHUNK * 4  # no chunk is longer, whatever parameters cut it: a longer one is corruption
+
+
 def read_chunk(objects, oid: str) -> bytes:
     """A chunk's bytes, at most a few maximum chunks of them (a bigger object is no chunk)."""
     with objects.open(oid) as src:
-        data = src.read(MAX_CHUNK * 4 + 1)
-    if len(data) > MAX_CHUNK * 4:
+        data = src.read(LARGEST_CHUNK + 1)
+    if len(data) > LARGEST_CHUNK:
         raise CorruptionError(f"object {oid} is too large to be a chunk")
     return data
 
@@ -279,31 +299,51 @@ def read_chunk(objects, oid: str) -> bytes:
 def rebuild(objects, recipe: Recipe, staging) -> int:
     """Reassemble the file ``recipe`` describes into ``staging`` (installed with the rest of it),
     every chunk checked against its oid and the whole against the file's; returns its size.
-    Memory holds one chunk at a time."""
-    stream = _Stream(reassembled(recipe, lambda oid: read_chunk(objects, oid)))
-    oid, size = staging.add_stream(stream, f"file {recipe.oid} from its chunks")
+
+    Each chunk is read whole into one buffer, checked there, and written from there by
+    :meth:`Staging.add_stream`, which hashes the whole file as it writes: every byte is read
+    once and never copied in Python, and the bytes written are the bytes just checked (a
+    chunk rewritten meanwhile cannot slip past its hash). Memory holds one chunk."""
+    chunks = ChunkStream(objects, recipe)
+    oid, size = staging.add_stream(chunks, f"file {recipe.oid} from its chunks", chunks.buffer())
     if oid != recipe.oid or size != recipe.size:
         raise CorruptionError(f"the chunks of file {recipe.oid} do not rebuild it (recipe corrupt)")
     return size
 
 
-class _Stream:
-    """An iterator of byte strings read like a file (``readinto``), for Staging.add_stream."""
+class ChunkStream:
+    """The file a recipe describes, read like a file: each ``readinto`` fills the buffer with
+    the next whole chunk, its length and hash checked before the call returns. The buffer must
+    hold the recipe's longest chunk (:meth:`buffer` makes one)."""
 
-    def __init__(self, pieces):
-        self._pieces = pieces
-        self._pending = memoryview(b"")
+    def __init__(self, objects, recipe: Recipe):
+        self.objects, self.recipe = objects, recipe
+        self._chunks = recipe.offsets()
+
+    def buffer(self) -> bytearray:
+        longest = max(c.length for c in self.recipe.chunks)
+        if longest > LARGEST_CHUNK:
+            raise CorruptionError(f"the recipe of file {self.recipe.oid} names a chunk of {longest} bytes, "
+                                  f"longer than any chunk (recipe corrupt)")
+        return bytearray(longest)
 
     def readinto(self, buffer) -> int:
-        while not self._pending:
-            data = next(self._pieces, None)
-            if data is None:
-                return 0
-            self._pending = memoryview(data)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
+        item = next(self._chunks, None)
+        if item is None:
+            return 0
+        offset, chunk = item
+        if chunk.length > len(buffer):  # the caller's mistake, not the store's: buffer() is long enough
+            raise ValueError(f"a buffer of {len(buffer)} bytes cannot hold chunk {chunk.oid} ({chunk.length} bytes)")
+        view = memoryview(buffer)[:chunk.length]
+        with self.objects.open(chunk.oid) as src:  # a regular file, never through a symlink
+            got = 0
+            if os.fstat(src.fileno()).st_size == chunk.length:  # else truncated or grown: refused below
+                while got < chunk.length and (n := src.readinto(view[got:])):
+                    got += n
+        if got != chunk.length or hash_bytes(view) != chunk.oid:
+            raise CorruptionError(f"chunk {chunk.oid} of file {self.recipe.oid} (at byte {offset}) does not match "
+                                  f"its hash; the file cannot be rebuilt")
+        return got
 
 
 class rebuilt_file:
@@ -326,10 +366,16 @@ class rebuilt_file:
         try:
             out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                for data in reassembled(self.recipe, lambda oid: read_chunk(self.objects, oid)):
-                    write_all(out, data)
+                chunks = ChunkStream(self.objects, self.recipe)
+                buffer = chunks.buffer()
+                hasher = new_hasher()
+                while n := chunks.readinto(buffer):
+                    hasher.update(memoryview(buffer)[:n])
+                    write_all(out, memoryview(buffer)[:n])
             finally:
                 os.close(out)
+            if hasher.hexdigest() != self.recipe.oid:
+                raise CorruptionError(f"the chunks of file {self.recipe.oid} do not rebuild it (recipe corrupt)")
         except BaseException:
             self.__exit__(None, None, None)
             raise

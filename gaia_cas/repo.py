@@ -151,10 +151,11 @@ class Repository:
 
         return gc.collect(self.ctx, grace=grace, log_age=log_age, dry_run=dry_run)
 
-    def store_settings(self, *, threshold: int | None = None, hot_recent: int | None = None) -> dict:
-        """The store's format and chunking settings, changed first if asked (design.md, Chunks)."""
+    def store_settings(self, *, threshold: int | None = None, hot_recent: int | None = None, upgrade=False) -> dict:
+        """The store's format and chunking settings, changed first if asked; ``upgrade``: marked
+        as of this gaia-cas's store format first (design.md, Chunks)."""
         from .recipes import store_info
-        return store_info(self.ctx, threshold=threshold, hot_recent=hot_recent)
+        return store_info(self.ctx, threshold=threshold, hot_recent=hot_recent, upgrade_format=upgrade)
 
     def verify(self, name: str | None = None, **options):
         """Re-hash, check trees and links (``repair``, ``sample``, ``reason``)."""
