@@ -100,14 +100,14 @@ class _LocalFirst:
         return (self.local if self.local.exists(oid) else self.remote).read(oid, limit)
 
 
-def _mark(repo, objects, manifests, name: str) -> tuple[set[str], set[str]]:
+def _mark(repo, objects, manifests, name: str) -> tuple[set[str], dict[str, int]]:
     """Every object the remote's versions reach through trees, and the large files among them
     (those a recipe may describe)."""
     from .chunking import MAX_CHUNK
     from .trees import DIR, TreeReader
 
     reachable: set[str] = set()
-    large: set[str] = set()
+    large: dict[str, int] = {}  # oid -> size
     reader = TreeReader(_LocalFirst(repo.objects, objects))
 
     def walk(oid: str) -> None:
@@ -120,7 +120,7 @@ def _mark(repo, objects, manifests, name: str) -> tuple[set[str], set[str]]:
                                   f"{name}')") from None
         reachable.add(oid)
         reachable.update(entry.oid for entry in found)
-        large.update(entry.oid for entry in found if entry.kind != DIR and entry.size > MAX_CHUNK)
+        large.update((entry.oid, entry.size) for entry in found if entry.kind != DIR and entry.size > MAX_CHUNK)
 
     for model in manifests.names():
         try:
@@ -134,13 +134,13 @@ def _mark(repo, objects, manifests, name: str) -> tuple[set[str], set[str]]:
     return reachable, large
 
 
-def _mark_chunks(recipes, large: set[str], name: str) -> set[str]:
+def _mark_chunks(recipes, large: dict[str, int], name: str) -> set[str]:
     """The chunks of every reachable large file the remote keeps as a recipe (read now, after
     the manifests: see the module's argument, 5.)."""
     from .remote_objects import parallel_map
 
     try:
-        found = parallel_map(recipes.get, sorted(large))
+        found = parallel_map(lambda oid: recipes.get(oid, large[oid]), sorted(large))
     except CorruptionError as exc:
         raise RemoteGcRefused(f"{exc}; gc on remote '{name}' deleted nothing (see 'gaia-cas verify --remote "
                               f"{name}')") from None

@@ -86,14 +86,14 @@ def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, i
     from .trees import DIR
 
     known: set[str] = set()
-    known_large: dict[str, set[str]] = {}  # path -> large files the remote's versions have there
+    known_large: dict[str, set[tuple[str, int]]] = {}  # path -> (oid, size) of the large files the remote's versions have there
     for tree in remote_trees:
         if repo.objects.exists(tree):
             known.add(tree)
             for path, entry in repo.trees.walk(tree):
                 known.add(entry.oid)
                 if entry.kind != DIR and entry.size > MAX_CHUNK:
-                    known_large.setdefault(path, set()).add(entry.oid)
+                    known_large.setdefault(path, set()).add((entry.oid, entry.size))
     blobs: dict[str, tuple[int, str]] = {}  # oid -> (size, a path it is at)
     depth: dict[str, int] = {}
 
@@ -199,11 +199,20 @@ class ChunkedUpload:
     def __init__(self, repo, robjects, known_large: dict, paths: set):
         self.repo, self.robjects = repo, robjects
         self.rrecipes = remote_recipes(robjects)
-        near = sorted({oid for path in paths for oid in known_large.get(path, ())})
+        near = sorted({file for path in paths for file in known_large.get(path, ())})
         if not near:  # renamed: any large file of the remote's versions may share chunks
-            near = sorted({oid for oids in known_large.values() for oid in oids})
-        found = parallel_map(self.rrecipes.get, near[:KNOWN_RECIPES])
+            near = sorted({file for files in known_large.values() for file in files})
+        found = parallel_map(self._known_recipe, near[:KNOWN_RECIPES])
         self.there = {c.oid for recipe in found if recipe is not None for c in recipe.chunks}
+
+    def _known_recipe(self, file: tuple[str, int]):
+        """The remote's recipe of a file its versions reach, or None when it has none or it
+        does not read as one: then its chunks are asked about like any other (a bad recipe of
+        an old version, a co-tenant's or bit rot's, must not stop every later push)."""
+        try:
+            return self.rrecipes.get(*file)
+        except CorruptionError:
+            return None
 
     def send(self, oid: str) -> tuple[int, int]:
         """Send file ``oid``'s missing chunks, then its recipe; (objects, bytes) sent."""
@@ -299,7 +308,7 @@ def fetch_tree(repo, robjects, staging, tree: str, received: list, local=None) -
         if size > MAX_CHUNK:
             recipe = local.recipe(oid)  # cold here: rebuilt from this store's chunks
             if recipe is None and rrecipes is not None:
-                recipe = rrecipes.get(oid)
+                recipe = rrecipes.get(oid, size)  # bounded by the size the verified tree gives
             if recipe is not None:
                 return [], *stage_from_chunks(robjects, recipe, size, staging, local, buffer)
         return [], 1, robjects.stage(oid, staging, size, buffer)

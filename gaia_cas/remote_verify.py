@@ -33,7 +33,7 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     names = [local_name(repo, model)] if model else manifests.names()  # a local alias names the same model
     users: dict[str, list[str]] = {}  # oid -> "model version" reaching it
     files: set[str] = set()
-    large: set[str] = set()  # files a recipe may describe
+    large: dict[str, int] = {}  # oid -> size of the files a recipe may describe
     recipes = remote_recipes(objects)
     trees: dict[str, object] = {}  # oid -> entries, or None when missing/corrupt
 
@@ -66,7 +66,7 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
             else:
                 files.add(entry.oid)
                 if entry.size > MAX_CHUNK:
-                    large.add(entry.oid)
+                    large[entry.oid] = entry.size
                 users.setdefault(entry.oid, [])
                 if label not in users[entry.oid]:
                     users[entry.oid].append(label)
@@ -84,7 +84,7 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     def check(oid: str):
         """None, or (the oid at fault -- the file, or one of its chunks --, a Problem)."""
         try:
-            recipe = recipes.get(oid) if recipes is not None and oid in large else None
+            recipe = recipes.get(oid, large[oid]) if recipes is not None and oid in large else None
             if recipe is not None:
                 return check_chunks(recipe)
             with objects.open(oid) as stream:

@@ -1,0 +1,169 @@
+"""Large files on an S3 remote as chunks, under attack: a co-tenant of the bucket writing lying
+or bloated recipes and chunks, a local store whose bytes rotted, an interrupted pull, a remote
+gc racing a push. Each failure is refused with bounded work, the local store as before, and
+each push still leaves the remote able to rebuild every version it reaches."""
+
+from __future__ import annotations
+
+import threading
+import tracemalloc
+from datetime import timedelta
+from pathlib import Path
+
+import boto3
+import msgpack
+import pytest
+
+from conftest import assert_one_line_error, snapshot
+from gaia_cas.chunking import FORMAT, MAX_CHUNK, VERSION, Chunk, Recipe, encode_recipe
+from gaia_cas.errors import CorruptionError
+from gaia_cas.recipes import RecipeStore, set_chunk_threshold
+from gaia_cas.remotes import get
+from gaia_cas.repo import Repository
+from gaia_cas.s3 import S3ObjectStore, S3RecipeStore
+from s3_fixtures import s3_server, s3_url  # noqa: F401
+from store_helpers import rand_bytes, tmp_leftovers, write, xxh
+
+MiB = 1 << 20
+SIZE = 12 * MiB
+HEAD = 2 * MiB
+
+
+def retrained(base: bytes, seed: int) -> bytes:
+    return base[:-HEAD] + rand_bytes(HEAD, seed)
+
+
+class Bucket:
+    """A trainer's store with a remote, and raw access to the bucket under the remote's prefix."""
+
+    def __init__(self, tmp_path: Path, s3_server):  # noqa: F811
+        self.url = s3_url(s3_server)
+        self.endpoint = s3_server.endpoint
+        self.bucket = s3_server.bucket
+        self.prefix = self.url.split("/", 3)[3] + "/"
+        self.raw = boto3.client("s3", endpoint_url=s3_server.endpoint)
+        self.tmp = tmp_path
+        self.trainer = self.store("trainer")
+
+    def store(self, name: str) -> Repository:
+        repo = Repository.init(self.tmp / name)
+        set_chunk_threshold(repo.layout, 4 * MiB)
+        repo.add_remote("origin", self.url, endpoint=self.endpoint)
+        return repo
+
+    def deploy(self, repo: Repository, data: bytes, graph: bytes = b"graph") -> str:
+        src = self.tmp / f"src-{repo.root.name}"
+        write(src / "variables.data", data)
+        (src / "saved_model.pb").write_bytes(graph)
+        return repo.deploy("ssd", src).version
+
+    def keys(self, kind: str) -> set[str]:
+        base = f"{self.prefix}{kind}/"
+        found = set()
+        for page in self.raw.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+            found.update(o["Key"][len(base):].replace("/", "", 1) for o in page.get("Contents", []))
+        return found
+
+    def put(self, kind: str, oid: str, data: bytes) -> None:
+        self.raw.put_object(Bucket=self.bucket, Key=f"{self.prefix}{kind}/{oid[:2]}/{oid[2:]}", Body=data)
+
+
+def read_version(repo: Repository, version: str | None = None) -> bytes:
+    return (Path(repo.resolve("ssd", version=version).path) / "variables.data").read_bytes()
+
+
+@pytest.fixture
+def bucket(tmp_path, s3_server):  # noqa: F811
+    return Bucket(tmp_path, s3_server)
+
+
+def pushed_base(bucket) -> tuple[bytes, Recipe]:
+    base = rand_bytes(SIZE, 1)
+    bucket.deploy(bucket.trainer, base)
+    bucket.trainer.remote("origin").push("ssd")
+    return base, RecipeStore(bucket.trainer.layout).get(xxh(base))
+
+
+# -- recipes a co-tenant wrote -------------------------------------------------------------
+
+def test_a_remote_recipe_naming_a_chunk_larger_than_any_chunk_is_refused_before_it_is_downloaded(bucket, cli,
+                                                                                                monkeypatch):
+    """A recipe of one 12 MiB "chunk", and a 12 MiB object under that chunk's key: a pull must
+    not read it into memory to find out (a recipe's chunk is at most MAX_CHUNK bytes)."""
+    base, honest = pushed_base(bucket)
+    fake = xxh(b"not a chunk")
+    bucket.put("objects", fake, rand_bytes(SIZE, 9))
+    bucket.put("recipes", honest.oid, encode_recipe(Recipe(honest.oid, SIZE, (Chunk(fake, SIZE),))))
+    asked = []
+    real = S3ObjectStore.read
+
+    def read(self, oid, limit):
+        asked.append(limit)
+        return real(self, oid, limit)
+
+    monkeypatch.setattr(S3ObjectStore, "read", read)
+    server = bucket.store("server")
+    before = snapshot(server.root)
+    with pytest.raises(CorruptionError, match="largest chunk"):
+        server.remote("origin").pull("ssd")
+    assert snapshot(server.root) == before and tmp_leftovers(server.root) == []
+    assert SIZE not in asked  # the lying chunk was never asked for
+    report = bucket.trainer.remote("origin").verify()  # verify reads no such chunk either
+    assert SIZE not in asked and any("largest chunk" in p.detail for p in report.problems)
+    run = cli("pull", "ssd", "--remote", "origin", root_dir=server.root)
+    assert_one_line_error(run, "largest chunk")
+
+
+def test_a_remote_recipe_that_is_a_msgpack_bomb_is_refused_without_decoding_it(bucket, monkeypatch):
+    """2 MiB of empty msgpack arrays under a valid file oid decode into ~2 M Python lists; a
+    recipe of a 12 MiB file is never more than a few KiB, so it is refused by its size."""
+    base, honest = pushed_base(bucket)
+    bomb = msgpack.packb([FORMAT, VERSION, honest.oid, SIZE, [[]] * (2 * MiB)])
+    bucket.put("recipes", honest.oid, bomb)
+    server = bucket.store("server")
+    before = snapshot(server.root)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptionError, match=f"recipe of file {honest.oid}"):
+            server.remote("origin").pull("ssd")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * MiB, f"refusing the recipe took {peak / MiB:.0f} MiB"
+    assert snapshot(server.root) == before
+    from gaia_cas.remote_gc import RemoteGcRefused
+
+    with pytest.raises(RemoteGcRefused, match="deleted nothing"):
+        bucket.trainer.remote("origin").gc(grace=timedelta(0))
+
+
+def test_a_remote_recipe_of_many_tiny_chunks_is_refused_before_any_chunk_is_asked_for(bucket, monkeypatch):
+    """The chunks of a recipe cost one request each: a recipe listing far more chunks than its
+    file's size allows (at least MIN_CHUNK bytes each but the last) is refused up front."""
+    base, honest = pushed_base(bucket)
+    tiny = tuple(Chunk(xxh(base[i:i + 4096]), 4096) for i in range(0, 256 * 4096, 4096))
+    rest = tuple(Chunk(xxh(base[i:i + MAX_CHUNK]), len(base[i:i + MAX_CHUNK])) for i in range(MiB, SIZE, MAX_CHUNK))
+    bucket.put("recipes", honest.oid, encode_recipe(Recipe(honest.oid, SIZE, tiny + rest)))
+    asked = []
+    real = S3ObjectStore.read
+    monkeypatch.setattr(S3ObjectStore, "read", lambda self, oid, limit: asked.append(oid) or real(self, oid, limit))
+    server = bucket.store("server")
+    with pytest.raises(CorruptionError, match=f"recipe of file {honest.oid}"):
+        server.remote("origin").pull("ssd")
+    assert not {c.oid for c in tiny} & set(asked)
+
+
+def test_a_bad_remote_recipe_of_an_older_version_does_not_stop_a_push(bucket, cli):
+    """The recipe a push reads to know which chunks the remote has is a hint: when it does not
+    read as a recipe, the push asks about the chunks instead, and the retrain still goes up."""
+    base, honest = pushed_base(bucket)
+    bucket.put("recipes", honest.oid, b"\xc1 rot")
+    new = retrained(base, 2)
+    bucket.deploy(bucket.trainer, new)
+    (pushed,) = bucket.trainer.remote("origin").push("ssd")
+    assert pushed.versions_sent == 1 and pushed.bytes_sent <= HEAD + 8 * MiB  # HEADs found the shared chunks
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd")
+    assert read_version(server) == new
+    problems = bucket.trainer.remote("origin").verify().problems
+    assert [p.oid for p in problems] == [honest.oid]  # the bad recipe is still reported, once
