@@ -421,11 +421,18 @@ class _Pieces:
         return n
 
 
+def _is_chunk(data: bytes, chunk) -> bool:
+    from .hashing import hash_bytes
+
+    return len(data) == chunk.length and hash_bytes(data) == chunk.oid
+
+
 class LocalChunks:
     """Where this store has a chunk's bytes already, for a pull: a chunk object, or a range of a
     whole large file of ``trees`` (the model's local versions), cut to chunks the first time a
     chunk is not found as an object (cut points depend only on the bytes, so a retrain's
-    unchanged stretches give the same chunks). Every byte handed out is checked by the caller."""
+    unchanged stretches give the same chunks). A chunk is handed out only when its bytes hash to
+    its oid (the reassembly checks again); a damaged local copy makes it a download."""
 
     def __init__(self, repo, trees: list[str]):
         self.repo, self.trees = repo, trees
@@ -449,7 +456,9 @@ class LocalChunks:
 
         if self.repo.objects.exists(chunk.oid):
             try:
-                return read_chunk(self.repo.objects, chunk.oid)
+                data = read_chunk(self.repo.objects, chunk.oid)
+                if _is_chunk(data, chunk):
+                    return data
             except (CorruptionError, OSError):
                 pass  # gone or damaged here: downloaded instead
         where = self._where().get(chunk.oid)
@@ -460,9 +469,14 @@ class LocalChunks:
         except (CorruptionError, OSError):
             return None
         try:
-            return os.pread(fd, chunk.length, where[1])
+            data = os.pread(fd, chunk.length, where[1])
+        except OSError:
+            return None
         finally:
             os.close(fd)
+        # The file's recipe may have been cut before its bytes rotted (describe keeps a stored
+        # recipe): a range that is not the chunk is downloaded instead of failing the rebuild.
+        return data if _is_chunk(data, chunk) else None
 
     def _where(self) -> dict:
         with self._lock:

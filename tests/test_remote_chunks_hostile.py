@@ -17,7 +17,7 @@ import pytest
 from conftest import assert_one_line_error, snapshot
 from gaia_cas.chunking import FORMAT, MAX_CHUNK, VERSION, Chunk, Recipe, encode_recipe
 from gaia_cas.errors import CorruptionError
-from gaia_cas.recipes import RecipeStore, set_chunk_threshold
+from gaia_cas.recipes import RecipeStore, describe, set_chunk_threshold
 from gaia_cas.remotes import get
 from gaia_cas.repo import Repository
 from gaia_cas.s3 import S3ObjectStore, S3RecipeStore
@@ -167,3 +167,46 @@ def test_a_bad_remote_recipe_of_an_older_version_does_not_stop_a_push(bucket, cl
     assert read_version(server) == new
     problems = bucket.trainer.remote("origin").verify().problems
     assert [p.oid for p in problems] == [honest.oid]  # the bad recipe is still reported, once
+
+
+# -- local bytes that rotted -----------------------------------------------------------------
+
+def test_a_pull_reusing_a_rotten_local_whole_file_downloads_the_chunk_instead(bucket):
+    """The server's copy of v1 rotted after its recipe was cut; a pull of the retrain must not
+    rebuild from the rotten range (it would fail the whole pull): it downloads that chunk."""
+    base, honest = pushed_base(bucket)
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd")
+    describe(server.objects, RecipeStore(server.layout), xxh(base))  # cut once, as a pull or push does
+    path = server.objects.path(xxh(base))
+    path.chmod(0o644)
+    with open(path, "r+b") as f:  # rot inside the first chunk, which the retrain shares
+        f.seek(10)
+        f.write(b"rot")
+    new = retrained(base, 2)
+    bucket.deploy(bucket.trainer, new)
+    bucket.trainer.remote("origin").push("ssd")
+    (got,) = server.remote("origin").pull("ssd")
+    assert read_version(server) == new
+    assert got.bytes_received >= honest.chunks[0].length
+    assert tmp_leftovers(server.root) == []
+
+
+def test_a_pull_reusing_a_rotten_local_chunk_downloads_it_instead(bucket):
+    base, honest = pushed_base(bucket)
+    v2 = bucket.deploy(bucket.trainer, retrained(base, 2))
+    bucket.trainer.remote("origin").push("ssd")
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd", "1.0.0")
+    server.remote("origin").pull("ssd")
+    server.gc(grace=timedelta(0))  # v1 goes cold: chunks and recipe
+    assert not server.objects.exists(xxh(base))
+    shared = honest.chunks[0]
+    path = server.objects.path(shared.oid)
+    path.chmod(0o644)
+    path.write_bytes(b"x" * shared.length)
+    new = retrained(base, 3)
+    bucket.deploy(bucket.trainer, new)
+    bucket.trainer.remote("origin").push("ssd")
+    (got,) = server.remote("origin").pull("ssd")
+    assert read_version(server) == new and got.version != v2
