@@ -30,7 +30,7 @@ import os
 import threading
 from datetime import timedelta
 
-from .errors import CorruptionError
+from .errors import CorruptionError, GaiaCasError
 
 SMALL = 16 << 20  # objects read whole (hashed, then uploaded from memory); larger go up from the file
 HEAD_LIMIT = 256  # up to this many candidates are HEADed one by one; more: one listing
@@ -445,7 +445,10 @@ class LocalChunks:
 
         if not os.path.isdir(self.repo.layout.store / "recipes"):
             return None
-        recipe = RecipeStore(self.repo.layout).get(oid)
+        try:
+            recipe = RecipeStore(self.repo.layout).get(oid)
+        except (GaiaCasError, OSError):
+            return None  # a damaged local recipe lends nothing: the remote's is used
         if recipe is None or not all(self.repo.objects.exists(c.oid) for c in recipe.chunks):
             return None
         return recipe
@@ -486,7 +489,7 @@ class LocalChunks:
 
     def _cut(self) -> dict:
         from .chunking import MAX_CHUNK
-        from .recipes import RecipeStore, describe
+        from .recipes import RecipeStore, cut_object
         from .trees import DIR
 
         index: dict = {}
@@ -500,9 +503,11 @@ class LocalChunks:
                     files.add(entry.oid)
         for oid in sorted(files):
             try:
-                recipe = describe(self.repo.objects, recipes, oid)
-            except (CorruptionError, OSError):
-                continue  # a damaged local file lends nothing
+                # Cut, not stored: a pull writes nothing to the store before it installs (an
+                # interrupted or refused pull leaves the store as it was -- no recipe, no format).
+                recipe = recipes.get(oid) or cut_object(self.repo.objects, oid)
+            except (GaiaCasError, OSError):
+                continue  # a damaged local file or recipe lends nothing
             for offset, chunk in recipe.offsets():
                 index.setdefault(chunk.oid, (oid, offset))
         return index

@@ -210,3 +210,39 @@ def test_a_pull_reusing_a_rotten_local_chunk_downloads_it_instead(bucket):
     bucket.trainer.remote("origin").push("ssd")
     (got,) = server.remote("origin").pull("ssd")
     assert read_version(server) == new and got.version != v2
+
+
+# -- interrupted ---------------------------------------------------------------------------
+
+def test_a_pull_interrupted_in_the_middle_of_a_chunked_rebuild_leaves_the_store_as_before(bucket, monkeypatch):
+    """Ctrl-C (a real SIGINT to the main thread) while a chunk of the retrain downloads: the
+    pull stops, nothing is installed, no staging is left behind, and a later pull completes."""
+    import signal
+
+    base, honest = pushed_base(bucket)
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd")
+    new = retrained(base, 2)
+    bucket.deploy(bucket.trainer, new)
+    bucket.trainer.remote("origin").push("ssd")
+    new_chunks = {c.oid for c in RecipeStore(bucket.trainer.layout).get(xxh(new)).chunks} - {
+        c.oid for c in honest.chunks}
+    main = threading.main_thread().ident
+    real = S3ObjectStore.read
+    sent = []
+
+    def read(self, oid, limit):
+        if oid in new_chunks and not sent:
+            sent.append(oid)
+            signal.pthread_kill(main, signal.SIGINT)
+        return real(self, oid, limit)
+
+    monkeypatch.setattr(S3ObjectStore, "read", read)
+    before = snapshot(server.root)
+    with pytest.raises(KeyboardInterrupt):
+        server.remote("origin").pull("ssd")
+    assert sent
+    assert snapshot(server.root) == before and tmp_leftovers(server.root) == []
+    monkeypatch.setattr(S3ObjectStore, "read", real)
+    server.remote("origin").pull("ssd")
+    assert read_version(server) == new
