@@ -546,6 +546,18 @@ class S3RecipeStore:
             raise describe(exc, self.where(recipe.oid)) from None
         return len(data)
 
+    def head(self, oid: str):
+        """The recipe's (size, upload time) on the remote, or None when it has none."""
+        import obstore
+
+        try:
+            meta = obstore.head(self.client, self.key(oid))
+        except Exception as exc:
+            if _kind(exc) == "missing":
+                return None
+            raise describe(exc, self.where(oid)) from None
+        return meta["size"], meta["last_modified"]
+
     def inventory(self):
         """(file oid, recipe size, upload time) of every recipe, from one paginated listing."""
         return _fanout_listing(self.client, f"{self.prefix}recipes/", f"{self.name} (listing recipes)")

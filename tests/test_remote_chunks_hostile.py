@@ -246,3 +246,155 @@ def test_a_pull_interrupted_in_the_middle_of_a_chunked_rebuild_leaves_the_store_
     monkeypatch.setattr(S3ObjectStore, "read", real)
     server.remote("origin").pull("ssd")
     assert read_version(server) == new
+
+
+# -- remote gc racing a push -----------------------------------------------------------------
+
+class Aged:
+    """Remote gc and a push that agree on what is old, without waiting a day: everything up to
+    ``mark`` counts as older than gc's grace and older than the push's refresh age; everything
+    uploaded since (a second later at least: S3 times are whole seconds) is young to both."""
+
+    def __init__(self, bucket, monkeypatch):
+        import time
+        from datetime import datetime, timezone
+
+        from gaia_cas import remote_objects
+
+        self.bucket = bucket
+        self.mark = datetime.now(timezone.utc)
+        time.sleep(1.1)
+        monkeypatch.setattr(remote_objects, "REFRESH_AGE", timedelta(seconds=1))
+
+    def gc(self, repo: Repository):
+        from gaia_cas.remote_gc import gc_remote
+
+        return gc_remote(repo.remote("origin").ctx, "origin", grace=timedelta(0), now=self.mark)
+
+
+def janitor(bucket) -> Repository:
+    """Another host working on the same remote."""
+    path = bucket.tmp / "janitor"
+    if not path.exists():
+        Repository.init(path).add_remote("origin", bucket.url, endpoint=bucket.endpoint)
+    return Repository(path)
+
+
+def predecessor_then_other(bucket) -> tuple[bytes, Recipe]:
+    """v1 (the weights a retrain starts from), then v2 of unrelated weights, the remote's
+    current: a cleanup keeping one drops v1, and with it every chunk only v1 had."""
+    base, honest = pushed_base(bucket)
+    bucket.deploy(bucket.trainer, rand_bytes(SIZE, 50))
+    bucket.trainer.remote("origin").push("ssd")
+    return base, honest
+
+
+@pytest.mark.parametrize("step", ["chunk", "recipe", "swap"])
+def test_a_cleanup_and_gc_at_any_step_of_a_push_of_a_retrain_leave_every_version_whole(bucket, monkeypatch, step):
+    """The retrain's push relies on the chunks of its predecessor's recipe; after one of its
+    chunks, after its recipe, or just before its swap, a cleanup drops the predecessor and gc
+    deletes everything old that nothing reaches: the push starts again, sends what was lost,
+    and the remote rebuilds the retrain."""
+    from gaia_cas.s3 import S3ManifestStore
+
+    base, honest = predecessor_then_other(bucket)
+    new = retrained(base, 2)
+    bucket.deploy(bucket.trainer, new)
+    new_chunks = {c.oid for c in describe(bucket.trainer.objects, RecipeStore(bucket.trainer.layout),
+                                          xxh(new)).chunks}
+    aged = Aged(bucket, monkeypatch)
+    other = janitor(bucket)
+    done = []
+    once = threading.RLock()  # chunks go up on several threads; the cleanup's own swap comes back here
+
+    def cleanup_and_gc():
+        with once:
+            if not done:
+                done.append(True)
+                other.remote("origin").cleanup(["ssd"], keep=1)
+                done.append(aged.gc(other))
+
+    if step == "chunk":
+        real_upload = S3ObjectStore.upload
+
+        def upload(self, oid, data):
+            real_upload(self, oid, data)
+            if oid in new_chunks:
+                cleanup_and_gc()
+
+        monkeypatch.setattr(S3ObjectStore, "upload", upload)
+    elif step == "recipe":
+        real_put = S3RecipeStore.put
+
+        def put(self, recipe):
+            size = real_put(self, recipe)
+            cleanup_and_gc()
+            return size
+
+        monkeypatch.setattr(S3RecipeStore, "put", put)
+    else:
+        real_update = S3ManifestStore.update
+
+        def update(self, *args, **kwargs):
+            cleanup_and_gc()
+            return real_update(self, *args, **kwargs)
+
+        monkeypatch.setattr(S3ManifestStore, "update", update)
+    (pushed,) = bucket.trainer.remote("origin").push("ssd")
+    monkeypatch.undo()
+    assert done and done[1].deleted > 0  # gc did delete the predecessor's chunks meanwhile
+    assert pushed.versions_sent == 1
+    assert bucket.trainer.remote("origin").verify().problems == []
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd")
+    assert read_version(server) == new
+
+
+def test_gc_never_deletes_a_recipe_or_chunk_a_push_sent_again_after_gc_listed_it(bucket, monkeypatch):
+    """The remote still holds the recipe and chunks of v1's weights, unreferenced since a
+    cleanup, and old. gc lists them; a push of a new version holding those same weights then
+    sends the recipe again (same key) and refreshes the old chunks (same keys); gc, which read
+    the manifests before that push's swap, must not delete them by its stale listing."""
+    from gaia_cas.s3 import S3ManifestStore
+
+    base, honest = predecessor_then_other(bucket)
+    janitor(bucket).remote("origin").cleanup(["ssd"], keep=1)
+    bucket.deploy(bucket.trainer, base, graph=b"graph, retrained head reverted")
+    aged = Aged(bucket, monkeypatch)
+    at_swap, go_on = threading.Event(), threading.Event()
+    real_update, real_inventory = S3ManifestStore.update, S3RecipeStore.inventory
+    results, errors = [], []
+
+    def update(self, *args, **kwargs):
+        at_swap.set()
+        assert go_on.wait(30)
+        return real_update(self, *args, **kwargs)
+
+    def push():
+        try:
+            results.extend(bucket.trainer.remote("origin").push("ssd"))
+        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+            errors.append(exc)
+
+    pusher = threading.Thread(target=push)
+
+    def inventory(self):
+        listed = list(real_inventory(self))  # gc's listing: v1's recipe and chunks are old
+        if not pusher.is_alive() and not results:
+            pusher.start()
+            assert at_swap.wait(30)  # the push sent everything and waits to swap
+        return iter(listed)
+
+    monkeypatch.setattr(S3ManifestStore, "update", update)
+    monkeypatch.setattr(S3RecipeStore, "inventory", inventory)
+    try:
+        aged.gc(janitor(bucket))
+    finally:
+        go_on.set()
+        pusher.join(30)
+    monkeypatch.undo()
+    assert not errors and results and results[0].versions_sent == 1
+    assert bucket.trainer.remote("origin").verify().problems == []
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd")
+    assert read_version(server) == base
