@@ -138,7 +138,7 @@ def _mark(repo, objects, manifests, name: str) -> tuple[set[str], dict[str, int]
                                   f"{name}')") from None
         reachable.add(oid)
         reachable.update(entry.oid for entry in found)
-        large.update((entry.oid, entry.size) for entry in found if entry.kind != DIR and entry.size > MAX_CHUNK)
+        large.update((entry.oid, entry.size) for entry in found if entry.kind != DIR and entry.size >= MAX_CHUNK)
 
     for model in manifests.names():
         try:

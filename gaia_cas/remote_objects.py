@@ -92,7 +92,7 @@ def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, i
             known.add(tree)
             for path, entry in repo.trees.walk(tree):
                 known.add(entry.oid)
-                if entry.kind != DIR and entry.size > MAX_CHUNK:
+                if entry.kind != DIR and entry.size >= MAX_CHUNK:
                     known_large.setdefault(path, set()).add((entry.oid, entry.size))
     blobs: dict[str, tuple[int, str]] = {}  # oid -> (size, a path it is at)
     depth: dict[str, int] = {}
@@ -305,7 +305,7 @@ def fetch_tree(repo, robjects, staging, tree: str, received: list, local=None) -
         buffer = getattr(buffers, "buffer", None)  # the staging's own buffer is not for threads
         if buffer is None:
             buffer = buffers.buffer = bytearray(CHUNK)
-        if size > MAX_CHUNK:
+        if size >= MAX_CHUNK:
             recipe = local.recipe(oid)  # cold here: rebuilt from this store's chunks
             if recipe is None and rrecipes is not None:
                 recipe = rrecipes.get(oid, size)  # bounded by the size the verified tree gives
@@ -499,7 +499,7 @@ class LocalChunks:
             if not self.repo.objects.exists(tree):
                 continue
             for _, entry in self.repo.trees.walk(tree):
-                if entry.kind != DIR and entry.size > MAX_CHUNK and self.repo.objects.exists(entry.oid):
+                if entry.kind != DIR and entry.size >= MAX_CHUNK and self.repo.objects.exists(entry.oid):
                     files.add(entry.oid)
         for oid in sorted(files):
             try:

@@ -65,7 +65,7 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
                 walk(entry.oid, label, depth + 1)
             else:
                 files.add(entry.oid)
-                if entry.size > MAX_CHUNK:
+                if entry.size >= MAX_CHUNK:
                     large[entry.oid] = entry.size
                 users.setdefault(entry.oid, [])
                 if label not in users[entry.oid]:

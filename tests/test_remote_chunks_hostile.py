@@ -398,3 +398,22 @@ def test_gc_never_deletes_a_recipe_or_chunk_a_push_sent_again_after_gc_listed_it
     server = bucket.store("server")
     server.remote("origin").pull("ssd")
     assert read_version(server) == base
+
+
+# -- boundaries ------------------------------------------------------------------------------
+
+def test_a_file_of_exactly_the_threshold_and_the_largest_chunk_travels_and_survives_gc(bucket):
+    """The smallest threshold a store may set is one largest chunk (4 MiB), and a file at the
+    threshold is chunked: every reader of the remote must look for its recipe too."""
+    assert MAX_CHUNK == 4 * MiB  # the stores here chunk from 4 MiB up
+    edge = rand_bytes(MAX_CHUNK, 21)
+    bucket.deploy(bucket.trainer, edge)
+    rem = bucket.trainer.remote("origin")
+    rem.push("ssd")
+    assert xxh(edge) in bucket.keys("recipes") and xxh(edge) not in bucket.keys("objects")
+    assert rem.verify().problems == []
+    rem.gc(grace=timedelta(0))
+    assert rem.verify().problems == []
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd")
+    assert read_version(server) == edge
