@@ -355,7 +355,7 @@ def stage_from_chunks(robjects, recipe, size: int, staging, local, buffer: bytea
     being written). Returns
     (chunks, bytes) downloaded. Refused before a byte is read when the recipe's size is not the
     one the file's (verified) tree gives."""
-    from collections import deque
+    from collections import Counter, deque
     from concurrent.futures import ThreadPoolExecutor
 
     from .chunking import reassembled
@@ -374,6 +374,11 @@ def stage_from_chunks(robjects, recipe, size: int, staging, local, buffer: bytea
                 downloaded[1] += len(data)
         return data
 
+    # A chunk the file holds several times (a run of zeros is one 4 MiB chunk over and over)
+    # is fetched once: its future is kept until its last use, for at most AHEAD such chunks.
+    left = Counter(c.oid for c in recipe.chunks)
+    kept: dict = {}  # chunk oid -> the future of a repeated chunk, until its last use
+
     with ThreadPoolExecutor(max_workers=AHEAD) as pool:
         queue = deque()
         chunks = iter(recipe.chunks)
@@ -383,11 +388,20 @@ def stage_from_chunks(robjects, recipe, size: int, staging, local, buffer: bytea
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
-                queue.append(pool.submit(get, chunk))
+                future = kept.get(chunk.oid)
+                if future is None:
+                    future = pool.submit(get, chunk)
+                    if left[chunk.oid] > 1 and len(kept) < AHEAD:
+                        kept[chunk.oid] = future
+                queue.append((chunk.oid, future))
 
         def next_chunk(oid: str) -> bytes:
             top_up()
-            data = queue.popleft().result()
+            oid, future = queue.popleft()
+            data = future.result()
+            left[oid] -= 1
+            if not left[oid]:
+                kept.pop(oid, None)
             top_up()
             return data
 
@@ -395,7 +409,7 @@ def stage_from_chunks(robjects, recipe, size: int, staging, local, buffer: bytea
             got, staged = staging.add_stream(_Pieces(reassembled(recipe, next_chunk)), f"file {recipe.oid}",
                                              buffer)
         finally:
-            for future in queue:
+            for _, future in queue:
                 future.cancel()
     if got != recipe.oid or staged != size:
         raise CorruptionError(f"the chunks of file {recipe.oid} on the remote do not rebuild it; refused")

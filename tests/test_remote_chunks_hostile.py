@@ -417,3 +417,22 @@ def test_a_file_of_exactly_the_threshold_and_the_largest_chunk_travels_and_survi
     server = bucket.store("server")
     server.remote("origin").pull("ssd")
     assert read_version(server) == edge
+
+
+def test_a_chunk_repeated_in_a_file_is_downloaded_once_per_pull_and_per_verify(bucket, monkeypatch):
+    """16 MiB of zeros (padding, zero-initialised state) are four copies of one 4 MiB chunk: the
+    push sends it once, and neither the pull nor verify downloads it four times."""
+    padded = bytes(16 * MiB) + rand_bytes(2 * MiB, 5)
+    bucket.deploy(bucket.trainer, padded)
+    (pushed,) = bucket.trainer.remote("origin").push("ssd")
+    assert pushed.bytes_sent < 7 * MiB
+    server = bucket.store("server")
+    (got,) = server.remote("origin").pull("ssd")
+    assert read_version(server) == padded
+    assert got.bytes_received < 7 * MiB
+    zeros = xxh(bytes(MAX_CHUNK))
+    reads = []
+    real = S3ObjectStore.read
+    monkeypatch.setattr(S3ObjectStore, "read", lambda self, oid, limit: reads.append(oid) or real(self, oid, limit))
+    assert bucket.trainer.remote("origin").verify().problems == []
+    assert reads.count(zeros) == 1
