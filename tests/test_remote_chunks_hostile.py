@@ -436,3 +436,104 @@ def test_a_chunk_repeated_in_a_file_is_downloaded_once_per_pull_and_per_verify(b
     monkeypatch.setattr(S3ObjectStore, "read", lambda self, oid, limit: reads.append(oid) or real(self, oid, limit))
     assert bucket.trainer.remote("origin").verify().problems == []
     assert reads.count(zeros) == 1
+
+
+# -- what held up: refusals, fallbacks, settings -----------------------------------------------
+
+def test_a_cold_local_file_with_a_rotten_chunk_is_never_sent_and_the_cli_names_the_chunk(bucket, cli):
+    base = rand_bytes(SIZE, 1)
+    bucket.deploy(bucket.trainer, base)
+    new = retrained(base, 2)
+    bucket.deploy(bucket.trainer, new)
+    bucket.trainer.gc(grace=timedelta(0))  # v1 goes cold here: only its chunks and recipe remain
+    assert not bucket.trainer.objects.exists(xxh(base))
+    old = RecipeStore(bucket.trainer.layout).get(xxh(base))
+    only_old = sorted({c.oid for c in old.chunks} - {c.oid for c in describe(
+        bucket.trainer.objects, RecipeStore(bucket.trainer.layout), xxh(new)).chunks})
+    path = bucket.trainer.objects.path(only_old[0])
+    path.chmod(0o644)
+    path.write_bytes(b"r" * path.stat().st_size)
+    before = snapshot(bucket.trainer.root)
+    run = cli("push", "ssd", root_dir=bucket.trainer.root)
+    assert_one_line_error(run, only_old[0], "verify --repair")
+    assert snapshot(bucket.trainer.root) == before
+    assert not bucket.keys("manifests") and only_old[0] not in bucket.keys("objects")
+    assert xxh(base) not in bucket.keys("recipes")  # a recipe only ever follows all its chunks
+
+
+def test_a_store_with_another_threshold_pulls_chunked_files_whole_and_pushes_them_back_whole(bucket):
+    base, honest = pushed_base(bucket)
+    server = bucket.store("server")
+    set_chunk_threshold(server.layout, 64 * MiB)  # nothing of 12 MiB is chunked here
+    server.remote("origin").pull("ssd")
+    assert read_version(server) == base
+    assert server.verify().problems == []
+    assert not (server.layout.store / "recipes").exists()  # the pull cut nothing, stored no recipe
+    src = bucket.tmp / "server-src"
+    write(src / "variables.data", retrained(base, 3))
+    server.deploy("ssd", src)
+    server.remote("origin").push("ssd")  # whole, at this store's threshold
+    bucket.trainer.remote("origin").pull("ssd")
+    assert read_version(bucket.trainer) == retrained(base, 3)
+    assert bucket.trainer.remote("origin").verify().problems == []
+
+
+def test_verify_remote_with_a_sample_checks_a_chunked_file_on_the_nights_its_file_is_in_it(bucket):
+    from datetime import date
+
+    from gaia_cas.remote_verify import verify_remote
+    from gaia_cas.verify import in_sample
+
+    base, honest = pushed_base(bucket)
+    bad = honest.chunks[1]
+    bucket.put("objects", bad.oid, b"b" * bad.length)
+    ctx = bucket.trainer.remote("origin").ctx
+    found = {}
+    for day in range(4):
+        today = date.fromordinal(date(2026, 1, 1).toordinal() + day)
+        report = verify_remote(ctx, remote="origin", sample=25, today=today)
+        found[in_sample(honest.oid, 25, today.toordinal())] = [p.oid for p in report.problems if p.oid == bad.oid]
+    assert found == {True: [bad.oid], False: []}  # four nights of 25 % cover the file once
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_a_whole_local_file_swapped_for_a_symlink_or_a_fifo_lends_nothing_to_a_pull(bucket, no_hang, planted):
+    """The server's v1 weights (the file a pull of the retrain would cut for chunks) replaced
+    under store/objects by a symlink to the right bytes, or by a FIFO: never followed, never
+    blocked on; the retrain's chunks are downloaded instead."""
+    import os
+
+    base, honest = pushed_base(bucket)
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd")
+    new = retrained(base, 2)
+    bucket.deploy(bucket.trainer, new)
+    bucket.trainer.remote("origin").push("ssd")
+    path = server.objects.path(xxh(base))
+    os.unlink(path)
+    if planted == "symlink":
+        os.symlink(write(bucket.tmp / "elsewhere", base), path)
+    else:
+        os.mkfifo(path)
+    (got,) = server.remote("origin").pull("ssd")
+    assert read_version(server) == new and got.bytes_received >= SIZE
+    assert tmp_leftovers(server.root) == []
+
+
+def test_the_cli_refuses_a_bloated_or_lying_remote_chunk_in_one_line_with_the_store_as_before(bucket, cli):
+    base, honest = pushed_base(bucket)
+    server = bucket.store("server")
+    before = snapshot(server.root)
+    big = honest.chunks[0]
+    bucket.put("objects", big.oid, rand_bytes(64 * MiB, 3))  # a co-tenant's 64 MiB under a chunk's key
+    run = cli("pull", "ssd", root_dir=server.root)
+    assert_one_line_error(run, big.oid, "larger than")
+    assert snapshot(server.root) == before and tmp_leftovers(server.root) == []
+    bucket.put("objects", big.oid, b"\0" * big.length)  # the right length, the wrong bytes
+    run = cli("pull", "ssd", root_dir=server.root)
+    assert_one_line_error(run, big.oid, "does not match its hash")
+    assert snapshot(server.root) == before and tmp_leftovers(server.root) == []
+    bucket.raw.delete_object(Bucket=bucket.bucket, Key=f"{bucket.prefix}objects/{big.oid[:2]}/{big.oid[2:]}")
+    run = cli("pull", "ssd", root_dir=server.root)
+    assert_one_line_error(run, big.oid, "missing")
+    assert snapshot(server.root) == before and tmp_leftovers(server.root) == []
