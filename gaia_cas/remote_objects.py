@@ -37,6 +37,7 @@ HEAD_LIMIT = 256  # up to this many candidates are HEADed one by one; more: one 
 REFRESH_AGE = timedelta(hours=1)  # an unreferenced upload older than this is sent again
 JOBS = 32  # the best concurrency measured here against Ceph RGW (tools README)
 AHEAD = 8  # chunks of one file downloaded ahead of the one being staged
+REBUILDS = JOBS // AHEAD  # files a pull rebuilds from chunks at once: 4 x 2*AHEAD chunks of 4 MiB in memory at most
 KNOWN_RECIPES = 64  # at most this many remote recipes read to learn which chunks the remote has
 
 
@@ -291,6 +292,9 @@ def fetch_tree(repo, robjects, staging, tree: str, received: list, local=None) -
     buffers = threading.local()
     local = local or LocalChunks(repo, [])
     rrecipes = remote_recipes(robjects)
+    # Each rebuild holds up to 2*AHEAD chunks (64 MiB): a model sharded into 32 large files
+    # must not hold 2 GiB at once. REBUILDS of them already run JOBS downloads.
+    rebuilds = threading.BoundedSemaphore(REBUILDS)
 
     def entries_of(oid: str):
         if repo.objects.exists(oid):
@@ -310,7 +314,8 @@ def fetch_tree(repo, robjects, staging, tree: str, received: list, local=None) -
             if recipe is None and rrecipes is not None:
                 recipe = rrecipes.get(oid, size)  # bounded by the size the verified tree gives
             if recipe is not None:
-                return [], *stage_from_chunks(robjects, recipe, size, staging, local, buffer)
+                with rebuilds:
+                    return [], *stage_from_chunks(robjects, recipe, size, staging, local, buffer)
         return [], 1, robjects.stage(oid, staging, size, buffer)
 
     seen: set[str] = {tree}

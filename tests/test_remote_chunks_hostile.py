@@ -438,6 +438,40 @@ def test_a_chunk_repeated_in_a_file_is_downloaded_once_per_pull_and_per_verify(b
     assert reads.count(zeros) == 1
 
 
+def test_a_pull_of_many_large_files_rebuilds_a_bounded_number_at_once(bucket, monkeypatch):
+    """Each rebuild holds up to 2 * AHEAD chunks in memory; a model sharded into many large
+    files must not rebuild them all at once (32 shards would hold 2 GiB)."""
+    import time
+
+    from gaia_cas import remote_objects
+
+    src = bucket.tmp / "shards"
+    for i in range(8):
+        write(src / f"model-{i:05d}-of-00008.safetensors", rand_bytes(5 * MiB, 30 + i))
+    bucket.trainer.deploy("ssd", src)
+    bucket.trainer.remote("origin").push("ssd")
+    real = remote_objects.stage_from_chunks
+    active, most, lock = [0], [0], threading.Lock()
+
+    def counted(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.2)  # long enough for every free thread to start its own
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(remote_objects, "stage_from_chunks", counted)
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd")
+    assert 1 < most[0] <= remote_objects.REBUILDS == 4
+    assert (Path(server.resolve("ssd").path) / "model-00003-of-00008.safetensors").read_bytes() == \
+        rand_bytes(5 * MiB, 33)
+
+
 # -- what held up: refusals, fallbacks, settings -----------------------------------------------
 
 def test_a_cold_local_file_with_a_rotten_chunk_is_never_sent_and_the_cli_names_the_chunk(bucket, cli):
