@@ -79,10 +79,12 @@ def remote_recipes(robjects):
 
 # -- push ----------------------------------------------------------------------------------
 
-def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, int]:
+def upload_versions(repo, versions, remote_trees: set, robjects, cut: list | None = None) -> tuple[int, int]:
     """Upload every object the versions reach that the remote lacks, children first; returns
     (objects, bytes) sent. Objects reached from the remote's own versions (``remote_trees``,
-    walked in the local copies of those trees) are on the remote already: never checked."""
+    walked in the local copies of those trees) are on the remote already: never checked.
+    ``cut`` collects the recipes cut from whole local files on the way, for the caller to keep
+    (:func:`keep_recipes`) once its swap has committed: a push that fails changes nothing here."""
     from .chunking import MAX_CHUNK
     from .trees import DIR
 
@@ -125,7 +127,7 @@ def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, i
     whole = [oid for oid in send if oid not in set(large)]
     count, sent = len(whole), sum(parallel_map(lambda oid: upload_object(repo, robjects, oid), whole))
     if large:
-        chunks = ChunkedUpload(repo, robjects, known_large, {blobs[oid][1] for oid in large})
+        chunks = ChunkedUpload(repo, robjects, known_large, {blobs[oid][1] for oid in large}, cut)
         for oid in large:
             n, size = chunks.send(oid)
             count += n
@@ -136,6 +138,19 @@ def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, i
         sent += sum(parallel_map(lambda oid: upload_object(repo, robjects, oid), wave))
         count += len(wave)
     return count, sent
+
+
+def keep_recipes(repo, recipes: list) -> None:
+    """Store the recipes a committed push cut, so the next pull of a retrain here reads them
+    instead of cutting the file again (a read-only store: cut again then)."""
+    from .recipes import RecipeStore
+
+    store = RecipeStore(repo.layout)
+    for recipe in recipes:
+        try:
+            store.put(recipe)
+        except (GaiaCasError, OSError):
+            pass
 
 
 def find_missing(robjects, candidates: set) -> set:
@@ -197,8 +212,9 @@ class ChunkedUpload:
     not asked about. ``paths``: where the files to send are, so only the recipes of files at the
     same paths are read (a retrain rewrites the file at the same path)."""
 
-    def __init__(self, repo, robjects, known_large: dict, paths: set):
+    def __init__(self, repo, robjects, known_large: dict, paths: set, cut: list | None = None):
         self.repo, self.robjects = repo, robjects
+        self.cut = cut if cut is not None else []
         self.rrecipes = remote_recipes(robjects)
         near = sorted({file for path in paths for file in known_large.get(path, ())})
         if not near:  # renamed: any large file of the remote's versions may share chunks
@@ -217,10 +233,14 @@ class ChunkedUpload:
 
     def send(self, oid: str) -> tuple[int, int]:
         """Send file ``oid``'s missing chunks, then its recipe; (objects, bytes) sent."""
-        from .recipes import RecipeStore, describe
+        from .recipes import RecipeStore, cut_object
 
-        recipes = RecipeStore(self.repo.layout)
-        recipe = describe(self.repo.objects, recipes, oid)  # cut from the whole object (hash checked) unless cold
+        # The stored recipe when cold; else cut from the whole object (hash checked) and kept
+        # only once the push committed (upload_versions' ``cut``).
+        recipe = RecipeStore(self.repo.layout).get(oid)
+        if recipe is None:
+            recipe = cut_object(self.repo.objects, oid)
+            self.cut.append(recipe)
         wanted = {c.oid: c for c in recipe.chunks if c.oid not in self.there}
         missing = find_missing(self.robjects, set(wanted))
         offsets = {c.oid: offset for offset, c in recipe.offsets()}

@@ -472,6 +472,30 @@ def test_a_pull_of_many_large_files_rebuilds_a_bounded_number_at_once(bucket, mo
         rand_bytes(5 * MiB, 33)
 
 
+def test_a_push_that_fails_leaves_the_local_store_exactly_as_before(bucket, cli, monkeypatch):
+    """A push cuts a large file to know its chunks; the cut is kept here only once the push has
+    committed: a push the remote refuses half-way writes no recipe and upgrades no store format
+    (an older gaia-cas on this machine could no longer write to the store)."""
+    from gaia_cas.recipes import store_format
+    from gaia_cas.s3 import RemoteError
+
+    base = rand_bytes(SIZE, 1)
+    bucket.deploy(bucket.trainer, base)
+    assert store_format(bucket.trainer.layout) == 1
+    before = snapshot(bucket.trainer.root)
+
+    def refuse(self, recipe):
+        raise RemoteError(f"remote 'origin' refused the recipe of file {recipe.oid} (503 Slow Down)")
+
+    monkeypatch.setattr(S3RecipeStore, "put", refuse)
+    run = cli("push", "ssd", root_dir=bucket.trainer.root)
+    assert_one_line_error(run, "Slow Down")
+    assert snapshot(bucket.trainer.root) == before and store_format(bucket.trainer.layout) == 1
+    monkeypatch.undo()
+    bucket.trainer.remote("origin").push("ssd")  # committed: now the cut is kept, for the next pull
+    assert RecipeStore(bucket.trainer.layout).exists(xxh(base))
+
+
 # -- what held up: refusals, fallbacks, settings -----------------------------------------------
 
 def test_a_cold_local_file_with_a_rotten_chunk_is_never_sent_and_the_cli_names_the_chunk(bucket, cli):
