@@ -496,6 +496,56 @@ def test_a_push_that_fails_leaves_the_local_store_exactly_as_before(bucket, cli,
     assert RecipeStore(bucket.trainer.layout).exists(xxh(base))
 
 
+# -- what held up: races -----------------------------------------------------------------------
+
+def test_a_stale_remote_recipe_whose_chunks_are_gone_is_not_trusted_by_a_later_push(bucket):
+    base, honest = predecessor_then_other(bucket)
+    janitor(bucket).remote("origin").cleanup(["ssd"], keep=1)  # v1 goes: its recipe is no one's now
+    for chunk in honest.chunks:  # its chunks gone (a lifecycle rule, a co-tenant), its recipe left
+        bucket.raw.delete_object(Bucket=bucket.bucket, Key=f"{bucket.prefix}objects/{chunk.oid[:2]}/{chunk.oid[2:]}")
+    assert honest.oid in bucket.keys("recipes")
+    bucket.deploy(bucket.trainer, base, graph=b"graph, head reverted")
+    (pushed,) = bucket.trainer.remote("origin").push("ssd")
+    assert pushed.versions_sent == 1 and pushed.bytes_sent >= SIZE
+    assert bucket.trainer.remote("origin").verify().problems == []
+    server = bucket.store("server")
+    server.remote("origin").pull("ssd")
+    assert read_version(server) == base
+
+
+def test_two_stores_pushing_the_same_retrain_at_once_both_land_and_rebuild(bucket, monkeypatch):
+    """Store B pushes the same retrained weights completely while store A waits to swap: the
+    same chunks and recipe went up twice (same keys, same bytes); A's swap loses, re-reads, and
+    adds its version too."""
+    from gaia_cas.s3 import S3ManifestStore
+
+    base, honest = pushed_base(bucket)
+    other = bucket.store("other")
+    other.remote("origin").pull("ssd")
+    new = retrained(base, 2)
+    bucket.deploy(bucket.trainer, new, graph=b"graph A")
+    bucket.deploy(other, new, graph=b"graph B")
+    real = S3ManifestStore.update
+    meanwhile = []
+
+    def update(self, *args, **kwargs):
+        if not meanwhile:
+            meanwhile.append(True)
+            meanwhile.append(other.remote("origin").push("ssd"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3ManifestStore, "update", update)
+    (pushed,) = bucket.trainer.remote("origin").push("ssd")
+    monkeypatch.undo()
+    assert meanwhile[1][0].versions_sent == 1 and pushed.versions_sent == 1
+    rem = bucket.trainer.remote("origin")
+    assert rem.verify().problems == []
+    server = bucket.store("server")
+    for version in ("1.1.0", "1.2.0"):
+        server.remote("origin").pull("ssd", version)
+        assert read_version(server, version) == new
+
+
 # -- what held up: refusals, fallbacks, settings -----------------------------------------------
 
 def test_a_cold_local_file_with_a_rotten_chunk_is_never_sent_and_the_cli_names_the_chunk(bucket, cli):
