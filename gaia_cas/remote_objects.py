@@ -128,10 +128,9 @@ def upload_versions(repo, versions, remote_trees: set, robjects, cut: list | Non
     count, sent = len(whole), sum(parallel_map(lambda oid: upload_object(repo, robjects, oid), whole))
     if large:
         chunks = ChunkedUpload(repo, robjects, known_large, {blobs[oid][1] for oid in large}, cut)
-        for oid in large:
-            n, size = chunks.send(oid)
-            count += n
-            sent += size
+        n, size = chunks.send_all(large)
+        count += n
+        sent += size
     for level in sorted(set(depth.values()), reverse=True):  # deepest trees first, roots last
         # a tree reached at two depths goes up with its deepest: never before its children
         wave = sorted(t for t, d in depth.items() if d == level and t in missing)
@@ -231,21 +230,35 @@ class ChunkedUpload:
         except CorruptionError:
             return None
 
-    def send(self, oid: str) -> tuple[int, int]:
-        """Send file ``oid``'s missing chunks, then its recipe; (objects, bytes) sent."""
+    def recipe(self, oid: str):
+        """File ``oid``'s recipe: the stored one when cold; else cut from the whole object (hash
+        checked) and kept only once the push committed (upload_versions' ``cut``)."""
         from .recipes import RecipeStore, cut_object
 
-        # The stored recipe when cold; else cut from the whole object (hash checked) and kept
-        # only once the push committed (upload_versions' ``cut``).
         recipe = RecipeStore(self.repo.layout).get(oid)
         if recipe is None:
             recipe = cut_object(self.repo.objects, oid)
             self.cut.append(recipe)
-        wanted = {c.oid: c for c in recipe.chunks if c.oid not in self.there}
-        missing = find_missing(self.robjects, set(wanted))
+        return recipe
+
+    def send_all(self, oids: list[str]) -> tuple[int, int]:
+        """Send each file's missing chunks, then its recipe; (objects, bytes) sent. The chunks
+        of every file are asked about together: one HEAD each or one listing for the push,
+        not a listing per file (a sharded model's retrain lists the bucket once)."""
+        recipes = [self.recipe(oid) for oid in oids]
+        missing = find_missing(self.robjects, {c.oid for r in recipes for c in r.chunks if c.oid not in self.there})
+        count = sent = 0
+        for recipe in recipes:
+            n, size = self._send(recipe, missing)
+            count += n
+            sent += size
+        return count, sent
+
+    def _send(self, recipe, missing: set) -> tuple[int, int]:
+        wanted = {c.oid: c for c in recipe.chunks if c.oid in missing}
         offsets = {c.oid: offset for offset, c in recipe.offsets()}
-        todo = sorted(missing)
-        source = _LocalBytes(self.repo, oid)
+        todo = sorted(wanted)
+        source = _LocalBytes(self.repo, recipe.oid)
         try:
             def one(chunk_oid: str) -> int:
                 chunk = wanted[chunk_oid]
@@ -257,7 +270,7 @@ class ChunkedUpload:
         finally:
             source.close()
         sent += self.rrecipes.put(recipe)  # after every chunk it lists
-        self.there.update(c.oid for c in recipe.chunks)
+        missing.difference_update(todo)  # a chunk another file shares goes up once
         return len(todo) + 1, sent
 
 

@@ -496,6 +496,25 @@ def test_a_push_that_fails_leaves_the_local_store_exactly_as_before(bucket, cli,
     assert RecipeStore(bucket.trainer.layout).exists(xxh(base))
 
 
+def test_a_push_of_many_large_files_lists_the_bucket_once_for_all_their_chunks(bucket, monkeypatch):
+    """Past HEAD_LIMIT candidates a push lists objects/ instead of HEADing each: once for the
+    push's chunks, not once per large file (a bucket of millions of objects, 30 shards)."""
+    from gaia_cas import remote_objects
+
+    monkeypatch.setattr(remote_objects, "HEAD_LIMIT", 4)  # every large file here has more new chunks
+    src = bucket.tmp / "shards"
+    for i in range(4):
+        write(src / f"model-{i:05d}-of-00004.safetensors", rand_bytes(6 * MiB, 40 + i))
+    bucket.trainer.deploy("ssd", src)
+    listings = []
+    real = S3ObjectStore.inventory
+    monkeypatch.setattr(S3ObjectStore, "inventory", lambda self: listings.append(1) or real(self))
+    (pushed,) = bucket.trainer.remote("origin").push("ssd")
+    assert pushed.versions_sent == 1 and len(listings) <= 2  # the files and trees, then the chunks
+    monkeypatch.undo()
+    assert bucket.trainer.remote("origin").verify().problems == []
+
+
 # -- what held up: races -----------------------------------------------------------------------
 
 def test_a_stale_remote_recipe_whose_chunks_are_gone_is_not_trusted_by_a_later_push(bucket):
