@@ -114,7 +114,7 @@ def test_a_remote_recipe_naming_a_chunk_larger_than_any_chunk_is_refused_before_
     assert_one_line_error(run, "largest chunk")
 
 
-def test_a_remote_recipe_that_is_a_msgpack_bomb_is_refused_without_decoding_it(bucket, monkeypatch):
+def test_a_remote_recipe_that_is_a_msgpack_bomb_is_refused_without_decoding_it(bucket, monkeypatch, cli):
     """2 MiB of empty msgpack arrays under a valid file oid decode into ~2 M Python lists; a
     recipe of a 12 MiB file is never more than a few KiB, so it is refused by its size."""
     base, honest = pushed_base(bucket)
@@ -135,6 +135,10 @@ def test_a_remote_recipe_that_is_a_msgpack_bomb_is_refused_without_decoding_it(b
 
     with pytest.raises(RemoteGcRefused, match="deleted nothing"):
         bucket.trainer.remote("origin").gc(grace=timedelta(0))
+    assert_one_line_error(cli("pull", "ssd", root_dir=server.root), f"recipe of file {honest.oid}", "refused")
+    assert_one_line_error(cli("gc", "--remote", "origin", "--grace", "0s", root_dir=bucket.trainer.root),
+                          "deleted nothing")
+    assert snapshot(server.root) == before
 
 
 def test_a_remote_recipe_of_many_tiny_chunks_is_refused_before_any_chunk_is_asked_for(bucket, monkeypatch):
