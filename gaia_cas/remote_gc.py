@@ -18,6 +18,11 @@ The S3 remote):
    a version gc sees has its recipe there), and its chunks are reachable. A recipe that cannot
    be read or decoded stops gc with nothing deleted. Unreachable recipes past the grace go
    before unreachable objects, so an interrupted gc never leaves a recipe without its chunks.
+6. A listing is a moment: a push that began before it may find an old unreferenced object (or
+   recipe) afterwards and send it again under the same key, to commit it after gc read the
+   manifests. So each doomed key is HEADed just before its delete and kept when it was written
+   since the cutoff. What remains is the round trip between that HEAD and the delete, against
+   a push's re-upload landing exactly inside it (S3 has no conditional delete to close it).
 """
 
 from __future__ import annotations
@@ -79,14 +84,27 @@ def gc_remote(repo, remote: str | None = None, *, grace: timedelta = DEFAULT_GRA
                 doomed.append((oid, size))
         unused = [(oid, size) for oid, size, uploaded in listed_recipes if oid not in reachable and uploaded <= cutoff]
         deleted = 0
-        if not dry_run and unused:
-            parallel_map(lambda item: recipes.delete(item[0]), unused)  # first: see the module's argument, 5.
+        if not dry_run and unused:  # first: see the module's argument, 5.
+            gone = parallel_map(lambda item: _delete_if_old(recipes, item[0], cutoff), unused)
+            unused = [item for item, done in zip(unused, gone) if done]
         if not dry_run and doomed:
-            deleted = sum(parallel_map(lambda item: objects.delete(item[0]), doomed))
+            gone = parallel_map(lambda item: _delete_if_old(objects, item[0], cutoff), doomed)
+            doomed = [item for item, done in zip(doomed, gone) if done]
+            deleted = len(doomed)
         return RemoteGcPlan(config.name, doomed, len(reachable), young, dry_run, deleted, unused)
     finally:
         if lease is not None:
             _release_lease(objects, lease)
+
+
+def _delete_if_old(store, oid: str, cutoff: datetime) -> bool:
+    """Delete ``oid`` unless it was written again since it was listed (see the module's
+    argument, 6.): True if deleted."""
+    found = store.head(oid)
+    if found is None or found[1] > cutoff:
+        return False
+    store.delete(oid)
+    return True
 
 
 class _LocalFirst:
@@ -100,14 +118,14 @@ class _LocalFirst:
         return (self.local if self.local.exists(oid) else self.remote).read(oid, limit)
 
 
-def _mark(repo, objects, manifests, name: str) -> tuple[set[str], set[str]]:
+def _mark(repo, objects, manifests, name: str) -> tuple[set[str], dict[str, int]]:
     """Every object the remote's versions reach through trees, and the large files among them
     (those a recipe may describe)."""
     from .chunking import MAX_CHUNK
     from .trees import DIR, TreeReader
 
     reachable: set[str] = set()
-    large: set[str] = set()
+    large: dict[str, int] = {}  # oid -> size
     reader = TreeReader(_LocalFirst(repo.objects, objects))
 
     def walk(oid: str) -> None:
@@ -120,7 +138,7 @@ def _mark(repo, objects, manifests, name: str) -> tuple[set[str], set[str]]:
                                   f"{name}')") from None
         reachable.add(oid)
         reachable.update(entry.oid for entry in found)
-        large.update(entry.oid for entry in found if entry.kind != DIR and entry.size > MAX_CHUNK)
+        large.update((entry.oid, entry.size) for entry in found if entry.kind != DIR and entry.size >= MAX_CHUNK)
 
     for model in manifests.names():
         try:
@@ -134,13 +152,13 @@ def _mark(repo, objects, manifests, name: str) -> tuple[set[str], set[str]]:
     return reachable, large
 
 
-def _mark_chunks(recipes, large: set[str], name: str) -> set[str]:
+def _mark_chunks(recipes, large: dict[str, int], name: str) -> set[str]:
     """The chunks of every reachable large file the remote keeps as a recipe (read now, after
     the manifests: see the module's argument, 5.)."""
     from .remote_objects import parallel_map
 
     try:
-        found = parallel_map(recipes.get, sorted(large))
+        found = parallel_map(lambda oid: recipes.get(oid, large[oid]), sorted(large))
     except CorruptionError as exc:
         raise RemoteGcRefused(f"{exc}; gc on remote '{name}' deleted nothing (see 'gaia-cas verify --remote "
                               f"{name}')") from None

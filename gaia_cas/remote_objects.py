@@ -30,13 +30,14 @@ import os
 import threading
 from datetime import timedelta
 
-from .errors import CorruptionError
+from .errors import CorruptionError, GaiaCasError
 
 SMALL = 16 << 20  # objects read whole (hashed, then uploaded from memory); larger go up from the file
 HEAD_LIMIT = 256  # up to this many candidates are HEADed one by one; more: one listing
 REFRESH_AGE = timedelta(hours=1)  # an unreferenced upload older than this is sent again
 JOBS = 32  # the best concurrency measured here against Ceph RGW (tools README)
 AHEAD = 8  # chunks of one file downloaded ahead of the one being staged
+REBUILDS = JOBS // AHEAD  # files a pull rebuilds from chunks at once: 4 x 2*AHEAD chunks of 4 MiB in memory at most
 KNOWN_RECIPES = 64  # at most this many remote recipes read to learn which chunks the remote has
 
 
@@ -78,22 +79,24 @@ def remote_recipes(robjects):
 
 # -- push ----------------------------------------------------------------------------------
 
-def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, int]:
+def upload_versions(repo, versions, remote_trees: set, robjects, cut: list | None = None) -> tuple[int, int]:
     """Upload every object the versions reach that the remote lacks, children first; returns
     (objects, bytes) sent. Objects reached from the remote's own versions (``remote_trees``,
-    walked in the local copies of those trees) are on the remote already: never checked."""
+    walked in the local copies of those trees) are on the remote already: never checked.
+    ``cut`` collects the recipes cut from whole local files on the way, for the caller to keep
+    (:func:`keep_recipes`) once its swap has committed: a push that fails changes nothing here."""
     from .chunking import MAX_CHUNK
     from .trees import DIR
 
     known: set[str] = set()
-    known_large: dict[str, set[str]] = {}  # path -> large files the remote's versions have there
+    known_large: dict[str, set[tuple[str, int]]] = {}  # path -> (oid, size) of the large files the remote's versions have there
     for tree in remote_trees:
         if repo.objects.exists(tree):
             known.add(tree)
             for path, entry in repo.trees.walk(tree):
                 known.add(entry.oid)
-                if entry.kind != DIR and entry.size > MAX_CHUNK:
-                    known_large.setdefault(path, set()).add(entry.oid)
+                if entry.kind != DIR and entry.size >= MAX_CHUNK:
+                    known_large.setdefault(path, set()).add((entry.oid, entry.size))
     blobs: dict[str, tuple[int, str]] = {}  # oid -> (size, a path it is at)
     depth: dict[str, int] = {}
 
@@ -124,17 +127,29 @@ def upload_versions(repo, versions, remote_trees: set, robjects) -> tuple[int, i
     whole = [oid for oid in send if oid not in set(large)]
     count, sent = len(whole), sum(parallel_map(lambda oid: upload_object(repo, robjects, oid), whole))
     if large:
-        chunks = ChunkedUpload(repo, robjects, known_large, {blobs[oid][1] for oid in large})
-        for oid in large:
-            n, size = chunks.send(oid)
-            count += n
-            sent += size
+        chunks = ChunkedUpload(repo, robjects, known_large, {blobs[oid][1] for oid in large}, cut)
+        n, size = chunks.send_all(large)
+        count += n
+        sent += size
     for level in sorted(set(depth.values()), reverse=True):  # deepest trees first, roots last
         # a tree reached at two depths goes up with its deepest: never before its children
         wave = sorted(t for t, d in depth.items() if d == level and t in missing)
         sent += sum(parallel_map(lambda oid: upload_object(repo, robjects, oid), wave))
         count += len(wave)
     return count, sent
+
+
+def keep_recipes(repo, recipes: list) -> None:
+    """Store the recipes a committed push cut, so the next pull of a retrain here reads them
+    instead of cutting the file again (a read-only store: cut again then)."""
+    from .recipes import RecipeStore
+
+    store = RecipeStore(repo.layout)
+    for recipe in recipes:
+        try:
+            store.put(recipe)
+        except (GaiaCasError, OSError):
+            pass
 
 
 def find_missing(robjects, candidates: set) -> set:
@@ -196,26 +211,54 @@ class ChunkedUpload:
     not asked about. ``paths``: where the files to send are, so only the recipes of files at the
     same paths are read (a retrain rewrites the file at the same path)."""
 
-    def __init__(self, repo, robjects, known_large: dict, paths: set):
+    def __init__(self, repo, robjects, known_large: dict, paths: set, cut: list | None = None):
         self.repo, self.robjects = repo, robjects
+        self.cut = cut if cut is not None else []
         self.rrecipes = remote_recipes(robjects)
-        near = sorted({oid for path in paths for oid in known_large.get(path, ())})
+        near = sorted({file for path in paths for file in known_large.get(path, ())})
         if not near:  # renamed: any large file of the remote's versions may share chunks
-            near = sorted({oid for oids in known_large.values() for oid in oids})
-        found = parallel_map(self.rrecipes.get, near[:KNOWN_RECIPES])
+            near = sorted({file for files in known_large.values() for file in files})
+        found = parallel_map(self._known_recipe, near[:KNOWN_RECIPES])
         self.there = {c.oid for recipe in found if recipe is not None for c in recipe.chunks}
 
-    def send(self, oid: str) -> tuple[int, int]:
-        """Send file ``oid``'s missing chunks, then its recipe; (objects, bytes) sent."""
-        from .recipes import RecipeStore, describe
+    def _known_recipe(self, file: tuple[str, int]):
+        """The remote's recipe of a file its versions reach, or None when it has none or it
+        does not read as one: then its chunks are asked about like any other (a bad recipe of
+        an old version, a co-tenant's or bit rot's, must not stop every later push)."""
+        try:
+            return self.rrecipes.get(*file)
+        except CorruptionError:
+            return None
 
-        recipes = RecipeStore(self.repo.layout)
-        recipe = describe(self.repo.objects, recipes, oid)  # cut from the whole object (hash checked) unless cold
-        wanted = {c.oid: c for c in recipe.chunks if c.oid not in self.there}
-        missing = find_missing(self.robjects, set(wanted))
+    def recipe(self, oid: str):
+        """File ``oid``'s recipe: the stored one when cold; else cut from the whole object (hash
+        checked) and kept only once the push committed (upload_versions' ``cut``)."""
+        from .recipes import RecipeStore, cut_object
+
+        recipe = RecipeStore(self.repo.layout).get(oid)
+        if recipe is None:
+            recipe = cut_object(self.repo.objects, oid)
+            self.cut.append(recipe)
+        return recipe
+
+    def send_all(self, oids: list[str]) -> tuple[int, int]:
+        """Send each file's missing chunks, then its recipe; (objects, bytes) sent. The chunks
+        of every file are asked about together: one HEAD each or one listing for the push,
+        not a listing per file (a sharded model's retrain lists the bucket once)."""
+        recipes = [self.recipe(oid) for oid in oids]
+        missing = find_missing(self.robjects, {c.oid for r in recipes for c in r.chunks if c.oid not in self.there})
+        count = sent = 0
+        for recipe in recipes:
+            n, size = self._send(recipe, missing)
+            count += n
+            sent += size
+        return count, sent
+
+    def _send(self, recipe, missing: set) -> tuple[int, int]:
+        wanted = {c.oid: c for c in recipe.chunks if c.oid in missing}
         offsets = {c.oid: offset for offset, c in recipe.offsets()}
-        todo = sorted(missing)
-        source = _LocalBytes(self.repo, oid)
+        todo = sorted(wanted)
+        source = _LocalBytes(self.repo, recipe.oid)
         try:
             def one(chunk_oid: str) -> int:
                 chunk = wanted[chunk_oid]
@@ -227,7 +270,7 @@ class ChunkedUpload:
         finally:
             source.close()
         sent += self.rrecipes.put(recipe)  # after every chunk it lists
-        self.there.update(c.oid for c in recipe.chunks)
+        missing.difference_update(todo)  # a chunk another file shares goes up once
         return len(todo) + 1, sent
 
 
@@ -282,6 +325,9 @@ def fetch_tree(repo, robjects, staging, tree: str, received: list, local=None) -
     buffers = threading.local()
     local = local or LocalChunks(repo, [])
     rrecipes = remote_recipes(robjects)
+    # Each rebuild holds up to 2*AHEAD chunks (64 MiB): a model sharded into 32 large files
+    # must not hold 2 GiB at once. REBUILDS of them already run JOBS downloads.
+    rebuilds = threading.BoundedSemaphore(REBUILDS)
 
     def entries_of(oid: str):
         if repo.objects.exists(oid):
@@ -296,12 +342,13 @@ def fetch_tree(repo, robjects, staging, tree: str, received: list, local=None) -
         buffer = getattr(buffers, "buffer", None)  # the staging's own buffer is not for threads
         if buffer is None:
             buffer = buffers.buffer = bytearray(CHUNK)
-        if size > MAX_CHUNK:
+        if size >= MAX_CHUNK:
             recipe = local.recipe(oid)  # cold here: rebuilt from this store's chunks
             if recipe is None and rrecipes is not None:
-                recipe = rrecipes.get(oid)
+                recipe = rrecipes.get(oid, size)  # bounded by the size the verified tree gives
             if recipe is not None:
-                return [], *stage_from_chunks(robjects, recipe, size, staging, local, buffer)
+                with rebuilds:
+                    return [], *stage_from_chunks(robjects, recipe, size, staging, local, buffer)
         return [], 1, robjects.stage(oid, staging, size, buffer)
 
     seen: set[str] = {tree}
@@ -346,7 +393,7 @@ def stage_from_chunks(robjects, recipe, size: int, staging, local, buffer: bytea
     being written). Returns
     (chunks, bytes) downloaded. Refused before a byte is read when the recipe's size is not the
     one the file's (verified) tree gives."""
-    from collections import deque
+    from collections import Counter, deque
     from concurrent.futures import ThreadPoolExecutor
 
     from .chunking import reassembled
@@ -365,6 +412,11 @@ def stage_from_chunks(robjects, recipe, size: int, staging, local, buffer: bytea
                 downloaded[1] += len(data)
         return data
 
+    # A chunk the file holds several times (a run of zeros is one 4 MiB chunk over and over)
+    # is fetched once: its future is kept until its last use, for at most AHEAD such chunks.
+    left = Counter(c.oid for c in recipe.chunks)
+    kept: dict = {}  # chunk oid -> the future of a repeated chunk, until its last use
+
     with ThreadPoolExecutor(max_workers=AHEAD) as pool:
         queue = deque()
         chunks = iter(recipe.chunks)
@@ -374,11 +426,20 @@ def stage_from_chunks(robjects, recipe, size: int, staging, local, buffer: bytea
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
-                queue.append(pool.submit(get, chunk))
+                future = kept.get(chunk.oid)
+                if future is None:
+                    future = pool.submit(get, chunk)
+                    if left[chunk.oid] > 1 and len(kept) < AHEAD:
+                        kept[chunk.oid] = future
+                queue.append((chunk.oid, future))
 
         def next_chunk(oid: str) -> bytes:
             top_up()
-            data = queue.popleft().result()
+            oid, future = queue.popleft()
+            data = future.result()
+            left[oid] -= 1
+            if not left[oid]:
+                kept.pop(oid, None)
             top_up()
             return data
 
@@ -386,7 +447,7 @@ def stage_from_chunks(robjects, recipe, size: int, staging, local, buffer: bytea
             got, staged = staging.add_stream(_Pieces(reassembled(recipe, next_chunk)), f"file {recipe.oid}",
                                              buffer)
         finally:
-            for future in queue:
+            for _, future in queue:
                 future.cancel()
     if got != recipe.oid or staged != size:
         raise CorruptionError(f"the chunks of file {recipe.oid} on the remote do not rebuild it; refused")
@@ -412,11 +473,18 @@ class _Pieces:
         return n
 
 
+def _is_chunk(data: bytes, chunk) -> bool:
+    from .hashing import hash_bytes
+
+    return len(data) == chunk.length and hash_bytes(data) == chunk.oid
+
+
 class LocalChunks:
     """Where this store has a chunk's bytes already, for a pull: a chunk object, or a range of a
     whole large file of ``trees`` (the model's local versions), cut to chunks the first time a
     chunk is not found as an object (cut points depend only on the bytes, so a retrain's
-    unchanged stretches give the same chunks). Every byte handed out is checked by the caller."""
+    unchanged stretches give the same chunks). A chunk is handed out only when its bytes hash to
+    its oid (the reassembly checks again); a damaged local copy makes it a download."""
 
     def __init__(self, repo, trees: list[str]):
         self.repo, self.trees = repo, trees
@@ -429,7 +497,10 @@ class LocalChunks:
 
         if not os.path.isdir(self.repo.layout.store / "recipes"):
             return None
-        recipe = RecipeStore(self.repo.layout).get(oid)
+        try:
+            recipe = RecipeStore(self.repo.layout).get(oid)
+        except (GaiaCasError, OSError):
+            return None  # a damaged local recipe lends nothing: the remote's is used
         if recipe is None or not all(self.repo.objects.exists(c.oid) for c in recipe.chunks):
             return None
         return recipe
@@ -440,7 +511,9 @@ class LocalChunks:
 
         if self.repo.objects.exists(chunk.oid):
             try:
-                return read_chunk(self.repo.objects, chunk.oid)
+                data = read_chunk(self.repo.objects, chunk.oid)
+                if _is_chunk(data, chunk):
+                    return data
             except (CorruptionError, OSError):
                 pass  # gone or damaged here: downloaded instead
         where = self._where().get(chunk.oid)
@@ -451,9 +524,14 @@ class LocalChunks:
         except (CorruptionError, OSError):
             return None
         try:
-            return os.pread(fd, chunk.length, where[1])
+            data = os.pread(fd, chunk.length, where[1])
+        except OSError:
+            return None
         finally:
             os.close(fd)
+        # The file's recipe may have been cut before its bytes rotted (describe keeps a stored
+        # recipe): a range that is not the chunk is downloaded instead of failing the rebuild.
+        return data if _is_chunk(data, chunk) else None
 
     def _where(self) -> dict:
         with self._lock:
@@ -463,7 +541,7 @@ class LocalChunks:
 
     def _cut(self) -> dict:
         from .chunking import MAX_CHUNK
-        from .recipes import RecipeStore, describe
+        from .recipes import RecipeStore, cut_object
         from .trees import DIR
 
         index: dict = {}
@@ -473,13 +551,15 @@ class LocalChunks:
             if not self.repo.objects.exists(tree):
                 continue
             for _, entry in self.repo.trees.walk(tree):
-                if entry.kind != DIR and entry.size > MAX_CHUNK and self.repo.objects.exists(entry.oid):
+                if entry.kind != DIR and entry.size >= MAX_CHUNK and self.repo.objects.exists(entry.oid):
                     files.add(entry.oid)
         for oid in sorted(files):
             try:
-                recipe = describe(self.repo.objects, recipes, oid)
-            except (CorruptionError, OSError):
-                continue  # a damaged local file lends nothing
+                # Cut, not stored: a pull writes nothing to the store before it installs (an
+                # interrupted or refused pull leaves the store as it was -- no recipe, no format).
+                recipe = recipes.get(oid) or cut_object(self.repo.objects, oid)
+            except (GaiaCasError, OSError):
+                continue  # a damaged local file or recipe lends nothing
             for offset, chunk in recipe.offsets():
                 index.setdefault(chunk.oid, (oid, offset))
         return index

@@ -16,6 +16,7 @@ from .verify import Problem, VerifyReport, in_sample
 
 def verify_remote(repo, model: str | None = None, *, remote: str | None = None, sample: float | None = None,
                   today=None) -> VerifyReport:
+    from collections import Counter
     from datetime import date
 
     from . import remotes
@@ -33,7 +34,7 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     names = [local_name(repo, model)] if model else manifests.names()  # a local alias names the same model
     users: dict[str, list[str]] = {}  # oid -> "model version" reaching it
     files: set[str] = set()
-    large: set[str] = set()  # files a recipe may describe
+    large: dict[str, int] = {}  # oid -> size of the files a recipe may describe
     recipes = remote_recipes(objects)
     trees: dict[str, object] = {}  # oid -> entries, or None when missing/corrupt
 
@@ -65,8 +66,8 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
                 walk(entry.oid, label, depth + 1)
             else:
                 files.add(entry.oid)
-                if entry.size > MAX_CHUNK:
-                    large.add(entry.oid)
+                if entry.size >= MAX_CHUNK:
+                    large[entry.oid] = entry.size
                 users.setdefault(entry.oid, [])
                 if label not in users[entry.oid]:
                     users[entry.oid].append(label)
@@ -84,7 +85,7 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     def check(oid: str):
         """None, or (the oid at fault -- the file, or one of its chunks --, a Problem)."""
         try:
-            recipe = recipes.get(oid) if recipes is not None and oid in large else None
+            recipe = recipes.get(oid, large[oid]) if recipes is not None and oid in large else None
             if recipe is not None:
                 return check_chunks(recipe)
             with objects.open(oid) as stream:
@@ -97,9 +98,18 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     def check_chunks(recipe):
         """Download every chunk (each verified against its oid) and hash the whole as it goes."""
         hasher = new_hasher()
+        left = Counter(c.oid for c in recipe.chunks)
+        kept: dict[str, bytes] = {}  # a chunk the file holds again later (a run of zeros): read once
         for offset, chunk in recipe.offsets():
             try:
-                data = objects.read(chunk.oid, chunk.length)
+                data = kept.get(chunk.oid)
+                if data is None:
+                    data = objects.read(chunk.oid, chunk.length)
+                    if left[chunk.oid] > 1 and len(kept) < 8:
+                        kept[chunk.oid] = data
+                left[chunk.oid] -= 1
+                if not left[chunk.oid]:
+                    kept.pop(chunk.oid, None)
             except CorruptionError as exc:
                 return chunk.oid, Problem(_kind(exc), f"chunk {chunk.oid} (at byte {offset} of file {recipe.oid}): "
                                                       f"{exc}", oid=chunk.oid, versions=users[recipe.oid])

@@ -460,6 +460,20 @@ def _fanout_listing(client, base: str, where: str):
         raise describe(exc, where) from None
 
 
+def most_chunks(size: int) -> int:
+    """The most chunks a file of ``size`` bytes is cut into: each but the last holds at least
+    MIN_CHUNK bytes."""
+    from .chunking import MIN_CHUNK
+
+    return size // MIN_CHUNK + 1
+
+
+def recipe_bytes(size: int) -> int:
+    """The most bytes the recipe of a file of ``size`` bytes takes: a header of under 96 bytes,
+    then at most 40 per chunk (a 2-array of a 32-character string and an integer below 2**32)."""
+    return 96 + 40 * most_chunks(size)
+
+
 class S3RecipeStore:
     """Recipes under ``PREFIX/recipes/<oid[:2]>/<oid[2:]>``, the bytes a local store keeps in
     store/recipes. A recipe is keyed by the oid of the file it describes, not by its own hash,
@@ -477,16 +491,25 @@ class S3RecipeStore:
     def where(self, oid: str) -> str:
         return f"recipe of file {oid} on {self.name}"
 
-    def get(self, oid: str):
-        """The recipe of file ``oid`` on the remote, or None when it has none."""
+    def get(self, oid: str, size: int | None = None):
+        """The recipe of file ``oid`` on the remote, or None when it has none.
+
+        ``size``: the file's size, as its (verified) tree gives it. A recipe is refused before
+        its body is read when it is larger than a recipe of that size can be (a few hundred
+        bytes of msgpack must not decode into millions of objects), and after decoding when it
+        describes another size, lists more chunks than the file holds (each but the last is at
+        least MIN_CHUNK bytes) or a chunk longer than MAX_CHUNK (every download of a chunk is
+        bounded by one largest chunk)."""
         import obstore
 
-        from .chunking import MAX_RECIPE_BYTES, decode_recipe
+        from .chunking import MAX_CHUNK, MAX_RECIPE_BYTES, decode_recipe
 
+        limit = MAX_RECIPE_BYTES if size is None else min(MAX_RECIPE_BYTES, recipe_bytes(size))
         try:
             result = obstore.get(self.client, self.key(oid))
-            if result.meta["size"] > MAX_RECIPE_BYTES:
-                raise CorruptionError(f"the {self.where(oid)} is larger than {MAX_RECIPE_BYTES} bytes; refused")
+            if result.meta["size"] > limit:
+                raise CorruptionError(f"the {self.where(oid)} is larger than {limit} bytes (a recipe of "
+                                      f"{'its file' if size is not None else 'a file'} is at most that); refused")
             data = bytes(result.bytes())
         except CorruptionError:
             raise
@@ -494,9 +517,20 @@ class S3RecipeStore:
             if _kind(exc) == "missing":
                 return None
             raise describe(exc, self.where(oid)) from None
+        if len(data) > limit:
+            raise CorruptionError(f"the {self.where(oid)} is larger than {limit} bytes; refused")
         recipe = decode_recipe(data, f"the {self.where(oid)}")
         if recipe.oid != oid:
             raise CorruptionError(f"the {self.where(oid)} describes file {recipe.oid} instead; refused")
+        if size is not None and recipe.size != size:
+            raise CorruptionError(f"the {self.where(oid)} says {recipe.size} bytes, its tree {size}; refused")
+        if len(recipe.chunks) > most_chunks(recipe.size):
+            raise CorruptionError(f"the {self.where(oid)} lists {len(recipe.chunks)} chunks, more than a file of "
+                                  f"{recipe.size} bytes is cut into; refused")
+        longest = max(c.length for c in recipe.chunks)
+        if longest > MAX_CHUNK:
+            raise CorruptionError(f"the {self.where(oid)} lists a chunk of {longest} bytes, larger than the largest "
+                                  f"chunk ({MAX_CHUNK}); refused")
         return recipe
 
     def put(self, recipe) -> int:
@@ -511,6 +545,18 @@ class S3RecipeStore:
         except Exception as exc:
             raise describe(exc, self.where(recipe.oid)) from None
         return len(data)
+
+    def head(self, oid: str):
+        """The recipe's (size, upload time) on the remote, or None when it has none."""
+        import obstore
+
+        try:
+            meta = obstore.head(self.client, self.key(oid))
+        except Exception as exc:
+            if _kind(exc) == "missing":
+                return None
+            raise describe(exc, self.where(oid)) from None
+        return meta["size"], meta["last_modified"]
 
     def inventory(self):
         """(file oid, recipe size, upload time) of every recipe, from one paginated listing."""

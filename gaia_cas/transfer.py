@@ -33,7 +33,7 @@ from .names import check_model_name
 from .progress import CountedObjects, Tally
 from .versions import bump, version_key
 
-from .remote_objects import LocalChunks, fetch_tree, upload_versions
+from .remote_objects import LocalChunks, fetch_tree, keep_recipes, upload_versions
 
 
 class PushResult(namedtuple("PushResult", "model versions_sent objects_sent bytes_sent renumbered current "
@@ -201,6 +201,7 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
     local = repo.manifest(model)
     seen = seen_markers(local, remote_name)
     objects_sent = bytes_sent = 0
+    cut: list = []  # recipes cut from local files: kept here once the push committed
     for _ in range(MAX_RESTARTS):
         snap = rmanifests.snapshot(model)
         rm = snap.manifest if snap else None
@@ -210,7 +211,7 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
         pending = [v for v in local.versions if identity(v) not in on_remote and identity(v) not in gone
                    and not v.broken]
         if pending:
-            sent_objects, sent_bytes = upload_versions(repo, pending, relied, robjects)
+            sent_objects, sent_bytes = upload_versions(repo, pending, relied, robjects, cut)
             objects_sent += sent_objects
             bytes_sent += sent_bytes
         outcome = {}
@@ -230,6 +231,7 @@ def _push_model(repo, model, remote_name, robjects, rmanifests) -> PushResult:
     numbers = outcome["numbers"]
     in_step = in_step_after(local, committed, numbers, seen)
     adopt(repo, model, remote_name, numbers, in_step, seen, outcome["sent"])
+    keep_recipes(repo, cut)
     problems = outcome["problems"]
     return PushResult(model, outcome["sent"], objects_sent, bytes_sent, outcome["renumbered"], committed.current,
                       outcome["moved"], "; ".join(outcome["notes"]) or None, outcome["channels"],
