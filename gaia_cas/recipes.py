@@ -184,10 +184,18 @@ class RecipeStore:
             raise CorruptionError(f"the {where} describes file {recipe.oid} instead")
         return recipe
 
-    def put(self, recipe: Recipe) -> bool:
-        """Store ``recipe`` unless the file has one already (either describes it); True if written."""
+    def put(self, recipe: Recipe, *, replace: bool = False) -> bool:
+        """Store ``recipe`` unless the file has one already (either describes it); True if written.
+        With ``replace``, a stored recipe that differs (or does not read) is replaced, atomically:
+        for split, whose chunks are the ones just made durable, not whatever another cut listed."""
         if self.exists(recipe.oid):
-            return False
+            if not replace:
+                return False
+            try:
+                if self.get(recipe.oid) == recipe:
+                    return False
+            except CorruptionError:
+                pass
         final = self.path(recipe.oid)
         self._refuse_symlinks(recipe.oid)
         upgrade(self.layout)
@@ -280,7 +288,9 @@ def split(objects, recipes: RecipeStore, oid: str) -> tuple[Recipe, int]:
         recipe = cut_object(objects, oid, keep)
         staging.install()
         staging.keep()
-    recipes.put(recipe)
+    # The recipe of exactly these chunks: one kept from another cut (a diff's, a push's, other
+    # parameters) may list chunks this store lacks, and the whole copy goes next.
+    recipes.put(recipe, replace=True)
     return recipe, added[0]
 
 

@@ -550,9 +550,12 @@ class LocalChunks:
         for tree in self.trees:
             if not self.repo.objects.exists(tree):
                 continue
-            for _, entry in self.repo.trees.walk(tree):
-                if entry.kind != DIR and entry.size >= MAX_CHUNK and self.repo.objects.exists(entry.oid):
-                    files.add(entry.oid)
+            try:
+                found = [entry.oid for _, entry in self.repo.trees.walk(tree)
+                         if entry.kind != DIR and entry.size >= MAX_CHUNK and self.repo.objects.exists(entry.oid)]
+            except (GaiaCasError, OSError):
+                continue  # a damaged local tree lends nothing (verify reports it); the pull downloads
+            files.update(found)
         for oid in sorted(files):
             try:
                 # Cut, not stored: a pull writes nothing to the store before it installs (an

@@ -77,3 +77,33 @@ def test_a_planted_recipe_symlink_or_a_foreign_recipe_is_corruption(stored, tmp_
     with pytest.raises(CorruptionError, match="describes file"):
         recipes.get("0" * 32)
     assert other.oid == oid
+
+
+def test_gc_never_drops_a_whole_file_whose_stored_recipe_lists_chunks_it_lacks(tmp_path):
+    """A recipe of the file kept by an earlier cut with other parameters (or any recipe whose
+    chunks are not all here) must not be what gc trusts when it unlinks the whole copy: split
+    writes the recipe of the chunks it just stored."""
+    from datetime import timedelta
+
+    from gaia_cas.chunking import Chunker
+    from gaia_cas.recipes import set_chunk_threshold
+
+    repo = Repository.init(tmp_path / "root")
+    set_chunk_threshold(repo.layout, 4 * (1 << 20))
+    old = rand_bytes(9 << 20, 31)
+    src = tmp_path / "src"
+    write(src / "weights.bin", old)
+    first = repo.deploy("m", src).version
+    foreign = Chunker(min_size=64 << 10, avg_size=128 << 10, max_size=512 << 10)  # other cut points
+    foreign.feed(old)
+    recipe, _ = foreign.finish()
+    assert RecipeStore(repo.layout).put(recipe)
+    write(src / "weights.bin", rand_bytes(9 << 20, 32))
+    repo.deploy("m", src)
+    repo.gc(grace=timedelta(0))
+    assert not repo.objects.exists(xxh(old))  # cold now, kept as chunks
+    stored_recipe = RecipeStore(repo.layout).get(xxh(old))
+    assert all(repo.objects.exists(c.oid) for c in stored_recipe.chunks)
+    repo.rollback("m", first)
+    assert (tmp_path / "root" / "models" / "m" / "current" / "weights.bin").read_bytes() == old
+    assert repo.verify().problems == []

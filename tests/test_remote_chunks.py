@@ -163,6 +163,23 @@ def test_a_pull_of_a_retrain_downloads_only_the_chunks_the_store_lacks(remote):
     assert read_version(server, again.version) == retrained(base, 3)
 
 
+def test_a_damaged_local_tree_lends_nothing_and_the_pull_downloads_instead(remote):
+    base = rand_bytes(SIZE, 1)
+    remote.deploy(remote.trainer, base)
+    remote.trainer.remote("origin").push("ssd")
+    server = remote.store("server")
+    server.remote("origin").pull("ssd")
+    tree = server.manifest("ssd").find("1.0.0").tree
+    path = server.objects.path(tree)
+    path.chmod(0o644)
+    path.write_bytes(b"\x93 not a tree")  # bit rot in the local version's tree
+    remote.deploy(remote.trainer, retrained(base, 6))
+    remote.trainer.remote("origin").push("ssd")
+    (got,) = server.remote("origin").pull("ssd")
+    assert got.bytes_received >= SIZE  # nothing could be reused: all downloaded, verified
+    assert read_version(server, got.version) == retrained(base, 6)
+
+
 def test_a_file_kept_cold_here_is_rebuilt_from_local_chunks_not_downloaded(remote):
     base = rand_bytes(SIZE, 1)
     v1 = remote.deploy(remote.trainer, base)
