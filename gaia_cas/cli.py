@@ -828,11 +828,7 @@ def cmd_rollback_remote(args, default_root):
 
 
 def cmd_verify_remote(args, repo):
-    from .errors import InvalidInputError
-
-    if args.repair:
-        raise InvalidInputError("--repair works on the local store only; 'verify --remote' changes nothing")
-    return repo.remote(args.remote).verify(args.model, sample=args.sample)
+    return repo.remote(args.remote).verify(args.model, sample=args.sample, repair=args.repair)
 
 
 def cmd_gc_remote(args, default_root):

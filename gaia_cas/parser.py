@@ -404,7 +404,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = command("verify", "re-hash stored objects, check trees and links; --repair fixes or isolates problems")
     p.add_argument("model", nargs="?", metavar="MODEL", help="one model (default: every model)")
     p.add_argument("--repair", action="store_true",
-                   help="regenerate links, rebuild trees, quarantine corrupt objects, mark affected versions broken")
+                   help="regenerate links, rebuild trees, quarantine corrupt objects, mark affected versions broken; "
+                        "with --remote, re-upload what is bad there from this store")
     p.add_argument("--sample", type=float, metavar="PERCENT",
                    help="re-hash only a rotating PERCENT of the objects (a different share each day)")
     reason(p)

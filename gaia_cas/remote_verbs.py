@@ -73,11 +73,12 @@ class RemoteVerbs:
 
         return cleanup_remote(self.ctx, models, remote=self.name, **options)
 
-    def verify(self, model: str | None = None, *, sample: float | None = None):
-        """Re-hash, on the remote, what its manifests reach; a VerifyReport (nothing is changed)."""
+    def verify(self, model: str | None = None, *, sample: float | None = None, repair: bool = False):
+        """Re-hash, on the remote, what its manifests reach; a VerifyReport. Nothing is changed
+        unless ``repair``: then what is bad there is re-uploaded from this store's good bytes."""
         from .remote_verify import verify_remote
 
-        return verify_remote(self.ctx, model, remote=self.name, sample=sample)
+        return verify_remote(self.ctx, model, remote=self.name, sample=sample, repair=repair)
 
     def gc(self, *, grace=None, dry_run: bool = False):
         """Delete what no remote manifest reaches, older than ``grace`` (default 24 h): a RemoteGcPlan."""

@@ -3,9 +3,15 @@
 Every tree of every version is read (and hashed) from the bucket; every file object, or today's
 ``--sample`` of them (the same rotating window as local verify), is downloaded and re-hashed,
 its bytes discarded; a file the remote keeps as chunks is rebuilt from them the same way (every
-chunk and the whole checked, nothing written). A missing or corrupt object is a problem naming the object and the versions
-it affects; nothing on the remote is changed (repair is local only: a corrupt remote object is
-mended by pushing again from a store that has it whole -- after removing the bad copy).
+chunk and the whole checked, nothing written). A missing or corrupt object, chunk or recipe is
+one problem naming it and every version it affects; nothing on the remote is changed.
+
+With ``repair``, each one is mended from this store when it has the bytes: a tree or whole file
+re-uploaded under its key (the key is the hash, so the good bytes replace the bad), a chunk taken
+from the local chunk object or from the local whole file at its offset, a recipe that does not
+rebuild its file replaced by this store's cut of it (and any chunk the remote lacks sent first).
+Every byte is re-hashed here before it leaves; what this store does not have stays a problem.
+A push cannot mend these: it sends only what no remote version reaches.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from .verify import Problem, VerifyReport, in_sample
 
 
 def verify_remote(repo, model: str | None = None, *, remote: str | None = None, sample: float | None = None,
-                  today=None) -> VerifyReport:
+                  today=None, repair: bool = False) -> VerifyReport:
     from collections import Counter
     from datetime import date
 
@@ -37,6 +43,8 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     large: dict[str, int] = {}  # oid -> size of the files a recipe may describe
     recipes = remote_recipes(objects)
     trees: dict[str, object] = {}  # oid -> entries, or None when missing/corrupt
+    chunk_at: dict[str, tuple[str, int, int]] = {}  # a bad chunk -> (a file holding it, offset, length)
+    chunked: set[str] = set()  # files the remote keeps as a recipe
 
     def walk(oid: str, label: str, depth: int) -> None:
         users.setdefault(oid, [])
@@ -85,8 +93,15 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
     def check(oid: str):
         """None, or (the oid at fault -- the file, or one of its chunks --, a Problem)."""
         try:
-            recipe = recipes.get(oid, large[oid]) if recipes is not None and oid in large else None
+            recipe = None
+            if recipes is not None and oid in large:
+                try:
+                    recipe = recipes.get(oid, large[oid])
+                except CorruptionError:
+                    chunked.add(oid)  # kept as a recipe there, and that recipe is bad
+                    raise
             if recipe is not None:
+                chunked.add(oid)
                 return check_chunks(recipe)
             with objects.open(oid) as stream:
                 while stream.read(1 << 20):
@@ -111,6 +126,7 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
                 if not left[chunk.oid]:
                     kept.pop(chunk.oid, None)
             except CorruptionError as exc:
+                chunk_at.setdefault(chunk.oid, (recipe.oid, offset, chunk.length))
                 return chunk.oid, Problem(_kind(exc), f"chunk {chunk.oid} (at byte {offset} of file {recipe.oid}): "
                                                       f"{exc}", oid=chunk.oid, versions=users[recipe.oid])
             hasher.update(data)
@@ -131,7 +147,62 @@ def verify_remote(repo, model: str | None = None, *, remote: str | None = None, 
         else:
             at_fault[oid] = problem
             report.problems.append(problem)
+    if repair:
+        _repair(repo, objects, report, chunk_at, chunked)
     return report
+
+
+def _repair(repo, objects, report: VerifyReport, chunk_at: dict, chunked: set) -> None:
+    """Mend each problem from this store's verified bytes (see the module's docstring)."""
+    from .errors import GaiaCasError
+
+    report.repaired = True
+    for problem in report.problems:
+        if problem.oid is None or problem.kind == "manifest":
+            continue
+        try:
+            mended = _mend(repo, objects, problem.oid, chunk_at, chunked)
+        except (GaiaCasError, OSError) as exc:
+            problem.action = f"not mended: {' '.join(str(exc).split())}"
+            continue
+        if mended:
+            problem.action, problem.resolved = mended, True
+        else:
+            problem.action = "not mended: this store does not have its bytes"
+
+
+def _mend(repo, objects, oid: str, chunk_at: dict, chunked: set) -> str | None:
+    import os
+
+    from .hashing import hash_bytes
+    from .recipes import RecipeStore, read_chunk
+    from .remote_objects import ChunkedUpload, upload_object
+
+    if oid in chunk_at:
+        file, offset, length = chunk_at[oid]
+        data = None
+        if repo.objects.exists(oid):
+            data = read_chunk(repo.objects, oid)
+        elif repo.objects.exists(file):
+            from .objects import open_object
+
+            fd = open_object(repo.objects.path_str(file), file)
+            try:
+                data = os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
+        if data is None or len(data) != length or hash_bytes(data) != oid:
+            return None
+        objects.upload(oid, data)
+        return "re-uploaded from this store"
+    has = repo.objects.exists(oid) or RecipeStore(repo.layout).exists(oid)
+    if not has:
+        return None
+    if oid in chunked:  # its recipe does not rebuild it: this store's own cut, chunks first
+        ChunkedUpload(repo, objects, {}, set()).send_all([oid])
+        return "recipe and missing chunks re-uploaded from this store"
+    upload_object(repo, objects, oid)  # re-hashed before it leaves
+    return "re-uploaded from this store"
 
 
 def _kind(exc: CorruptionError) -> str:

@@ -374,3 +374,56 @@ def test_chunk_sizes_on_the_remote_are_bounded(remote):
     assert recipe == RecipeStore(remote.trainer.layout).get(xxh(base))
     assert all(c.length <= MAX_CHUNK for c in recipe.chunks) and sum(c.length for c in recipe.chunks) == SIZE
     assert isinstance(recipe.chunks[0], Chunk)
+
+
+# -- verify --remote --repair: mending the remote from this store's good bytes ----------------
+
+def test_repair_re_uploads_a_corrupt_chunk_from_the_local_whole_file(remote, cli, root):
+    base = rand_bytes(SIZE, 1)
+    remote.deploy(remote.trainer, base)
+    remote.trainer.remote("origin").push("ssd")
+    chunk = RecipeStore(remote.trainer.layout).get(xxh(base)).chunks[1]
+    remote.put("objects", chunk.oid, b"y" * chunk.length)
+    assert not remote.trainer.remote("origin").verify().ok
+    mended = remote.trainer.remote("origin").verify(repair=True)
+    assert mended.ok and mended.repaired and [p.oid for p in mended.problems] == [chunk.oid]
+    assert "re-uploaded" in mended.problems[0].action
+    assert remote.trainer.remote("origin").verify().problems == []
+    server = remote.store("server")
+    server.remote("origin").pull("ssd")
+    assert read_version(server, "1.0.0") == base
+
+
+def test_repair_replaces_a_lying_recipe_and_a_corrupt_whole_object_and_a_tree(remote):
+    base = rand_bytes(SIZE, 1)
+    remote.deploy(remote.trainer, base)
+    remote.trainer.remote("origin").push("ssd")
+    honest = RecipeStore(remote.trainer.layout).get(xxh(base))
+    remote.put("recipes", honest.oid, encode_recipe(Recipe(honest.oid, honest.size, tuple(reversed(honest.chunks)))))
+    remote.put("objects", xxh(b"graph"), b"graft")  # saved_model.pb, a small file kept whole
+    tree = remote.trainer.manifest("ssd").find("1.0.0").tree
+    remote.put("objects", tree, b"\x93 not a tree")
+    assert len(remote.trainer.remote("origin").verify().problems) == 1  # the tree hides what is under it
+    first = remote.trainer.remote("origin").verify(repair=True)
+    assert first.ok
+    second = remote.trainer.remote("origin").verify(repair=True)  # now the files under it are checked
+    assert second.ok and {p.oid for p in second.problems} == {honest.oid, xxh(b"graph")}
+    assert remote.trainer.remote("origin").verify().problems == []
+    assert remote.recipes(remote.trainer).get(honest.oid) == honest
+
+
+def test_repair_without_the_bytes_here_leaves_the_problem_and_changes_nothing(remote, cli, root):
+    base = rand_bytes(SIZE, 1)
+    remote.deploy(remote.trainer, base)
+    remote.trainer.remote("origin").push("ssd")
+    chunk = RecipeStore(remote.trainer.layout).get(xxh(base)).chunks[0]
+    remote.put("objects", chunk.oid, b"z" * chunk.length)
+    assert cli("remote", "add", "origin", remote.url, "--endpoint", remote.endpoint).code == 0
+    before = remote.keys("objects")
+    run = cli("verify", "--remote", "origin", "--repair", "--json")  # this root never had the model
+    doc = run.json()
+    assert run.code == 1 and not doc["ok"] and doc["repaired"]
+    assert doc["problems"][0]["oid"] == chunk.oid and "not mended" in doc["problems"][0]["action"]
+    assert remote.keys("objects") == before
+    fixed = remote.trainer.remote("origin").verify(repair=True)
+    assert fixed.ok
