@@ -366,7 +366,7 @@ def test_rollback_on_the_remote_from_any_machine_holds_against_stale_pushes(cli,
                           "unknown model 'nothere'")
 
 
-def test_verify_remote_reports_a_corrupt_or_missing_object_and_changes_nothing(cli, root, url, endpoint, tmp_path,
+def test_verify_remote_reports_a_corrupt_or_missing_object_and_only_repair_mends_it(cli, root, url, endpoint, tmp_path,
                                                                                 s3_server):  # noqa: F811
     _add(cli, url, endpoint)
     cli("deploy", "ssd", make_savedmodel(tmp_path / "a", variant=1))
@@ -388,7 +388,11 @@ def test_verify_remote_reports_a_corrupt_or_missing_object_and_changes_nothing(c
     text = cli("verify", "ssd", "--remote", "origin")
     assert text.code == 1 and bad in text.out and ": 2 problems" in text.out
     assert raw.get_object(Bucket=s3_server.bucket, Key=f"{prefix}/objects/{bad[:2]}/{bad[2:]}")["Body"].read() == b"bad"
-    assert_one_line_error(cli("verify", "--remote", "origin", "--repair"), "local store only")
+    mended = cli("verify", "--remote", "origin", "--repair", "--json")  # from this store's good bytes
+    assert mended.code == 0 and mended.json()["ok"] and {p["oid"] for p in mended.json()["problems"]} == {bad, gone}
+    assert raw.get_object(Bucket=s3_server.bucket, Key=f"{prefix}/objects/{bad[:2]}/{bad[2:]}")["Body"].read() == \
+        (repo.objects.path(bad)).read_bytes()
+    assert cli("verify", "--remote", "origin").code == 0
 
 
 def test_sync_pulls_what_changed_and_a_second_sync_writes_nothing(cli, root, url, endpoint, tmp_path, monkeypatch):
