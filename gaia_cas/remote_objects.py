@@ -124,7 +124,8 @@ def upload_versions(repo, versions, remote_trees: set, robjects, cut: list | Non
 
         threshold = chunk_threshold(repo.layout)
         large = [oid for oid in send if blobs[oid][0] >= threshold]
-    whole = [oid for oid in send if oid not in set(large)]
+    chunked = set(large)
+    whole = [oid for oid in send if oid not in chunked]
     count, sent = len(whole), sum(parallel_map(lambda oid: upload_object(repo, robjects, oid), whole))
     if large:
         chunks = ChunkedUpload(repo, robjects, known_large, {blobs[oid][1] for oid in large}, cut)

@@ -99,9 +99,14 @@ def test_a_reader_looping_on_the_link_never_misses_during_the_import(root, insid
          "    n += 1\n"
          "    try:\n        ok = open(p, 'rb').read() == bytes.fromhex(want)\n    except OSError:\n        ok = False\n"
          "    bad += not ok\n"
+         "    if n == 1:\n        print('ready', flush=True)\n"
          "print(n, bad)", str(pb), expected.hex(), str(tmp_path / "stop")],
         stdout=subprocess.PIPE, text=True)
     try:
+        import select
+
+        # the import starts once the reader has read once: a loaded machine cannot shrink the race to nothing
+        assert select.select([reader.stdout], [], [], 30)[0] and reader.stdout.readline() == "ready\n"
         gaia_cas.Repository(root, lock_timeout=5).import_legacy(inside)
     finally:
         (tmp_path / "stop").touch()
