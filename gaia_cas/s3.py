@@ -396,15 +396,7 @@ class S3ObjectStore(BaseObjectStore):
 
     def head(self, oid: str):
         """The object's (size, upload time) on the remote, or None when it is not there."""
-        import obstore
-
-        try:
-            meta = obstore.head(self.client, self.key(oid))
-        except Exception as exc:
-            if _kind(exc) == "missing":
-                return None
-            raise describe(exc, self.where(oid)) from None
-        return meta["size"], meta["last_modified"]
+        return _head(self.client, self.key(oid), self.where(oid))
 
     def inventory(self):
         """(oid, size, upload time) of every object under objects/, from one paginated listing."""
@@ -443,6 +435,19 @@ class S3ObjectStore(BaseObjectStore):
     def refresh(self, oid: str) -> None:
         if not self.exists(oid):
             raise CorruptionError(f"{self.where(oid)} is missing")
+
+
+def _head(client, key: str, where: str):
+    """(size, upload time) of ``key``, or None when it is not there."""
+    import obstore
+
+    try:
+        meta = obstore.head(client, key)
+    except Exception as exc:
+        if _kind(exc) == "missing":
+            return None
+        raise describe(exc, where) from None
+    return meta["size"], meta["last_modified"]
 
 
 def _fanout_listing(client, base: str, where: str):
@@ -548,15 +553,7 @@ class S3RecipeStore:
 
     def head(self, oid: str):
         """The recipe's (size, upload time) on the remote, or None when it has none."""
-        import obstore
-
-        try:
-            meta = obstore.head(self.client, self.key(oid))
-        except Exception as exc:
-            if _kind(exc) == "missing":
-                return None
-            raise describe(exc, self.where(oid)) from None
-        return meta["size"], meta["last_modified"]
+        return _head(self.client, self.key(oid), self.where(oid))
 
     def inventory(self):
         """(file oid, recipe size, upload time) of every recipe, from one paginated listing."""

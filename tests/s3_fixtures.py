@@ -96,3 +96,56 @@ def second_store(cli, tmp_path, origin, name):
     assert cli("remote", "add", "origin", origin[0], "--endpoint", origin[1], root_dir=path).code == 0
     return path
 
+
+
+class ChunkBucket:
+    """A trainer's store (chunked from 4 MiB up) with a remote 'origin' on a fresh prefix, and
+    raw access to the bucket under that prefix: what the tests of chunks on the remote share."""
+
+    def __init__(self, tmp_path, server: S3Server, name: str = "trainer"):
+        import boto3
+
+        self.url = s3_url(server)
+        self.endpoint = server.endpoint
+        self.bucket = server.bucket
+        self.prefix = self.url.split("/", 3)[3] + "/"
+        self.raw = boto3.client("s3", endpoint_url=server.endpoint)
+        self.tmp = tmp_path
+        self.trainer = self.store(name)
+
+    def store(self, name: str):
+        from gaia_cas.recipes import set_chunk_threshold
+        from gaia_cas.repo import Repository
+
+        repo = Repository.init(self.tmp / name)
+        set_chunk_threshold(repo.layout, 4 << 20)
+        repo.add_remote("origin", self.url, endpoint=self.endpoint)
+        return repo
+
+    def deploy(self, repo, data: bytes, name: str = "variables.data", graph: bytes = b"graph") -> str:
+        """Deploy a SavedModel-like folder: ``name`` holding ``data`` beside a small graph file."""
+        src = self.tmp / f"src-{repo.root.name}"
+        src.mkdir(parents=True, exist_ok=True)
+        for old in src.iterdir():
+            old.unlink()
+        (src / name).write_bytes(data)
+        (src / "saved_model.pb").write_bytes(graph)
+        return repo.deploy("ssd", src).version
+
+    def keys(self, kind: str) -> set:
+        """The oids under PREFIX/<kind>/ (objects, recipes)."""
+        base = f"{self.prefix}{kind}/"
+        found = set()
+        for page in self.raw.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+            found.update(o["Key"][len(base):].replace("/", "", 1) for o in page.get("Contents", []))
+        return found
+
+    def put(self, kind: str, oid: str, data: bytes) -> None:
+        """Write raw bytes under PREFIX/<kind>/<oid>: a co-tenant, or bit rot."""
+        self.raw.put_object(Bucket=self.bucket, Key=f"{self.prefix}{kind}/{oid[:2]}/{oid[2:]}", Body=data)
+
+    def recipes(self, repo):
+        from gaia_cas.remotes import get
+
+        objects, _ = get(repo, "origin").open()
+        return objects.recipes

@@ -9,10 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import boto3
 import pytest
 
-from conftest import assert_one_line_error, snapshot
+from conftest import snapshot
 from gaia_cas.chunking import MAX_CHUNK, Chunk, Recipe, encode_recipe
 from gaia_cas.errors import CorruptionError
 from gaia_cas.recipes import RecipeStore, set_chunk_threshold
@@ -20,7 +19,7 @@ from gaia_cas.remote_objects import LocalChunks, fetch_tree
 from gaia_cas.remotes import get
 from gaia_cas.repo import Repository
 from gaia_cas.s3 import S3RecipeStore
-from s3_fixtures import s3_server, s3_url  # noqa: F401
+from s3_fixtures import ChunkBucket, s3_server  # noqa: F401
 from store_helpers import rand_bytes, write, xxh
 
 MiB = 1 << 20
@@ -32,52 +31,13 @@ def retrained(base: bytes, seed: int) -> bytes:
     return base[:-HEAD] + rand_bytes(HEAD, seed)
 
 
-class Remote:
-    """A trainer's store with a remote, and raw access to the bucket under the remote's prefix."""
-
-    def __init__(self, tmp_path: Path, s3_server, name: str = "trainer"):  # noqa: F811
-        self.url = s3_url(s3_server)
-        self.endpoint = s3_server.endpoint
-        self.bucket = s3_server.bucket
-        self.prefix = self.url.split("/", 3)[3] + "/"
-        self.raw = boto3.client("s3", endpoint_url=s3_server.endpoint)
-        self.tmp = tmp_path
-        self.trainer = self.store(name)
-
-    def store(self, name: str) -> Repository:
-        repo = Repository.init(self.tmp / name)
-        set_chunk_threshold(repo.layout, 4 * MiB)
-        repo.add_remote("origin", self.url, endpoint=self.endpoint)
-        return repo
-
-    def deploy(self, repo: Repository, data: bytes, name: str = "variables.data") -> str:
-        src = self.tmp / f"src-{repo.root.name}"
-        write(src / name, data)
-        (src / "saved_model.pb").write_bytes(b"graph")
-        return repo.deploy("ssd", src).version
-
-    def keys(self, kind: str) -> set[str]:
-        base = f"{self.prefix}{kind}/"
-        found = set()
-        for page in self.raw.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
-            found.update(o["Key"][len(base):].replace("/", "", 1) for o in page.get("Contents", []))
-        return found
-
-    def put(self, kind: str, oid: str, data: bytes) -> None:
-        self.raw.put_object(Bucket=self.bucket, Key=f"{self.prefix}{kind}/{oid[:2]}/{oid[2:]}", Body=data)
-
-    def recipes(self, repo: Repository) -> S3RecipeStore:
-        objects, _ = get(repo, "origin").open()
-        return objects.recipes
-
-
 def read_version(repo: Repository, version: str, name: str = "variables.data") -> bytes:
     return (Path(repo.resolve("ssd", version=version).path) / name).read_bytes()
 
 
 @pytest.fixture
 def remote(tmp_path, s3_server):  # noqa: F811
-    return Remote(tmp_path, s3_server)
+    return ChunkBucket(tmp_path, s3_server)
 
 
 def test_a_head_only_retrain_pushes_its_changed_chunks_and_the_recipe_only(remote):
