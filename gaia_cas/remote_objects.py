@@ -259,8 +259,7 @@ class ChunkedUpload:
         wanted = {c.oid: c for c in recipe.chunks if c.oid in missing}
         offsets = {c.oid: offset for offset, c in recipe.offsets()}
         todo = sorted(wanted)
-        source = _LocalBytes(self.repo, recipe.oid)
-        try:
+        with LocalFileBytes(self.repo, recipe.oid) as source:
             def one(chunk_oid: str) -> int:
                 chunk = wanted[chunk_oid]
                 data = source.read(chunk, offsets[chunk_oid])
@@ -268,22 +267,27 @@ class ChunkedUpload:
                 return chunk.length
 
             sent = sum(parallel_map(one, todo))
-        finally:
-            source.close()
         sent += self.rrecipes.put(recipe)  # after every chunk it lists
         missing.difference_update(todo)  # a chunk another file shares goes up once
         return len(todo) + 1, sent
 
 
-class _LocalBytes:
-    """A local file's chunk bytes for upload, each checked against its oid before it leaves:
-    from the whole object when it is stored whole, else from the chunk objects (cold)."""
+class LocalFileBytes:
+    """A local file's chunk bytes to upload (a push, a remote repair), each checked against its
+    oid before it leaves: from the whole object when it is stored whole, else from the chunk
+    objects (cold). A context manager; CorruptionError for bytes that are not the chunk."""
 
     def __init__(self, repo, oid: str):
         from .objects import open_object
 
         self.repo = repo
         self.fd = open_object(repo.objects.path_str(oid), oid) if repo.objects.exists(oid) else None
+
+    def __enter__(self) -> "LocalFileBytes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def read(self, chunk, offset: int) -> bytes:
         from .hashing import hash_bytes

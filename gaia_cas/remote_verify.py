@@ -172,27 +172,16 @@ def _repair(repo, objects, report: VerifyReport, chunk_at: dict, chunked: set) -
 
 
 def _mend(repo, objects, oid: str, chunk_at: dict, chunked: set) -> str | None:
-    import os
-
-    from .hashing import hash_bytes
-    from .recipes import RecipeStore, read_chunk
-    from .remote_objects import ChunkedUpload, upload_object
+    from .chunking import Chunk
+    from .recipes import RecipeStore
+    from .remote_objects import ChunkedUpload, LocalFileBytes, upload_object
 
     if oid in chunk_at:
         file, offset, length = chunk_at[oid]
-        data = None
-        if repo.objects.exists(oid):
-            data = read_chunk(repo.objects, oid)
-        elif repo.objects.exists(file):
-            from .objects import open_object
-
-            fd = open_object(repo.objects.path_str(file), file)
-            try:
-                data = os.pread(fd, length, offset)
-            finally:
-                os.close(fd)
-        if data is None or len(data) != length or hash_bytes(data) != oid:
+        if not (repo.objects.exists(oid) or repo.objects.exists(file)):
             return None
+        with LocalFileBytes(repo, file) as source:
+            data = source.read(Chunk(oid, length), offset)  # checked against its oid here
         objects.upload(oid, data)
         return "re-uploaded from this store"
     has = repo.objects.exists(oid) or RecipeStore(repo.layout).exists(oid)
